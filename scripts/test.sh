@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: sets up .venv, then lint, types, tests.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# llama-cpp-python compiles from source on the first install (about 10 minutes on
+# 2 cores); pip's wheel cache makes later installs take seconds.
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+echo "== ruff"
+.venv/bin/ruff check vibrant_rpc tests bench
+.venv/bin/ruff format --check vibrant_rpc tests bench
+echo "== mypy"
+.venv/bin/mypy vibrant_rpc
+echo "== pytest"
+exec .venv/bin/python -m pytest -ra "$@"

@@ -1,0 +1,117 @@
+"""The backend as plain Python: what the CLI and the server both call.
+
+It knows nothing of argparse or JSON-RPC; each method takes and returns typed values.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+import msgspec
+
+from .cache import Cache, CacheStats, PartialDownload, RemovalResult
+from .config import Settings, load_settings
+from .manifest import ManifestEntry
+from .memory import MemoryInfo, read_memory
+from .paths import Paths
+from .registry import ModelInfo, Registry
+from .selection import Selection, select_model
+
+
+class ModelStatus(msgspec.Struct, kw_only=True):
+    """A registry entry with its state in this machine's cache."""
+
+    model: ModelInfo
+    cached: bool
+    size_bytes: int | None = None
+    last_used: str | None = None
+    use_count: int = 0
+    revision: str | None = None
+    partial: PartialDownload | None = None
+    selected: bool = False  # the model this machine would get
+
+
+Scope = Literal["all", "cached", "default"]
+
+
+class Vibrant:
+    """One handle on registry, settings, cache and memory for a process."""
+
+    def __init__(self, paths: Paths | None = None, settings: Settings | None = None) -> None:
+        self.paths = paths or Paths.from_env()
+        self.settings = settings or load_settings(self.paths.config)
+        self.registry = Registry.load(self.paths.user_registry)
+        self.cache = Cache(self.paths, self.registry, max_bytes=self.settings.cache_size_limit)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [p.message for p in self.registry.problems] + self.cache.warnings
+
+    def memory(self) -> MemoryInfo:
+        return read_memory()
+
+    def select(self, ram_bytes: int | None = None) -> Selection:
+        if ram_bytes is None:
+            mem = self.memory()
+            return select_model(self.registry, mem.total_bytes, mem.available_bytes)
+        return select_model(self.registry, ram_bytes)
+
+    def _status(
+        self,
+        model: ModelInfo,
+        entry: ManifestEntry | None,
+        partial: PartialDownload | None,
+        selected: str | None,
+    ) -> ModelStatus:
+        return ModelStatus(
+            model=model,
+            cached=entry is not None,
+            size_bytes=entry.size_bytes if entry else None,
+            last_used=entry.last_used.isoformat() if entry and entry.last_used else None,
+            use_count=entry.use_count if entry else 0,
+            revision=entry.revision if entry else None,
+            partial=partial,
+            selected=model.id == selected,
+        )
+
+    def list_models(self, scope: Scope = "default") -> list[ModelStatus]:
+        manifest = self.cache.snapshot().models
+        partials = {p.model_id: p for p in self.cache.partials()}
+        try:
+            selected: str | None = self.select().model_id
+        except Exception:
+            selected = None
+        out = []
+        for model in self.registry:
+            entry = manifest.get(model.id)
+            if scope == "cached" and entry is None:
+                continue
+            if scope == "default" and model.deprecated and entry is None:
+                continue
+            out.append(self._status(model, entry, partials.get(model.id), selected))
+        return out
+
+    def model_info(self, model_id: str) -> ModelStatus:
+        model = self.registry.get(model_id)
+        partial = next((p for p in self.cache.partials() if p.model_id == model_id), None)
+        try:
+            selected: str | None = self.select().model_id
+        except Exception:
+            selected = None
+        return self._status(model, self.cache.get(model_id), partial, selected)
+
+    def remove(self, model_id: str) -> int:
+        return self.cache.remove(model_id)
+
+    def cache_stats(self) -> CacheStats:
+        return self.cache.stats()
+
+    def clean(self, older_than: timedelta | None = None) -> RemovalResult:
+        return self.cache.clean(older_than)
+
+    def prune(self, max_bytes: int | None = None) -> RemovalResult:
+        return self.cache.prune(max_bytes)
+
+    def verify(self, model_id: str) -> ManifestEntry:
+        return self.cache.verify(model_id, force=True)

@@ -1,0 +1,225 @@
+"""``vibrant model ...``: the backend's operations in a terminal.
+
+Exit codes: 0 success, 1 a failure the user can act on (message on stderr, no
+traceback), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from rich.console import Console
+
+from . import render
+from .app import Scope, Vibrant
+from .errors import VibrantError
+from .units import parse_duration, parse_size
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = args.json
+        # Piped output is for scripts and logs: never truncate or wrap a table row there.
+        width = None if sys.stdout.isatty() else 200
+        self.out = Console(highlight=False, width=width)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._app: Vibrant | None = None
+
+    @property
+    def app(self) -> Vibrant:
+        if self._app is None:
+            self._app = Vibrant()
+        return self._app
+
+    def emit_json(self, value: Any) -> None:
+        sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+        sys.stdout.flush()
+
+    def warn_all(self) -> None:
+        if self._app is not None:
+            for warning in self._app.warnings:
+                self.err.print(f"warning: {warning}", markup=False)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_list(ctx: Context) -> int:
+    scope: Scope = "cached" if ctx.args.cached else "all" if ctx.args.all else "default"
+    models = ctx.app.list_models(scope)
+    if ctx.json:
+        ctx.emit_json(models)
+    else:
+        render.model_table(ctx.out, models)
+        try:
+            selection = ctx.app.select()
+            ctx.out.print(f"This machine: {selection.reason}.", markup=False)
+        except VibrantError as err:
+            ctx.out.print(f"This machine: {err.message}", markup=False)
+    return EXIT_OK
+
+
+def cmd_info(ctx: Context) -> int:
+    status = ctx.app.model_info(ctx.args.model_id)
+    if ctx.json:
+        ctx.emit_json(status)
+    else:
+        render.model_info(ctx.out, status)
+    return EXIT_OK
+
+
+def cmd_select(ctx: Context) -> int:
+    selection = ctx.app.select(ctx.args.ram)
+    if ctx.json:
+        ctx.emit_json(selection)
+    else:
+        model = ctx.app.registry.get(selection.model_id)
+        ctx.out.print(f"{selection.model_id}  ({model.name})", markup=False)
+        ctx.out.print(f"Why: {selection.reason}.", markup=False)
+        if selection.warning:
+            ctx.err.print(f"warning: {selection.warning}", markup=False)
+    return EXIT_OK
+
+
+def cmd_remove(ctx: Context) -> int:
+    freed = ctx.app.remove(ctx.args.model_id)
+    if ctx.json:
+        ctx.emit_json({"model_id": ctx.args.model_id, "freed_bytes": freed})
+    else:
+        ctx.out.print(f"Removed {ctx.args.model_id}, freed {render.size(freed)}.", markup=False)
+    return EXIT_OK
+
+
+def cmd_verify(ctx: Context) -> int:
+    entry = ctx.app.verify(ctx.args.model_id)
+    if ctx.json:
+        ctx.emit_json(entry)
+    else:
+        ctx.out.print(f"{entry.id}: OK ({entry.checksum}).", markup=False)
+    return EXIT_OK
+
+
+def cmd_cache(ctx: Context) -> int:
+    stats = ctx.app.cache_stats()
+    entries = ctx.app.cache.entries()
+    partials = ctx.app.cache.partials()
+    if ctx.json:
+        ctx.emit_json({"stats": stats, "models": entries, "partials": partials})
+    else:
+        render.cache(ctx.out, stats, entries, partials, usage=ctx.args.usage)
+    return EXIT_OK
+
+
+def cmd_cache_clean(ctx: Context) -> int:
+    result = ctx.app.clean(ctx.args.older_than)
+    if ctx.json:
+        ctx.emit_json(result)
+    else:
+        render.removal(ctx.out, result)
+    return EXIT_OK
+
+
+def cmd_cache_prune(ctx: Context) -> int:
+    result = ctx.app.prune(ctx.args.max_size)
+    if ctx.json:
+        ctx.emit_json(result)
+    else:
+        render.removal(ctx.out, result)
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    parser = argparse.ArgumentParser(prog="vibrant", description="Local GGUF models for vibrant.")
+    top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    model = top.add_parser("model", help="list, download and manage models")
+    sub = model.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    def add(name: str, fn: Callable[[Context], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("list", cmd_list, "the registry, what is cached, and the model this machine gets")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--all", action="store_true", help="include deprecated models")
+    scope.add_argument("--cached", action="store_true", help="only downloaded models")
+
+    add("info", cmd_info, "everything about one model").add_argument("model_id")
+    add("remove", cmd_remove, "delete a downloaded model").add_argument("model_id")
+    add("verify", cmd_verify, "re-hash a downloaded model's files").add_argument("model_id")
+    p = add("select", cmd_select, "the model this machine (or the given RAM) gets, and why")
+    p.add_argument("--ram", type=_size, help="RAM to select for, e.g. 16GiB")
+
+    p = add("cache", cmd_cache, "cache folder, usage and partial downloads")
+    p.add_argument("--usage", action="store_true", help="use counts and last-used times")
+    cache_sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
+    c = cache_sub.add_parser(
+        "clean", parents=[common], help="remove partial downloads (and unused models)"
+    )
+    c.add_argument(
+        "--older-than", type=_duration, help="also remove models unused this long, e.g. 30d"
+    )
+    c.set_defaults(func=cmd_cache_clean)
+    c = cache_sub.add_parser(
+        "prune", parents=[common], help="remove least recently used models down to a size"
+    )
+    c.add_argument("--max-size", type=_size, help="size to prune to (default: the cache limit)")
+    c.set_defaults(func=cmd_cache_prune)
+
+    for extend in EXTENSIONS:
+        extend(sub, common)
+    return parser
+
+
+# Later modules (downloads, updates) add their subcommands here.
+EXTENSIONS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args)
+    try:
+        code: int = args.func(ctx)
+    except VibrantError as err:
+        ctx.warn_all()
+        ctx.err.print(f"error: {err.message}", markup=False)
+        if err.hint:
+            ctx.err.print(err.hint, markup=False)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        ctx.err.print("Interrupted.", markup=False)
+        return 130
+    ctx.warn_all()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Settings, parsed in one place: editor options, then ``config.toml``, then defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+
+from .errors import ConfigError
+from .units import parse_size
+
+
+def _physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    model: str | None = None
+    cache_size_limit: int | None = None  # bytes; None = unlimited
+    context_size: int = 4096
+    threads: int = msgspec.field(default_factory=_physical_cores)
+    batch_size: int = 512
+    mmap: bool = True
+    mlock: bool = False
+    gpu_layers: int = 0
+    keep_alive_s: float = 300.0  # 0 = never unload an idle model
+    auto_update: bool = False
+    download_connections: int = 4
+
+
+_FIELDS = {f.name for f in msgspec.structs.fields(Settings)}
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(w.capitalize() for w in rest)
+
+
+_CAMEL = {_camel(n): n for n in _FIELDS}
+
+
+def _normalise(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key if key in _FIELDS else _CAMEL.get(key)
+        if name is None:
+            raise ConfigError(
+                f"{source}: unknown setting {key!r}.",
+                hint="Known settings: " + ", ".join(sorted(_FIELDS)),
+                setting=key,
+            )
+        if name == "cache_size_limit" and isinstance(value, str):
+            try:
+                value = parse_size(value)
+            except ValueError as err:
+                raise ConfigError(f"{source}: cache_size_limit: {err}", setting=key) from None
+        out[name] = value
+    return out
+
+
+def load_settings(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Merge (later wins) defaults < ``config_file`` < ``overrides`` and check the types."""
+    merged: dict[str, Any] = {}
+    if config_file is not None and config_file.is_file():
+        try:
+            merged.update(_normalise(tomllib.loads(config_file.read_text()), str(config_file)))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{config_file}: not valid TOML ({err}).") from None
+    if overrides:
+        merged.update(_normalise(overrides, "settings"))
+    try:
+        return msgspec.convert(merged, Settings)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"Invalid setting: {err}.") from None

@@ -1,0 +1,252 @@
+"""The model registry: the embedded models plus the user's own entries.
+
+Users add or override entries by id in ``~/.vibrant/registry.json`` (or the file
+named by ``VIBRANT_REGISTRY``). Entries are checked when read; a bad entry is
+refused with a message naming the file, the entry and the field, and never
+hides the rest of the registry.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from .errors import ModelNotFoundError, RegistryError
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class ModelFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One file of a model on the Hub; a split model has several."""
+
+    filename: str
+    size_bytes: NonNegative | None = None
+    sha256: str | None = None
+
+
+class ModelInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A registry entry. ``files`` is never empty once the registry has read it."""
+
+    id: str
+    hf_repo: str
+    ram_required_mb: NonNegative
+    name: str = ""
+    family: str = ""
+    parameters: str = ""
+    quantization: str = ""
+    context_window: NonNegative = 4096
+    file_size_mb: NonNegative | None = None
+    filename: str | None = None
+    files: list[ModelFile] = []
+    sha256: str | None = None
+    revision: str | None = None
+    recommended: bool = False
+    description: str = ""
+    tags: list[str] = []
+    deprecated: bool = False
+    replaced_by: str | None = None
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.files) > 1
+
+    @property
+    def ram_required_bytes(self) -> int:
+        return self.ram_required_mb * 1024 * 1024
+
+    @property
+    def download_bytes(self) -> int:
+        """What a download costs: the files' known sizes, else the registry's estimate."""
+        if self.files and all(f.size_bytes is not None for f in self.files):
+            return sum(f.size_bytes or 0 for f in self.files)
+        return (self.file_size_mb or 0) * 1024 * 1024
+
+    def local_filenames(self) -> list[str]:
+        """Cache file names; a split model keeps llama.cpp's shard suffix on the id."""
+        n = len(self.files)
+        if n == 1:
+            return [f"{self.id}.gguf"]
+        return [f"{self.id}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+
+
+class _RegistryFile(msgspec.Struct):
+    models: list[msgspec.Raw]
+
+
+class _EntryId(msgspec.Struct):
+    id: Any = None
+
+
+def _check_name(value: str, what: str) -> str | None:
+    if not value:
+        return f"{what} is empty"
+    if "/" in value or "\\" in value:
+        return f"{what} {value!r} contains a path separator"
+    if value in {".", ".."} or ".." in value:
+        return f"{what} {value!r} contains '..'"
+    if _CONTROL.search(value):
+        return f"{what} {value!r} contains a control character"
+    return None
+
+
+def _check_sha(value: str | None) -> str | None:
+    if value is not None and not _SHA256.match(value):
+        return f"{value!r} is not a SHA-256 (64 lowercase hex digits)"
+    return None
+
+
+def _validate(info: ModelInfo) -> tuple[str, str] | None:
+    """The first problem of an entry as (field, reason), or None."""
+    if problem := _check_name(info.id, "id"):
+        return "id", problem
+    parts = info.hf_repo.split("/")
+    if len(parts) != 2 or not all(_REPO_PART.match(p) and ".." not in p for p in parts):
+        return "hf_repo", f"{info.hf_repo!r} is not 'owner/name'"
+    if not info.files and info.filename is None:
+        return "filename", "either 'filename' or 'files' is required"
+    if info.filename is not None and (problem := _check_name(info.filename, "filename")):
+        return "filename", problem
+    if problem := _check_sha(info.sha256):
+        return "sha256", problem
+    for i, f in enumerate(info.files):
+        if problem := _check_name(f.filename, "filename"):
+            return f"files[{i}].filename", problem
+        if problem := _check_sha(f.sha256):
+            return f"files[{i}].sha256", problem
+    if info.revision is not None and (_CONTROL.search(info.revision) or not info.revision):
+        return "revision", f"{info.revision!r} is not a valid revision"
+    return None
+
+
+def _normalise(info: ModelInfo) -> ModelInfo:
+    files = info.files or [ModelFile(info.filename or "", None, info.sha256)]
+    if len(files) == 1 and files[0].sha256 is None and info.sha256:
+        files = [ModelFile(files[0].filename, files[0].size_bytes, info.sha256)]
+    return msgspec.structs.replace(
+        info,
+        name=info.name or info.id,
+        files=files,
+        filename=files[0].filename,
+        sha256=files[0].sha256 if len(files) == 1 else info.sha256,
+    )
+
+
+_FIELD_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
+
+
+def _describe_decode_error(err: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(err)
+    m = _FIELD_AT.match(text)
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
+    if f := re.search(r"field `([^`]+)`", msg):
+        return (f"{path}.{f.group(1)}" if path else f.group(1)), msg
+    return path or "(entry)", msg
+
+
+def parse_entries(data: bytes, source: str) -> tuple[list[ModelInfo], list[RegistryError]]:
+    """Parse a registry file; return the valid entries and one error per refused entry."""
+    try:
+        doc = msgspec.json.decode(data, type=_RegistryFile)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        return [], [
+            RegistryError(
+                f'{source}: not a registry file ({err}); expected {{"models": [...]}}',
+                file=source,
+            )
+        ]
+    good: list[ModelInfo] = []
+    bad: list[RegistryError] = []
+    for index, raw in enumerate(doc.models):
+        try:
+            entry_id = msgspec.json.decode(raw, type=_EntryId).id
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            entry_id = None
+        label = f"entry {index + 1}" + (f" (id {entry_id!r})" if isinstance(entry_id, str) else "")
+        try:
+            info = msgspec.json.decode(raw, type=ModelInfo)
+        except msgspec.ValidationError as err:
+            field, reason = _describe_decode_error(err)
+        else:
+            problem = _validate(info)
+            if problem is None:
+                good.append(_normalise(info))
+                continue
+            field, reason = problem
+        bad.append(
+            RegistryError(
+                f"{source}: {label}: field '{field}': {reason}",
+                file=source,
+                entry=index + 1,
+                field=field,
+            )
+        )
+    return good, bad
+
+
+class Registry:
+    """The merged registry, in order: embedded models first, then the user's additions."""
+
+    def __init__(self, models: list[ModelInfo], problems: list[RegistryError] | None = None):
+        self._models: dict[str, ModelInfo] = {}
+        for m in models:
+            self._models[m.id] = m
+        self.problems: list[RegistryError] = problems or []
+
+    @classmethod
+    def embedded(cls) -> Registry:
+        data = resources.files("vibrant_rpc").joinpath("registry.json").read_bytes()
+        models, problems = parse_entries(data, "<embedded registry>")
+        if problems:  # a packaging bug, not a user error
+            raise RuntimeError(str(problems[0]))
+        return cls(models)
+
+    @classmethod
+    def load(cls, user_file: Path | None) -> Registry:
+        registry = cls.embedded()
+        if user_file is None or not user_file.exists():
+            return registry
+        try:
+            data = user_file.read_bytes()
+        except OSError as err:
+            registry.problems.append(
+                RegistryError(f"{user_file}: cannot be read ({err.strerror})", file=str(user_file))
+            )
+            return registry
+        models, problems = parse_entries(data, str(user_file))
+        for m in models:
+            registry._models[m.id] = m
+        registry.problems.extend(problems)
+        return registry
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self._models
+
+    def all(self) -> list[ModelInfo]:
+        return list(self._models.values())
+
+    def find(self, model_id: str) -> ModelInfo | None:
+        return self._models.get(model_id)
+
+    def get(self, model_id: str) -> ModelInfo:
+        try:
+            return self._models[model_id]
+        except KeyError:
+            close = difflib.get_close_matches(model_id, list(self._models), n=3, cutoff=0.4)
+            if not close:
+                close = [m for m in self._models if model_id.lower() in m.lower()][:3]
+            raise ModelNotFoundError(model_id, close) from None

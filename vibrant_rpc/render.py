@@ -1,0 +1,143 @@
+"""How the CLI shows things to a person: tables and short lines, sizes and times readable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from .app import ModelStatus
+from .cache import CacheStats, PartialDownload, RemovalResult
+from .manifest import ManifestEntry
+from .units import format_bytes
+
+size = format_bytes
+
+
+def ago(when: datetime | str | None) -> str:
+    if when is None:
+        return "never"
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= length:
+            return f"{int(seconds // length)}{unit} ago"
+    return "just now"
+
+
+def partial_text(p: PartialDownload) -> str:
+    if p.total_bytes:
+        pct = 100 * p.downloaded_bytes / p.total_bytes
+        text = f"partial {pct:.0f}% ({size(p.downloaded_bytes)} of {size(p.total_bytes)})"
+    else:
+        text = f"partial ({size(p.downloaded_bytes)})"
+    return text + (", downloading now" if p.active else "")
+
+
+def model_table(console: Console, models: list[ModelStatus]) -> None:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("", "ID", "PARAMS", "QUANT", "SIZE", "RAM", "STATE", "LAST USED"):
+        table.add_column(col)
+    for s in models:
+        m = s.model
+        if s.cached:
+            state = "cached"
+        elif s.partial:
+            state = partial_text(s.partial)
+        else:
+            state = "-"
+        if m.deprecated:
+            state += f" (deprecated{', use ' + m.replaced_by if m.replaced_by else ''})"
+        table.add_row(
+            "*" if s.selected else "",
+            m.id,
+            m.parameters,
+            m.quantization,
+            size(s.size_bytes if s.size_bytes is not None else m.download_bytes),
+            size(m.ram_required_bytes),
+            state,
+            ago(s.last_used) if s.cached else "",
+        )
+    console.print(table)
+    if any(s.selected for s in models):
+        console.print("* the model this machine gets", markup=False)
+
+
+def model_info(console: Console, s: ModelStatus) -> None:
+    m = s.model
+    rows: list[tuple[str, str]] = [
+        ("id", m.id),
+        ("name", m.name),
+        ("family", m.family),
+        ("parameters", m.parameters),
+        ("quantization", m.quantization),
+        ("context window", f"{m.context_window:,} tokens"),
+        ("download size", size(m.download_bytes)),
+        ("RAM required", size(m.ram_required_bytes)),
+        ("Hub repo", m.hf_repo + (f" @ {m.revision}" if m.revision else "")),
+        ("files", ", ".join(f.filename for f in m.files)),
+        ("recommended", "yes" if m.recommended else "no"),
+        ("tags", ", ".join(m.tags)),
+        ("description", m.description),
+    ]
+    if m.deprecated:
+        rows.append(("deprecated", f"yes, replaced by {m.replaced_by}" if m.replaced_by else "yes"))
+    if s.cached:
+        rows += [
+            ("cached", f"yes, {size(s.size_bytes)}"),
+            ("revision", s.revision or "unknown"),
+            ("last used", ago(s.last_used)),
+            ("use count", str(s.use_count)),
+        ]
+    elif s.partial:
+        rows.append(("cached", partial_text(s.partial)))
+    else:
+        rows.append(("cached", "no"))
+    if s.selected:
+        rows.append(("this machine", "this is the model this machine gets"))
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+def cache(
+    console: Console,
+    stats: CacheStats,
+    entries: list[ManifestEntry],
+    partials: list[PartialDownload],
+    *,
+    usage: bool,
+) -> None:
+    limit = size(stats.max_cache_bytes) if stats.max_cache_bytes is not None else "unlimited"
+    console.print(f"Cache: {stats.cache_dir}", markup=False)
+    console.print(
+        f"Used: {size(stats.total_bytes)} in {stats.models} model(s), limit {limit}; "
+        f"partial downloads {size(stats.partial_bytes)}",
+        markup=False,
+    )
+    if entries:
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        cols = ["ID", "SIZE", "DOWNLOADED", "LAST USED"] + (["USES"] if usage else [])
+        for col in cols:
+            table.add_column(col)
+        order = sorted(entries, key=lambda e: e.last_touched) if usage else entries
+        for e in order:
+            row = [e.id, size(e.size_bytes), ago(e.downloaded_at), ago(e.last_used)]
+            table.add_row(*row, *([str(e.use_count)] if usage else []))
+        console.print(table)
+    for p in partials:
+        console.print(f"{p.model_id}: {partial_text(p)}", markup=False)
+
+
+def removal(console: Console, result: RemovalResult) -> None:
+    if not result.removed:
+        console.print("Nothing to remove.", markup=False)
+        return
+    for name in result.removed:
+        console.print(f"Removed {name}", markup=False)
+    console.print(f"Freed {size(result.freed_bytes)}.", markup=False)
