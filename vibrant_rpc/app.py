@@ -5,6 +5,7 @@ It knows nothing of argparse or JSON-RPC; each method takes and returns typed va
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Literal
 
@@ -15,8 +16,18 @@ from .config import Settings, load_settings
 from .manifest import ManifestEntry
 from .memory import MemoryInfo, read_memory
 from .paths import Paths
+from .progress import ProgressCallback
 from .registry import ModelInfo, Registry
 from .selection import Selection, select_model
+
+
+class DownloadResult(msgspec.Struct, kw_only=True):
+    model_id: str
+    paths: list[str]  # absolute paths; the first is what llama.cpp loads
+    size_bytes: int
+    sha256: str  # of the first (or only) file
+    revision: str | None
+    pruned: list[str] = []  # models removed to make room under the size limit
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -115,3 +126,21 @@ class Vibrant:
 
     def verify(self, model_id: str) -> ManifestEntry:
         return self.cache.verify(model_id, force=True)
+
+    # -- downloads (vibrant_rpc.downloader) ---------------------------------------------
+
+    def resolve_id(self, model_id: str) -> str:
+        """``auto`` is the selection's choice for this machine."""
+        return self.select().model_id if model_id == "auto" else self.registry.get(model_id).id
+
+    def download(
+        self,
+        model_id: str,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> DownloadResult:
+        """Download (or resume) a model; blocking. ``cancel`` set stops it, keeping the partial."""
+        from .downloader import Downloader
+
+        model = self.registry.get(self.resolve_id(model_id))
+        return Downloader(self).download(model, progress=progress, cancel=cancel)

@@ -72,7 +72,7 @@ class Cache:
         self.warnings.append(message)
 
     @contextmanager
-    def transaction(self) -> Iterator[Manifest]:
+    def transaction(self, recording: str | None = None) -> Iterator[Manifest]:
         """Read, let the caller change, and write the manifest under the cross-process lock."""
         self.paths.models.mkdir(parents=True, exist_ok=True)
         with self.store.locked():
@@ -84,18 +84,18 @@ class Cache:
                     "rebuilt from the model files on disk."
                 )
                 manifest = Manifest()
-            self._reconcile(manifest)
+            self._reconcile(manifest, recording)
             yield manifest
             self.store.write(manifest)
 
-    def _reconcile(self, manifest: Manifest) -> None:
+    def _reconcile(self, manifest: Manifest, recording: str | None = None) -> None:
         for model_id, entry in list(manifest.models.items()):
             missing = [f.path for f in entry.files if not (self.paths.models / f.path).is_file()]
             if missing:
                 del manifest.models[model_id]
                 self._warn(f"{model_id}: file {missing[0]} is gone; dropped from the manifest.")
         for model in self.registry:
-            if model.id in manifest.models:
+            if model.id in manifest.models or model.id == recording:
                 continue
             files = [self.paths.models / name for name in model.local_filenames()]
             if all(f.is_file() for f in files):
@@ -199,7 +199,7 @@ class Cache:
             return entry
 
     def record(self, entry: ManifestEntry) -> None:
-        with self.transaction() as manifest:
+        with self.transaction(recording=entry.id) as manifest:
             manifest.models[entry.id] = entry
 
     def _delete_files(self, entry: ManifestEntry) -> int:

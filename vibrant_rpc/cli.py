@@ -149,6 +149,36 @@ def cmd_cache_prune(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_download(ctx: Context) -> int:
+    model_id = ctx.app.resolve_id(ctx.args.model_id)
+    if ctx.args.model_id == "auto" and not ctx.json:
+        ctx.out.print(f"This machine gets {model_id}: {ctx.app.select().reason}.", markup=False)
+    if ctx.json:
+        on_progress = render.JsonProgress(sys.stdout)
+        try:
+            result = ctx.app.download(model_id, progress=on_progress)
+        except KeyboardInterrupt:
+            ctx.err.print(render.INTERRUPTED_DOWNLOAD, markup=False)
+            return 130
+        ctx.emit_json(result)
+        return EXIT_OK
+    with render.DownloadBar(ctx.out, model_id) as bar:
+        try:
+            result = ctx.app.download(model_id, progress=bar.update)
+        except KeyboardInterrupt:
+            bar.stop()
+            ctx.err.print(render.INTERRUPTED_DOWNLOAD, markup=False)
+            return 130
+    for pruned in result.pruned:
+        ctx.out.print(f"Removed {pruned} to stay under the cache size limit.", markup=False)
+    ctx.out.print(
+        f"Downloaded {model_id} ({render.size(result.size_bytes)}), verified "
+        f"sha256:{result.sha256[:16]}…, at {result.paths[0]}",
+        markup=False,
+    )
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -193,13 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-size", type=_size, help="size to prune to (default: the cache limit)")
     c.set_defaults(func=cmd_cache_prune)
 
-    for extend in EXTENSIONS:
-        extend(sub, common)
+    p = add("download", cmd_download, "download (or resume) a model from the Hub")
+    p.add_argument("model_id", help="a model id, or 'auto' for the model this machine gets")
     return parser
-
-
-# Later modules (downloads, updates) add their subcommands here.
-EXTENSIONS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     auto_update: bool = False
     download_connections: int = 4
+    download_idle_timeout_s: float = 30.0  # a read that stalls this long is cut and resumed
+    download_retry_base_s: float = 1.0  # first backoff; doubles, with jitter
 
 
 _FIELDS = {f.name for f in msgspec.structs.fields(Settings)}

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import TextIO
 
+import msgspec
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from .app import ModelStatus
 from .cache import CacheStats, PartialDownload, RemovalResult
 from .manifest import ManifestEntry
+from .progress import Progress as DownloadProgress
 from .units import format_bytes
+
+INTERRUPTED_DOWNLOAD = (
+    "Download interrupted. What was downloaded is kept: run the same command again to resume."
+)
 
 size = format_bytes
 
@@ -141,3 +158,61 @@ def removal(console: Console, result: RemovalResult) -> None:
     for name in result.removed:
         console.print(f"Removed {name}", markup=False)
     console.print(f"Freed {size(result.freed_bytes)}.", markup=False)
+
+
+class DownloadBar:
+    """A terminal progress bar: bytes, speed and time left, fed by download callbacks."""
+
+    def __init__(self, console: Console, model_id: str) -> None:
+        self.model_id = model_id
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task: TaskID | None = None
+        self._stopped = False
+
+    def __enter__(self) -> DownloadBar:
+        self._bar.start()
+        self._task = self._bar.add_task(self.model_id, total=None)
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._bar.stop()
+
+    def update(self, p: DownloadProgress) -> None:
+        if self._task is None:
+            return
+        labels = {"waiting": " (another process is downloading it)", "verifying": " (verifying)"}
+        self._bar.update(
+            self._task,
+            completed=p.downloaded_bytes,
+            total=p.total_bytes,
+            description=self.model_id + labels.get(p.state, ""),
+        )
+
+
+class JsonProgress:
+    """``--json``: one JSON line per progress step, for scripts."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._encoder = msgspec.json.Encoder()
+
+    def __call__(self, p: DownloadProgress) -> None:
+        self.stream.write(
+            self._encoder.encode({"event": "progress", **msgspec.structs.asdict(p)}).decode() + "\n"
+        )
+        self.stream.flush()

@@ -1,0 +1,400 @@
+"""Downloads against the loopback Hub stand-in, with its faults switched on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import put_cached, tiny_model, write_registry
+from tests.hub_stub import HubStub
+from vibrant_rpc.app import Vibrant
+from vibrant_rpc.config import load_settings
+from vibrant_rpc.downloader import Downloader
+from vibrant_rpc.errors import (
+    CacheFullError,
+    ChecksumMismatchError,
+    DiskFullError,
+    DownloadCancelledError,
+    DownloadFailedError,
+    GatedRepoError,
+    HubUnreachableError,
+    OfflineError,
+)
+from vibrant_rpc.paths import Paths
+from vibrant_rpc.progress import Progress
+
+MB = 1_000_000
+KiB = 1024
+
+
+def blob(n: int, seed: int = 1) -> bytes:
+    return hashlib.shake_256(f"seed{seed}".encode()).digest(n)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStub]:
+    with HubStub() as stub:
+        monkeypatch.setenv("HF_ENDPOINT", stub.endpoint)
+        yield stub
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, s: float) -> None:
+        self.calls.append(s)
+
+
+def make_app(paths: Paths, models: list[dict[str, object]], **settings: object) -> Vibrant:
+    write_registry(paths, models)
+    base: dict[str, object] = {"download_idle_timeout_s": 2.0, "download_retry_base_s": 0.01}
+    base.update(settings)
+    return Vibrant(paths, load_settings(None, base))
+
+
+def downloader(app: Vibrant, block: int = 256 * KiB, sleep: Sleeps | None = None) -> Downloader:
+    d = Downloader(app, sleep=sleep or Sleeps())
+    d.config.block_size = block
+    return d
+
+
+def get(app: Vibrant, model_id: str, d: Downloader | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    d = d or downloader(app)
+    return d.download(app.registry.get(model_id), **kw)  # type: ignore[arg-type]
+
+
+def cdn_bytes(hub: HubStub) -> int:
+    return hub.bytes_served
+
+
+def test_plain_download_verified_and_recorded(hub: HubStub, paths: Paths) -> None:
+    data = blob(3 * MB)
+    commit = hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")])
+    seen: list[Progress] = []
+    result = get(app, "a", progress=seen.append)
+    target = paths.models / "a.gguf"
+    assert result.paths == [str(target)]
+    assert target.read_bytes() == data
+    assert result.sha256 == sha(data) and result.revision == commit
+    entry = app.cache.get("a")
+    assert entry is not None
+    assert entry.checksum == f"sha256:{sha(data)}" and entry.revision == commit
+    assert entry.versions[0].sha256 == sha(data)
+    assert not paths.partial_dir("a").exists()
+    assert seen[0].state == "resolving" and seen[-1].state == "done"
+    assert seen[-1].downloaded_bytes == len(data) == seen[-1].total_bytes
+    # parallel blocks were used, and every byte crossed the wire exactly once
+    gets = [r for r in hub.requests if r.host == "cdn"]
+    assert len(gets) > 4 and cdn_bytes(hub) == len(data)
+    # a second call is answered from the cache without touching the network
+    hub.reset_stats()
+    assert get(app, "a").sha256 == sha(data)
+    assert hub.requests == []
+
+
+def test_split_model_lands_under_llama_cpp_names(hub: HubStub, paths: Paths) -> None:
+    parts = [blob(MB, 1), blob(MB + 7, 2)]
+    names = ["r-00001-of-00002.gguf", "r-00002-of-00002.gguf"]
+    hub.add_repo("test/tiny", dict(zip(names, parts, strict=True)))
+    split = {"id": "sp", "hf_repo": "test/tiny", "ram_required_mb": 1}
+    app = make_app(paths, [{**split, "files": [{"filename": n} for n in names]}])
+    result = get(app, "sp")
+    assert [Path(p).name for p in result.paths] == [
+        "sp-00001-of-00002.gguf",
+        "sp-00002-of-00002.gguf",
+    ]
+    for p, d in zip(result.paths, parts, strict=True):
+        assert Path(p).read_bytes() == d
+    entry = app.cache.get("sp")
+    assert entry is not None and [f.sha256 for f in entry.files] == [sha(d) for d in parts]
+
+
+def test_resume_after_connection_drops(hub: HubStub, paths: Paths) -> None:
+    data = blob(2 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")], download_connections=1)
+    hub.faults.drop_after_bytes = 700_000
+    hub.faults.drop_count = 2
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == data
+    ranges = [r.range for r in hub.requests if r.host == "cdn"]
+    assert ranges[0] == "bytes=0-1999999" and ranges[1] == "bytes=700000-1999999"
+    assert cdn_bytes(hub) == len(data)  # nothing fetched twice
+
+
+def test_cancel_keeps_partial_and_resume_fetches_only_the_rest(hub: HubStub, paths: Paths) -> None:
+    import threading
+
+    data = blob(4 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.throttle_bps = 2 * MB
+    cancel = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        if p.downloaded_bytes > 1 * MB:
+            cancel.set()
+
+    with pytest.raises(DownloadCancelledError, match="kept"):
+        get(app, "a", progress=on_progress, cancel=cancel)
+    partial = app.cache.partials()
+    assert len(partial) == 1 and 0 < partial[0].downloaded_bytes < len(data)
+    kept = partial[0].downloaded_bytes
+    hub.faults.throttle_bps = None
+    hub.reset_stats()
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == data
+    assert cdn_bytes(hub) <= len(data) - kept + 4 * 256 * KiB
+
+
+def test_corrupted_byte_is_downloaded_once_more(hub: HubStub, paths: Paths) -> None:
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.corrupt_offset = 12345
+    hub.faults.corrupt_count = 1
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == data
+    assert cdn_bytes(hub) == 2 * len(data)
+
+
+def test_persistent_corruption_is_the_checksum_error(hub: HubStub, paths: Paths) -> None:
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a"), tiny_model("b")])
+    put_cached(app.cache, "b", 100)
+    hub.faults.corrupt_offset = 999_999
+    hub.faults.corrupt_count = 5
+    with pytest.raises(ChecksumMismatchError) as info:
+        get(app, "a")
+    err = info.value
+    assert err.details["expected"] == sha(data)
+    assert err.details["actual"] != sha(data) and err.details["actual"] in err.message
+    assert not (paths.models / "a.gguf").exists()
+    assert [e.id for e in app.cache.entries()] == ["b"]  # the cache is whole
+
+
+def test_registry_sha_disagreeing_with_hub_is_a_hard_error(hub: HubStub, paths: Paths) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(1000)})
+    app = make_app(paths, [tiny_model("a", sha256="b" * 64)])
+    with pytest.raises(ChecksumMismatchError) as info:
+        get(app, "a")
+    assert "b" * 64 in info.value.message and sha(blob(1000)) in info.value.message
+    assert not [r for r in hub.requests if r.host == "cdn"]
+
+
+def test_server_ignoring_range_restarts_cleanly(hub: HubStub, paths: Paths) -> None:
+    data = blob(2 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")], download_connections=1)
+    hub.faults.drop_after_bytes = 500_000
+    hub.faults.drop_count = 1
+    hub.faults.ignore_range = True
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == data
+    cdn = [r for r in hub.requests if r.host == "cdn"]
+    assert [r.status for r in cdn] == [200, 200, 200]
+    # the resume asked for a range, got the whole file, and started over from byte 0
+    assert [r.range for r in cdn] == ["bytes=0-1999999", "bytes=500000-1999999", "bytes=0-1999999"]
+
+
+def test_503_and_429_with_retry_after(hub: HubStub, paths: Paths) -> None:
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.status_sequence = [503, 429]
+    hub.faults.retry_after = 7
+    hub.faults.status_target = "both"
+    sleeps = Sleeps()
+    result = get(app, "a", d=downloader(app, sleep=sleeps))
+    assert Path(result.paths[0]).read_bytes() == data
+    assert len(sleeps.calls) == 2 and all(s >= 7 for s in sleeps.calls)
+
+
+def test_persistent_503_fails_keeping_nothing_broken(hub: HubStub, paths: Paths) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(MB)})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.status_sequence = [503] * 10
+    with pytest.raises(HubUnreachableError, match="3 attempts"):
+        get(app, "a")
+
+
+def test_stalled_connection_is_cut_and_resumed(hub: HubStub, paths: Paths) -> None:
+    import time
+
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")], download_idle_timeout_s=0.5)
+    hub.faults.stall_after_bytes = 300_000
+    hub.faults.stall_seconds = 20
+    hub.faults.stall_count = 1
+    t0 = time.monotonic()
+    result = get(app, "a")
+    assert time.monotonic() - t0 < 10
+    assert Path(result.paths[0]).read_bytes() == data
+
+
+def test_gated_repo_needs_the_token_which_never_reaches_the_cdn(
+    hub: HubStub, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data}, gated=True, token="hf_secret")
+    app = make_app(paths, [tiny_model("a")])
+    with pytest.raises(GatedRepoError) as info:
+        get(app, "a")
+    assert "HF_TOKEN" in str(info.value) and "restricted" in info.value.message
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    with pytest.raises(GatedRepoError, match="403"):
+        get(app, "a")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    hub.reset_stats()
+    assert Path(get(app, "a").paths[0]).read_bytes() == data
+    endpoint = [r for r in hub.requests if r.host == "endpoint"]
+    cdn = [r for r in hub.requests if r.host == "cdn"]
+    assert endpoint and all(r.headers.get("authorization") == "Bearer hf_secret" for r in endpoint)
+    assert cdn and all("authorization" not in r.headers for r in cdn)
+
+
+def test_token_file_from_huggingface_login(
+    hub: HubStub, paths: Paths, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(1000)}, gated=True, token="hf_file")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "token").write_text("hf_file\n")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    app = make_app(paths, [tiny_model("a")])
+    assert get(app, "a").size_bytes == 1000
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        ({"hf_repo": "test/nope"}, "The repository test/nope does not exist"),
+        ({"revision": "v9"}, "The revision 'v9' does not exist in test/tiny"),
+        ({"filename": "missing.gguf"}, "missing.gguf does not exist in test/tiny"),
+    ],
+)
+def test_404s_name_what_is_missing(
+    hub: HubStub, paths: Paths, entry: dict[str, object], words: str
+) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(1000)})
+    app = make_app(paths, [tiny_model("a", **entry)])
+    with pytest.raises(DownloadFailedError) as info:
+        get(app, "a")
+    assert words in info.value.message
+    assert info.value.details["status"] == 404
+    assert not paths.models.joinpath("a.gguf").exists()
+
+
+def test_full_disk_says_how_much_and_where(hub: HubStub, tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        paths = Paths(mnt / "home")
+        hub.add_repo("test/tiny", {"a.gguf": blob(6 * MB)})
+        app = make_app(paths, [tiny_model("a")])
+        with pytest.raises(DiskFullError) as info:
+            get(app, "a")
+        msg = info.value.message
+        assert str(paths.models) in msg and "is needed" in msg and "free" in msg
+        assert not [r for r in hub.requests if r.host == "cdn"]  # refused before fetching
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_cache_limit_prunes_lru_first_and_says_which(hub: HubStub, paths: Paths) -> None:
+    from datetime import timedelta
+
+    from vibrant_rpc.manifest import utcnow
+
+    hub.add_repo("test/tiny", {"a.gguf": blob(MB)})
+    app = make_app(
+        paths, [tiny_model("a"), tiny_model("old"), tiny_model("new")], cache_size_limit=1_600_000
+    )
+    put_cached(app.cache, "old", 500_000, last_used=utcnow() - timedelta(days=9))
+    put_cached(app.cache, "new", 500_000, last_used=utcnow())
+    result = get(app, "a")
+    assert result.pruned == ["old"]
+    assert sorted(e.id for e in app.cache.entries()) == ["a", "new"]
+    app.cache.max_bytes = 1_200_000
+    hub.add_repo("test/big", {"b.gguf": blob(2 * MB)})
+    write_registry(paths, [tiny_model("a"), tiny_model("new"), tiny_model("b", hf_repo="test/big")])
+    app2 = make_app(
+        paths,
+        [tiny_model("a"), tiny_model("new"), tiny_model("b", hf_repo="test/big")],
+        cache_size_limit=1_200_000,
+    )
+    with pytest.raises(CacheFullError):
+        get(app2, "b")
+
+
+def test_offline_mode_makes_no_request(
+    hub: HubStub, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(1000), "b.gguf": blob(1000, 2)})
+    app = make_app(paths, [tiny_model("a"), tiny_model("b")])
+    get(app, "a")
+    hub.reset_stats()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert get(app, "a").size_bytes == 1000  # cached models work
+    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
+        get(app, "b")
+    assert hub.requests == []
+
+
+def test_changed_upstream_file_restarts_instead_of_splicing(hub: HubStub, paths: Paths) -> None:
+    import threading
+
+    old, new = blob(3 * MB, 1), blob(3 * MB, 2)
+    hub.add_repo("test/tiny", {"a.gguf": old})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.throttle_bps = 2 * MB
+    cancel = threading.Event()
+    with pytest.raises(DownloadCancelledError):
+        get(
+            app,
+            "a",
+            cancel=cancel,
+            progress=lambda p: cancel.set() if p.downloaded_bytes > MB else None,
+        )
+    assert app.cache.partials()[0].downloaded_bytes > 0
+    new_commit = hub.publish("test/tiny", {"a.gguf": new})
+    hub.faults.throttle_bps = None
+    hub.reset_stats()
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == new
+    assert result.revision == new_commit
+    # the whole new file was asked for again, nothing spliced from the old one
+    asked = [r.range for r in hub.requests if r.host == "cdn" and r.method == "GET"]
+    spans = sorted(tuple(int(x) for x in a.removeprefix("bytes=").split("-")) for a in asked)
+    assert spans[0][0] == 0 and sum(e - s + 1 for s, e in spans) == len(new)
+
+
+def test_cli_download_json_lines(hub: HubStub, paths: Paths) -> None:
+    data = blob(2 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    write_registry(paths, [tiny_model("a")])
+    exe = Path(os.sys.executable).parent / "vibrant"  # type: ignore[attr-defined]
+    r = subprocess.run(
+        [str(exe), "model", "download", "a", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert lines[0]["event"] == "progress" and lines[0]["state"] == "resolving"
+    assert lines[-2]["state"] == "done" and lines[-2]["downloaded_bytes"] == len(data)
+    assert lines[-1]["sha256"] == sha(data)
+    r = subprocess.run([str(exe), "model", "download", "nope"], capture_output=True, text=True)
+    assert r.returncode == 1 and "Unknown model" in r.stderr

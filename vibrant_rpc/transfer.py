@@ -1,0 +1,348 @@
+"""One file's bytes, fetched over several ranged connections and hashed in order.
+
+The file is cut into blocks; each connection takes the next block (never further
+ahead of the hashed prefix than a small window), writes it in place, and the
+SHA-256 advances over the contiguous prefix as it completes. Blocks ahead of the
+prefix wait in memory, so parallelism costs no second read of the file. Only on
+resume are the bytes already on disk read once to bring the hash up to date.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .download_state import FileProgress
+from .errors import DiskFullError, DownloadFailedError, HubUnreachableError
+from .hub import HubClient, TransientError, retry_after_seconds
+
+MiB = 1024 * 1024
+
+
+class Cancelled(Exception):
+    pass
+
+
+class RangeIgnored(Exception):
+    """The server answered a range request with the whole file (200)."""
+
+
+class RemoteChanged(Exception):
+    """The file upstream is not the one the partial data came from."""
+
+
+class UrlExpired(Exception):
+    """The signed CDN URL was refused; resolve again for a fresh one."""
+
+
+@dataclass
+class TransferConfig:
+    connections: int = 4
+    block_size: int = 16 * MiB
+    window_blocks_per_connection: int = 2
+    idle_timeout: float = 30.0
+    max_attempts_without_progress: int = 3
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        delay = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
+        delay *= 0.5 + random.random()  # jitter: parallel clients don't retry in lockstep
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 300.0))
+        return delay
+
+
+def add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    """Insert [start, end) into sorted, merged ranges, in place."""
+    out: list[tuple[int, int]] = []
+    placed = False
+    for s, e in ranges:
+        if e < start:
+            out.append((s, e))
+        elif end < s:
+            if not placed:
+                out.append((start, end))
+                placed = True
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    if not placed:
+        out.append((start, end))
+    out.sort()
+    ranges[:] = out
+
+
+def gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for s, e in ranges:
+        if s > pos:
+            out.append((pos, s))
+        pos = max(pos, e)
+    if pos < size:
+        out.append((pos, size))
+    return out
+
+
+class FileTransfer:
+    """Fetch the missing ranges of ``fp`` into ``part`` and return the file's SHA-256."""
+
+    def __init__(
+        self,
+        hub: HubClient,
+        url: Callable[[bool], str],  # url(refresh): the CDN URL, re-resolved when refresh
+        part: Path,
+        fp: FileProgress,
+        size: int,
+        config: TransferConfig,
+        cancel: threading.Event,
+        on_bytes: Callable[[int], None],
+        on_checkpoint: Callable[[], None],
+    ) -> None:
+        self.hub, self._url, self.part, self.fp, self.size = hub, url, part, fp, size
+        self.cfg, self.cancel = config, cancel
+        self._on_bytes, self._on_checkpoint = on_bytes, on_checkpoint
+        self._lock = threading.Condition()
+        self._hasher = hashlib.sha256()
+        self._hpos = 0
+        self._ready: dict[int, tuple[int, bytes | None]] = {}  # start -> (end, data or on disk)
+        self._blocks: list[tuple[int, int]] = []
+        self._next = 0
+        self._error: BaseException | None = None
+        self._fd = -1
+        self._last_checkpoint = 0.0
+        self._url_cache: str | None = None
+
+    # -- hashing the contiguous prefix -------------------------------------------------
+
+    def _advance(self) -> None:
+        """Hash every finished segment at the frontier. Called with the lock held."""
+        while (seg := self._ready.pop(self._hpos, None)) is not None:
+            end, data = seg
+            if data is None:  # finished in an earlier run: read it once
+                pos = self._hpos
+                while pos < end:
+                    chunk = os.pread(self._fd, min(8 * MiB, end - pos), pos)
+                    if not chunk:
+                        raise DownloadFailedError(f"{self.part} is shorter than recorded.")
+                    self._hasher.update(chunk)
+                    pos += len(chunk)
+            else:
+                self._hasher.update(data)
+            self._hpos = end
+        self._lock.notify_all()
+
+    # -- scheduling ----------------------------------------------------------------------
+
+    def _plan(self, connections: int) -> list[tuple[int, int]]:
+        missing = gaps(self.fp.done, self.size)
+        if connections == 1:
+            return missing  # one long request per gap: no per-block round trips
+        blocks = []
+        for s, e in missing:
+            for b in range(s, e, self.cfg.block_size):
+                blocks.append((b, min(e, b + self.cfg.block_size)))
+        return blocks
+
+    def _take_block(self, window: int) -> tuple[int, int] | None:
+        with self._lock:
+            while True:
+                if self._error is not None or self.cancel.is_set():
+                    return None
+                if self._next >= len(self._blocks):
+                    return None
+                block = self._blocks[self._next]
+                if block[0] < self._hpos + window:
+                    self._next += 1
+                    return block
+                self._lock.wait(0.2)
+
+    def _checkpoint(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_checkpoint > 0.25:
+            self._last_checkpoint = now
+            self._on_checkpoint()
+
+    # -- one block -------------------------------------------------------------------------
+
+    def _current_url(self, refresh: bool = False) -> str:
+        if refresh or self._url_cache is None:
+            self._url_cache = self._url(refresh)
+        return self._url_cache
+
+    def _fetch_block(self, start: int, end: int) -> None:
+        pos = start
+        pending: list[bytes] = []
+        pending_start = start
+        failures = 0
+        refresh = False
+        while pos < end:
+            moved = False
+            try:
+                url = self._current_url(refresh)
+                refresh = False
+                response = self.hub.stream(url, pos, end, idle_timeout=self.cfg.idle_timeout)
+                try:
+                    self._check_response(response, pos, end)
+                    for chunk in response.iter_raw():
+                        if self._error is not None:
+                            return
+                        if self.cancel.is_set():
+                            raise Cancelled()
+                        chunk = chunk[: end - pos]
+                        if not chunk:
+                            break
+                        self._write(chunk, pos)
+                        moved = True
+                        with self._lock:
+                            add_range(self.fp.done, pos, pos + len(chunk))
+                            if not pending and self._hpos == pos:
+                                self._hasher.update(chunk)  # at the frontier: hash inline
+                                self._hpos = pos + len(chunk)
+                                pending_start = self._hpos
+                                self._lock.notify_all()
+                            else:
+                                pending.append(chunk)
+                                if self._hpos == pending_start:
+                                    for c in pending:
+                                        self._hasher.update(c)
+                                    self._hpos = pending_start + sum(map(len, pending))
+                                    pending.clear()
+                                    pending_start = self._hpos
+                                    self._lock.notify_all()
+                            self._checkpoint()
+                        pos += len(chunk)
+                        self._on_bytes(len(chunk))
+                        if pos >= end:
+                            break
+                finally:
+                    response.close()
+                if pos < end:
+                    raise TransientError("the connection closed before the range was complete")
+            except (httpx.TransportError, httpx.TimeoutException, httpx.StreamError) as err:
+                failures = self._failed(failures, moved, TransientError(f"{type(err).__name__}"))
+            except TransientError as err:
+                failures = self._failed(failures, moved, err)
+            except UrlExpired:
+                failures = self._failed(failures, moved, TransientError("signed URL refused"))
+                refresh = True
+        with self._lock:
+            if pending:
+                self._ready[pending_start] = (end, b"".join(pending))
+            self._advance()
+
+    def _failed(self, failures: int, moved: bool, err: TransientError) -> int:
+        failures = 0 if moved else failures + 1  # an attempt that moved bytes resets the count
+        if failures >= self.cfg.max_attempts_without_progress:
+            raise HubUnreachableError(
+                f"The download stopped making progress after {failures} attempts ({err}).",
+                hint="The partial download is kept; run the download again to resume.",
+            )
+        self.cfg.sleep(self.cfg.backoff(max(1, failures), err.retry_after))
+        return failures
+
+    def _check_response(self, r: httpx.Response, start: int, end: int) -> None:
+        if r.status_code == 206:
+            cr = r.headers.get("content-range", "")
+            try:
+                unit_range, total = cr.split("/", 1)
+                first = int(unit_range.split()[1].split("-")[0])
+            except (ValueError, IndexError):
+                raise TransientError(f"bad Content-Range {cr!r}") from None
+            if first != start or (total != "*" and int(total) != self.size):
+                raise RemoteChanged(f"the server sent {cr} for bytes {start}-{end - 1}")
+            return
+        if r.status_code == 200:
+            if start == 0 and end == self.size:
+                return  # asked for everything: a 200 is the whole file, as wanted
+            raise RangeIgnored()
+        if r.status_code == 416:
+            raise RemoteChanged("416 Range Not Satisfiable")
+        if r.status_code in (401, 403):
+            raise UrlExpired()
+        if r.status_code == 429 or r.status_code >= 500:
+            raise TransientError(f"HTTP {r.status_code}", retry_after_seconds(r.headers))
+        raise DownloadFailedError(f"The download server answered {r.status_code}.")
+
+    def _write(self, chunk: bytes, pos: int) -> None:
+        try:
+            written = os.pwrite(self._fd, chunk, pos)
+            while written < len(chunk):
+                written += os.pwrite(self._fd, chunk[written:], pos + written)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"The disk holding {self.part.parent} is full.",
+                    hint="Free some space (or remove models with `vibrant model remove`), "
+                    "then download again: the partial download is kept.",
+                    path=str(self.part.parent),
+                ) from None
+            raise
+
+    # -- the whole file ----------------------------------------------------------------------
+
+    def _worker(self, window: int) -> None:
+        try:
+            while (block := self._take_block(window)) is not None:
+                self._fetch_block(*block)
+        except BaseException as err:  # handed to run(), which raises it in the caller
+            with self._lock:
+                if self._error is None:
+                    self._error = err
+                self._lock.notify_all()
+
+    def run(self) -> str:
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(self._fd).st_size != self.size:
+                os.ftruncate(self._fd, self.size)
+            with self._lock:
+                for s, e in self.fp.done:
+                    self._ready[s] = (e, None)
+                self._advance()  # resume: the bytes already here are hashed once
+            connections = max(1, self.cfg.connections)
+            if self.size - self.fp.done_bytes < 2 * self.cfg.block_size:
+                connections = 1
+            self._blocks = self._plan(connections)
+            connections = min(connections, len(self._blocks)) or 1
+            window = connections * self.cfg.window_blocks_per_connection * self.cfg.block_size
+            threads = [
+                threading.Thread(target=self._worker, args=(window,), daemon=True)
+                for _ in range(connections)
+            ]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+            except BaseException:  # Ctrl-C in the main thread: stop the workers, keep the data
+                self.cancel.set()
+                for t in threads:
+                    t.join(10)
+                raise
+            finally:
+                self._checkpoint(force=True)
+            if self._error is not None:
+                raise self._error
+            if self.cancel.is_set():
+                raise Cancelled()
+            if self._hpos != self.size:
+                raise DownloadFailedError(
+                    f"Internal error: hashed {self._hpos} of {self.size} bytes of {self.part.name}."
+                )
+            os.fsync(self._fd)
+            return self._hasher.hexdigest()
+        finally:
+            os.close(self._fd)
