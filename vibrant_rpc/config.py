@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     auto_update: bool = False
     download_connections: int = 4
+    download_block_size: int = 16 * 1024 * 1024  # bytes per ranged request
     download_idle_timeout_s: float = 30.0  # a read that stalls this long is cut and resumed
     download_retry_base_s: float = 1.0  # first backoff; doubles, with jitter
 
@@ -55,11 +56,11 @@ def _normalise(raw: dict[str, Any], source: str) -> dict[str, Any]:
                 hint="Known settings: " + ", ".join(sorted(_FIELDS)),
                 setting=key,
             )
-        if name == "cache_size_limit" and isinstance(value, str):
+        if name in ("cache_size_limit", "download_block_size") and isinstance(value, str):
             try:
                 value = parse_size(value)
             except ValueError as err:
-                raise ConfigError(f"{source}: cache_size_limit: {err}", setting=key) from None
+                raise ConfigError(f"{source}: {name}: {err}", setting=key) from None
         out[name] = value
     return out
 

@@ -105,6 +105,7 @@ class Downloader:
         s = app.settings
         self.config = TransferConfig(
             connections=max(1, s.download_connections),
+            block_size=max(64 * 1024, s.download_block_size),
             idle_timeout=s.download_idle_timeout_s,
             backoff_base=s.download_retry_base_s,
             sleep=sleep,

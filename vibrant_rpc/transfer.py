@@ -182,7 +182,8 @@ class FileTransfer:
 
     def _fetch_block(self, start: int, end: int) -> None:
         pos = start
-        pending: list[bytes] = []
+        recorded = start  # fp.done covers [start, recorded): bytes already on disk
+        pending: list[bytes] = []  # received but not hashed yet: [pending_start, pos)
         pending_start = start
         failures = 0
         refresh = False
@@ -205,28 +206,33 @@ class FileTransfer:
                         self._write(chunk, pos)
                         moved = True
                         with self._lock:
-                            add_range(self.fp.done, pos, pos + len(chunk))
                             if not pending and self._hpos == pos:
                                 self._hasher.update(chunk)  # at the frontier: hash inline
-                                self._hpos = pos + len(chunk)
-                                pending_start = self._hpos
+                                self._hpos = pending_start = pos + len(chunk)
                                 self._lock.notify_all()
                             else:
                                 pending.append(chunk)
                                 if self._hpos == pending_start:
                                     for c in pending:
                                         self._hasher.update(c)
-                                    self._hpos = pending_start + sum(map(len, pending))
+                                    self._hpos = pending_start = pos + len(chunk)
                                     pending.clear()
-                                    pending_start = self._hpos
                                     self._lock.notify_all()
-                            self._checkpoint()
-                        pos += len(chunk)
+                            pos += len(chunk)
+                            # the state file is told in 1 MiB steps: fewer merges, same safety
+                            if pos - recorded >= MiB or pos >= end:
+                                add_range(self.fp.done, recorded, pos)
+                                recorded = pos
+                                self._checkpoint()
                         self._on_bytes(len(chunk))
                         if pos >= end:
                             break
                 finally:
                     response.close()
+                    if recorded < pos:
+                        with self._lock:
+                            add_range(self.fp.done, recorded, pos)
+                            recorded = pos
                 if pos < end:
                     raise TransientError("the connection closed before the range was complete")
             except (httpx.TransportError, httpx.TimeoutException, httpx.StreamError) as err:
