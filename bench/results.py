@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import time
@@ -12,7 +13,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 def write_section(title: str, body: str) -> None:
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    stamp = f"_{time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'}, {platform.processor() or platform.machine()}_"
+    cpu = platform.processor() or platform.machine()
+    stamp = f"_{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} cores_"
     section = f"## {title}\n\n{stamp}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = (

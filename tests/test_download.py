@@ -489,7 +489,7 @@ def test_ctrl_c_says_it_will_resume_and_keeps_the_partial(hub: HubStub, paths: P
     )
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "run the same command again to resume" in err and "Traceback" not in err
     partial = Vibrant(paths).cache.partials()
