@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from .cache import Cache, CacheStats, PartialDownload, RemovalResult
 from .config import Settings, load_settings
-from .manifest import ManifestEntry
+from .manifest import ManifestEntry, ModelVersion
 from .memory import MemoryInfo, read_memory
 from .paths import Paths
 from .progress import ProgressCallback
 from .registry import ModelInfo, Registry
 from .selection import Selection, select_model
+
+if TYPE_CHECKING:
+    from .updates import UpdateCheck
 
 
 class DownloadResult(msgspec.Struct, kw_only=True):
@@ -41,6 +44,7 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     revision: str | None = None
     partial: PartialDownload | None = None
     selected: bool = False  # the model this machine would get
+    versions: list[ModelVersion] = []  # Hub commits seen for it, oldest first
 
 
 Scope = Literal["all", "cached", "default"]
@@ -84,6 +88,7 @@ class Vibrant:
             revision=entry.revision if entry else None,
             partial=partial,
             selected=model.id == selected,
+            versions=list(entry.versions) if entry else [],
         )
 
     def list_models(self, scope: Scope = "default") -> list[ModelStatus]:
@@ -144,3 +149,20 @@ class Vibrant:
 
         model = self.registry.get(self.resolve_id(model_id))
         return Downloader(self).download(model, progress=progress, cancel=cancel)
+
+    # -- updates (vibrant_rpc.updates) ---------------------------------------------------
+
+    def check_updates(self, model_ids: list[str] | None = None) -> UpdateCheck:
+        from .updates import check_updates
+
+        return check_updates(self, model_ids)
+
+    def update_model(
+        self,
+        model_id: str,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> DownloadResult:
+        from .updates import update_model
+
+        return update_model(self, model_id, progress, cancel)

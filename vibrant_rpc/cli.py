@@ -179,6 +179,49 @@ def cmd_download(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_update(ctx: Context) -> int:
+    args = ctx.args
+    ids = [ctx.app.resolve_id(args.model_id)] if args.model_id else None
+    check = ctx.app.check_updates(ids)
+    if args.check or (ids is None and not args.all):
+        if ctx.json:
+            ctx.emit_json(check)
+        else:
+            render.updates(ctx.out, check)
+            if ids is None and not args.all and check.updates:
+                ctx.out.print("Run `vibrant model update --all` to update them.", markup=False)
+        return EXIT_OK
+    if not check.updates:
+        if ctx.json:
+            ctx.emit_json(check)
+        else:
+            render.updates(ctx.out, check)
+        return EXIT_OK
+    for update in check.updates:
+        if ctx.json:
+            result = ctx.app.update_model(update.model_id, progress=render.JsonProgress(sys.stdout))
+            ctx.emit_json(result)
+            continue
+        ctx.out.print(
+            f"Updating {update.model_id}: {render.short(update.current_revision)} → "
+            f"{render.short(update.latest_revision)} ({render.size(update.size_bytes)})",
+            markup=False,
+        )
+        with render.DownloadBar(ctx.out, update.model_id) as bar:
+            try:
+                result = ctx.app.update_model(update.model_id, progress=bar.update)
+            except KeyboardInterrupt:
+                bar.stop()
+                ctx.err.print(
+                    "Update interrupted; the current version still works, and what was "
+                    "downloaded is kept: run the same command again to resume.",
+                    markup=False,
+                )
+                return 130
+        ctx.out.print(f"Updated {update.model_id} (sha256:{result.sha256[:16]}…).", markup=False)
+    return EXIT_OK
+
+
 # -- parser -----------------------------------------------------------------------------
 
 
@@ -222,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--max-size", type=_size, help="size to prune to (default: the cache limit)")
     c.set_defaults(func=cmd_cache_prune)
+
+    p = add("update", cmd_update, "check for newer model files on the Hub, and update")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("model_id", nargs="?", help="one model (default: every cached model)")
+    target.add_argument("--all", action="store_true", help="update every model that has one")
+    p.add_argument("--check", action="store_true", help="only list the updates, with sizes")
 
     p = add("download", cmd_download, "download (or resume) a model from the Hub")
     p.add_argument("model_id", help="a model id, or 'auto' for the model this machine gets")

@@ -119,9 +119,13 @@ class Downloader:
         model: ModelInfo,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        *,
+        latest: bool = False,
     ) -> DownloadResult:
+        """Download ``model`` unless cached. With ``latest`` (an update), fetch the files the
+        revision points to now, beside the cached ones, and swap only once verified."""
         cancel = cancel or threading.Event()
-        if (done := self._cached(model)) is not None:
+        if not latest and (done := self._cached(model)) is not None:
             return done
         if is_offline():
             raise OfflineError(
@@ -136,9 +140,9 @@ class Downloader:
         except Timeout:
             self._wait_for_other(lock, model, progress, cancel)
         try:
-            if (done := self._cached(model)) is not None:
+            if not latest and (done := self._cached(model)) is not None:
                 return done  # another process finished it while we waited
-            return self._download_locked(model, progress, cancel)
+            return self._download_locked(model, progress, cancel, latest)
         finally:
             lock.release()
 
@@ -243,7 +247,11 @@ class Downloader:
     # -- the transfer -------------------------------------------------------------------
 
     def _download_locked(
-        self, model: ModelInfo, progress: ProgressCallback | None, cancel: threading.Event
+        self,
+        model: ModelInfo,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        latest: bool = False,
     ) -> DownloadResult:
         from .app import DownloadResult
 
@@ -263,6 +271,9 @@ class Downloader:
                     )
                 )
             state, resolved = self._prepare(hub, model, folder, cancel)
+            if latest and (same := self._unchanged(model, state)) is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+                return same
             total = state.total_bytes or 0
             remaining = total - state.downloaded_bytes
             self._check_disk(model, remaining)
@@ -457,6 +468,19 @@ class Downloader:
                 )
             log.warning("%s failed its checksum; downloading it once more", fp.remote_filename)
 
+    def _unchanged(self, model: ModelInfo, state: DownloadState) -> DownloadResult | None:
+        """An update whose files are the ones cached: only the recorded commit moves."""
+        entry = self.app.cache.get(model.id)
+        if entry is None or [f.sha256 for f in entry.files] != [f.sha256 for f in state.files]:
+            return None
+        with self.app.cache.transaction() as manifest:
+            current = manifest.models.get(model.id)
+            if current is not None and current.revision != state.commit:
+                current.revision = state.commit
+        result = self._cached(model)
+        assert result is not None
+        return result
+
     def _install(self, model: ModelInfo, folder: Path, state: DownloadState) -> ManifestEntry:
         """Move the verified files into place, then record them in the manifest."""
         previous = self.app.cache.get(model.id)  # before the files appear, or it adopts them
@@ -473,9 +497,14 @@ class Downloader:
                     remote_filename=fp.remote_filename,
                 )
             )
+        if previous is not None:  # an update with fewer or renamed shards: drop the old ones
+            for old in set(previous.paths) - {f.path for f in files}:
+                (self.paths.models / old).unlink(missing_ok=True)
         fsync_dir(self.paths.models)
         now = utcnow()
-        versions = list(previous.versions) if previous else []
+        versions = [
+            v for v in (previous.versions if previous else []) if v.revision != state.commit
+        ]
         size = sum(f.size_bytes for f in files)
         versions.append(
             ModelVersion(

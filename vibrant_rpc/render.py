@@ -24,6 +24,7 @@ from .cache import CacheStats, PartialDownload, RemovalResult
 from .manifest import ManifestEntry
 from .progress import Progress as DownloadProgress
 from .units import format_bytes
+from .updates import UpdateCheck
 
 INTERRUPTED_DOWNLOAD = (
     "Download interrupted. What was downloaded is kept: run the same command again to resume."
@@ -108,6 +109,14 @@ def model_info(console: Console, s: ModelStatus) -> None:
             ("last used", ago(s.last_used)),
             ("use count", str(s.use_count)),
         ]
+        rows += [
+            (
+                f"version {i + 1}",
+                f"{short(v.revision)} seen {ago(v.seen_at)}, {size(v.size_bytes)}, "
+                f"sha256:{(v.sha256 or '?')[:16]}",
+            )
+            for i, v in enumerate(s.versions)
+        ]
     elif s.partial:
         rows.append(("cached", partial_text(s.partial)))
     else:
@@ -149,6 +158,26 @@ def cache(
         console.print(table)
     for p in partials:
         console.print(f"{p.model_id}: {partial_text(p)}", markup=False)
+
+
+def short(commit: str | None) -> str:
+    return commit[:8] if commit else "unknown"
+
+
+def updates(console: Console, check: UpdateCheck) -> None:
+    for line in check.errors:
+        console.print(f"could not check {line}", markup=False)
+    if not check.updates:
+        console.print("Every downloaded model is up to date.", markup=False)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "CURRENT", "LATEST", "DOWNLOAD"):
+        table.add_column(col)
+    for u in check.updates:
+        table.add_row(
+            u.model_id, short(u.current_revision), short(u.latest_revision), size(u.size_bytes)
+        )
+    console.print(table)
 
 
 def removal(console: Console, result: RemovalResult) -> None:
