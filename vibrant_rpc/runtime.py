@@ -1,0 +1,452 @@
+"""One GGUF model loaded in llama.cpp, and completions from it.
+
+Plain blocking Python, meant for a worker thread; it knows nothing of JSON-RPC.
+``llama_cpp`` is imported inside functions only: importing it costs about a
+quarter of a second, and the server's start-up must not pay that.
+
+Three things here work around llama-cpp-python 0.3.36:
+
+- ``Llama(verbose=False)`` silences llama.cpp by pointing file descriptors 1
+  and 2 at /dev/null during the load. That is process-wide, and fd 1 is the
+  JSON-RPC channel: anything another thread writes meanwhile is lost. So the
+  model is built with ``verbose=True``, llama.cpp's log goes through our own
+  callback (to Python logging, and captured for load errors), and the few
+  lines Python prints during the load are caught from ``sys.stderr``.
+- ``create_completion(suffix=...)`` builds its infill prompt from token 0 in
+  place of the FIM tokens (a TODO in its source), which is ``<pad>`` for
+  Gemma: garbage. FIM prompts are built here from the vocabulary's own ids.
+- ``Llama.detokenize`` drops tokens longer than 32 bytes (Gemma has hundreds);
+  pieces are read here with a buffer that grows.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import io
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from vibrant_rpc.errors import ModelLoadFailedError
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+# llama.cpp's own log; its INFO level is a page per load, so it arrives here as DEBUG.
+llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class LoadOptions(msgspec.Struct, kw_only=True, frozen=True):
+    # 0 means the model's training context (a 32k KV cache for Qwen 2.5 Coder).
+    context_size: Annotated[int, msgspec.Meta(ge=0)] = 4096
+    # None lets llama.cpp choose (half the logical CPUs).
+    threads: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 512
+    mmap: bool = True
+    mlock: bool = False
+    # -1 offloads every layer.
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] = 0
+
+
+class CompletionRequest(msgspec.Struct, kw_only=True, frozen=True):
+    prompt: str
+    # The text after the cursor: a fill-in-the-middle request when the model can.
+    suffix: str | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 128
+    temperature: Annotated[float, msgspec.Meta(ge=0.0)] = 0.2
+    stop: list[str] = []
+
+
+class CompletionResult(msgspec.Struct, kw_only=True, frozen=True):
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    fim: bool
+    total_ms: float
+
+
+class FimTokens(msgspec.Struct, frozen=True):
+    prefix: int
+    suffix: int
+    middle: int
+
+
+class Prompt(msgspec.Struct, frozen=True):
+    """The tokens a completion feeds the model, and how they were made."""
+
+    tokens: list[int]
+    fim: bool
+    # Text was cut to fit the context: the start of the prefix, the end of the suffix.
+    truncated: bool
+
+
+class ModelClosedError(RuntimeError):
+    """``complete`` on a model that was closed."""
+
+
+# ggml's log levels (ggml.h); llama-cpp-python's own logger still uses an older numbering.
+_GGML_WARN, _GGML_ERROR, _GGML_CONT = 3, 4, 5
+
+
+class _LlamaLog:
+    """Everything llama.cpp and ggml log: to ``llama_log``, and to the captures open now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._captures: list[list[tuple[int, str]]] = []
+        self._last_level = 0
+        self._callback: Any = None
+
+    def install(self, llama_cpp: Any) -> None:
+        if self._callback is not None:
+            return
+        # Kept on self: ctypes callbacks must outlive their use from C.
+        self._callback = llama_cpp.llama_log_callback(self._on_log)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes | None, _user_data: Any) -> None:
+        message = (text or b"").decode("utf-8", errors="replace")
+        with self._lock:
+            if level == _GGML_CONT:
+                level = self._last_level
+                for records in self._captures:
+                    if records:
+                        records[-1] = (records[-1][0], records[-1][1] + message)
+            else:
+                self._last_level = level
+                for records in self._captures:
+                    records.append((level, message))
+        if message.strip():
+            py_level = {_GGML_WARN: logging.WARNING, _GGML_ERROR: logging.ERROR}.get(
+                level, logging.DEBUG
+            )
+            llama_log.log(py_level, "%s", message.rstrip())
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[tuple[int, str]]]:
+        """Collect (level, text) of what llama.cpp logs meanwhile, from any thread."""
+        records: list[tuple[int, str]] = []
+        with self._lock:
+            self._captures.append(records)
+        try:
+            yield records
+        finally:
+            with self._lock:
+                self._captures.remove(records)
+
+
+_LOG = _LlamaLog()
+# Loads take turns: redirect_stderr swaps the process-wide sys.stderr, and two
+# overlapping swaps could leave it pointing at a dead buffer.
+_LOAD_LOCK = threading.Lock()
+
+
+def _llama_cpp() -> Any:
+    import llama_cpp
+
+    _LOG.install(llama_cpp)
+    return llama_cpp
+
+
+# "llama_model_load: error loading model: tensor ..." -> "tensor ..."
+_LOG_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*: |error loading model: )+")
+
+
+def _load_error(
+    model_id: str, path: Path, exc: BaseException, records: list[tuple[int, str]]
+) -> ModelLoadFailedError:
+    errors = [text.strip() for level, text in records if level == _GGML_ERROR and text.strip()]
+    # The first error is the cause; the ones after it are callers saying that they failed.
+    reason = _LOG_PREFIX.sub("", errors[0]) if errors else str(exc)
+    return ModelLoadFailedError(
+        f"Could not load model {model_id!r} from {path}: {reason}",
+        hint=f"`vibrant model verify {model_id}` checks the file against its checksum.",
+        modelId=model_id,
+        path=str(path),
+        llamaErrors=errors or [str(exc)],
+    )
+
+
+class _TextStream:
+    """Turns generated bytes into text pieces, holding back what may begin a stop string."""
+
+    def __init__(self, stops: list[str], on_text: Callable[[str], None] | None) -> None:
+        self._stops = [s for s in stops if s]
+        self._on_text = on_text
+        # Tokens can end inside a UTF-8 sequence; the decoder waits for the rest.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._text = ""
+        self._sent = 0
+
+    def feed(self, data: bytes) -> bool:
+        """Add one token's bytes; True when the text now contains a stop string."""
+        self._text += self._decoder.decode(data)
+        # Nothing that could start a stop string was sent, so a match starts at _sent or later.
+        found = [i for i in (self._text.find(s, self._sent) for s in self._stops) if i >= 0]
+        if found:
+            self._text = self._text[: min(found)]
+            self._send(len(self._text))
+            return True
+        self._send(len(self._text) - self._held_back())
+        return False
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the unsent text that is the start of a stop string."""
+        unsent = self._text[self._sent :]
+        for n in range(min(len(unsent), max((len(s) for s in self._stops), default=0)), 0, -1):
+            if any(s.startswith(unsent[-n:]) for s in self._stops):
+                return n
+        return 0
+
+    def _send(self, end: int) -> None:
+        if end > self._sent:
+            piece = self._text[self._sent : end]
+            self._sent = end
+            if self._on_text is not None:
+                self._on_text(piece)
+
+    def finish(self, stopped: bool) -> str:
+        """The final text; sends what was held back (unless a stop string ended it)."""
+        if not stopped:
+            self._text += self._decoder.decode(b"", final=True)
+            self._send(len(self._text))
+        return self._text
+
+
+class LoadedModel:
+    """A model in memory. ``complete`` runs one completion at a time; ``close`` frees it."""
+
+    def __init__(self, model_id: str, path: Path, llm: Llama, load_ms: float) -> None:
+        llama_cpp = _llama_cpp()
+        self.model_id = model_id
+        self.path = path
+        self.loaded_at = time.time()
+        self.load_ms = load_ms
+        self._llm: Llama | None = llm
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._piece_buf = ctypes.create_string_buffer(64)
+        self.context_size: int = llm.n_ctx()
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._bos: int = llm.token_bos()
+        fim = (
+            llama_cpp.llama_vocab_fim_pre(self._vocab),
+            llama_cpp.llama_vocab_fim_suf(self._vocab),
+            llama_cpp.llama_vocab_fim_mid(self._vocab),
+        )
+        # llama.cpp knows them from tokenizer.ggml.fim_*_token_id, or by their text
+        # (<|fim_prefix|>, <fim_prefix>, ...); -1 is "none".
+        self.fim_tokens: FimTokens | None = FimTokens(*fim) if min(fim) >= 0 else None
+        self.supports_fim = self.fim_tokens is not None
+        # Keeping the KV cache of the shared start of consecutive prompts needs a
+        # cache that can drop its tail; recurrent state cannot.
+        self._reuse_kv = not (
+            llama_cpp.llama_model_is_recurrent(llm.model)
+            or llama_cpp.llama_model_is_hybrid(llm.model)
+        )
+
+    @classmethod
+    def load(cls, model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
+        """Load ``path`` (the first shard of a split model); ModelLoadFailedError on failure."""
+        llama_cpp = _llama_cpp()
+        started = time.perf_counter()
+        if not path.is_file():
+            raise ModelLoadFailedError(
+                f"Could not load model {model_id!r}: {path} does not exist.",
+                modelId=model_id,
+                path=str(path),
+            )
+        printed = io.StringIO()
+        with _LOAD_LOCK, _LOG.capture() as records:
+            try:
+                # verbose=True only keeps llama-cpp-python off fds 1 and 2 (module docstring).
+                with contextlib.redirect_stderr(printed):
+                    llm = llama_cpp.Llama(
+                        model_path=str(path),
+                        n_ctx=options.context_size,
+                        n_threads=options.threads,
+                        n_threads_batch=options.threads,
+                        n_batch=options.batch_size,
+                        n_ubatch=min(options.batch_size, 512),
+                        use_mmap=options.mmap,
+                        use_mlock=options.mlock,
+                        n_gpu_layers=options.gpu_layers,
+                        verbose=True,
+                    )
+            except Exception as exc:
+                raise _load_error(model_id, path, exc, records) from exc
+            finally:
+                if printed.getvalue().strip():
+                    llama_log.debug("%s", printed.getvalue().rstrip())
+        llm.verbose = False  # from here on its prints are only noise in generate()
+        model = cls(model_id, path, llm, (time.perf_counter() - started) * 1000)
+        log.info(
+            "loaded %s from %s in %.0f ms (context %d, fim %s)",
+            model_id,
+            path,
+            model.load_ms,
+            model.context_size,
+            model.supports_fim,
+        )
+        return model
+
+    def _open(self) -> Llama:
+        if self._llm is None:
+            raise ModelClosedError(f"model {self.model_id!r} was closed")
+        return self._llm
+
+    def _tokenize(self, llm: Llama, text: str) -> list[int]:
+        # special=False: code that contains "<|endoftext|>" is text, not a control token.
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def build_prompt(self, req: CompletionRequest) -> Prompt:
+        """The tokens ``complete`` would feed the model for ``req``."""
+        with self._lock:
+            return self._build_prompt(self._open(), req)
+
+    def _build_prompt(self, llm: Llama, req: CompletionRequest) -> Prompt:
+        head = [self._bos] if self._add_bos and self._bos >= 0 else []
+        # Room for the prompt: the context less the answer, but never less than half.
+        room = self.context_size - min(req.max_tokens, self.context_size // 2)
+        if req.suffix is not None and self.fim_tokens is not None:
+            fim = self.fim_tokens
+            prefix, suffix = self._tokenize(llm, req.prompt), self._tokenize(llm, req.suffix)
+            room -= len(head) + 3
+            truncated = len(prefix) + len(suffix) > room
+            if truncated:
+                # Text near the cursor matters most; the prefix gets the larger share.
+                keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
+                keep_prefix = max(room - keep_suffix, 0)
+                prefix = prefix[len(prefix) - keep_prefix :]
+                suffix = suffix[:keep_suffix]
+            tokens = [*head, fim.prefix, *prefix, fim.suffix, *suffix, fim.middle]
+            return Prompt(tokens, fim=True, truncated=truncated)
+        # Without FIM tokens the suffix is dropped: the model continues the prefix.
+        body = self._tokenize(llm, req.prompt)
+        room -= len(head)
+        truncated = len(body) > room
+        if truncated:
+            body = body[len(body) - max(room, 0) :]
+        tokens = [*head, *body]
+        if not tokens:
+            tokens = [self._bos] if self._bos >= 0 else [llm.token_eos()]
+        return Prompt(tokens, fim=False, truncated=truncated)
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # too small: -n is the size needed
+            buf = self._piece_buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _prefill(self, llm: Llama, tokens: list[int], stop: Callable[[], bool]) -> bool:
+        """Evaluate the prompt batch by batch (so that a cancel lands between batches).
+
+        The KV cache of the start this prompt shares with the previous one is kept,
+        as ``Llama.generate`` would do; it would then evaluate the rest in one call.
+        Returns False when stopped before the end.
+        """
+        keep = 0
+        if self._reuse_kv and llm.n_tokens > 0:
+            for a, b in zip(llm.input_ids[: llm.n_tokens].tolist(), tokens, strict=False):
+                if a != b:
+                    break
+                keep += 1
+            # At least one token is evaluated, so that the logits are this prompt's.
+            keep = min(keep, len(tokens) - 1)
+        if keep == 0:
+            llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama_cpp
+        else:
+            llm.n_tokens = keep  # eval() drops the KV cells from n_tokens on
+        for start in range(keep, len(tokens), llm.n_batch):
+            if stop():
+                return False
+            llm.eval(tokens[start : start + llm.n_batch])
+        return True
+
+    def complete(
+        self,
+        req: CompletionRequest,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> CompletionResult:
+        """Generate a completion, calling ``on_text`` with each new piece of text.
+
+        The pieces concatenate to the result's text. Setting ``cancel`` (or closing
+        the model) stops it within a token or a prompt batch, with the text so far.
+        Blocking; one completion at a time per model (later calls wait).
+        """
+        import llama_cpp
+
+        with self._lock:
+            llm = self._open()
+            started = time.perf_counter()
+
+            def stopped() -> bool:
+                return self._closing.is_set() or (cancel is not None and cancel.is_set())
+
+            prompt = self._build_prompt(llm, req)
+            n_prompt = len(prompt.tokens)
+            stream = _TextStream(req.stop, on_text)
+            finish: FinishReason = "length"
+            hit_stop = False
+            n_out = 0
+            generator = None
+            try:
+                if not self._prefill(llm, prompt.tokens, stopped):
+                    finish = "cancelled"
+                else:
+                    # The prompt is all in the cache now, so generate() samples at once.
+                    generator = llm.generate(prompt.tokens, temp=req.temperature)
+                    while True:
+                        # The last token sampled is evaluated only to sample the next one.
+                        if n_out >= req.max_tokens or n_prompt + n_out >= self.context_size:
+                            finish = "length"
+                            break
+                        if stopped():
+                            finish = "cancelled"
+                            break
+                        token = next(generator)
+                        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                            finish = "stop"
+                            break
+                        n_out += 1
+                        if stream.feed(self._piece(token)):
+                            finish, hit_stop = "stop", True
+                            break
+            finally:
+                if generator is not None:
+                    generator.close()
+            text = stream.finish(hit_stop)
+            return CompletionResult(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=n_prompt,
+                completion_tokens=n_out,
+                fim=prompt.fim,
+                total_ms=(time.perf_counter() - started) * 1000,
+            )
+
+    def close(self) -> None:
+        """Free the model's memory (waits for a running completion, which stops early)."""
+        self._closing.set()
+        with self._lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
