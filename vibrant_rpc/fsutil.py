@@ -56,9 +56,11 @@ def sha256_file(
 
 
 def dir_size(path: Path) -> int:
+    """Bytes the files below ``path`` really occupy (sparse partial files count as written)."""
     total = 0
     for p in path.rglob("*"):
         with contextlib.suppress(OSError):
+            st = p.stat()
             if p.is_file():
-                total += p.stat().st_size
+                total += min(st.st_size, st.st_blocks * 512)
     return total
