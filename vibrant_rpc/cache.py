@@ -139,8 +139,10 @@ class Cache:
         entry = self.get(model_id)
         if entry is None:
             model = self.registry.get(model_id)
+            size = model.download_bytes
+            fetch = f" ({format_bytes(size)} to fetch)" if size else ""
             raise NotCachedError(
-                f"{model_id} is not downloaded ({format_bytes(model.download_bytes)} to fetch).",
+                f"{model_id} is not downloaded{fetch}.",
                 hint=f"Download it with `vibrant model download {model_id}`.",
                 modelId=model_id,
                 downloadBytes=model.download_bytes,
