@@ -1,0 +1,450 @@
+"""The wire protocol: every params, result and notification as a msgspec Struct.
+
+These types are the contract editors code against. Field names are snake_case in
+Python and camelCase on the wire (``rename="camel"``); ``protocol/`` (README and
+JSON Schemas) is generated from this module by ``vibrant_rpc.protocol_docs``.
+
+Params types forbid unknown fields and bound every number, so that a typo or a
+hostile value becomes a -32602 naming the field rather than odd behaviour later.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from . import errors
+
+# -- building blocks ---------------------------------------------------------------------
+
+ProgressToken = int | str
+ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="A registry id.")]
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+ModelState = Literal["unloaded", "loading", "ready", "failed"]
+FinishReason = Literal["stop", "length", "cancelled"]
+DownloadState = Literal[
+    "waiting", "resolving", "downloading", "verifying", "done", "failed", "cancelled"
+]
+
+
+class Params(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
+    """Base of request params: unknown fields are an error, not silently dropped."""
+
+
+class Wire(msgspec.Struct, kw_only=True, rename="camel"):
+    """Base of results and notifications."""
+
+
+class NoParams(Params):
+    """A method without params (``params`` absent, null or ``{}``)."""
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+class ListModelsParams(Params):
+    # "all": every registry model; "cached": the downloaded ones; absent: all but
+    # deprecated models that aren't downloaded.
+    scope: Literal["all", "cached"] | None = None
+
+
+class ModelFileInfo(Wire):
+    """One file of a model on the Hub; a split model has several, in shard order."""
+
+    filename: str  # the file's name in the Hub repo
+    size_bytes: int | None = None  # when the registry knows it
+    sha256: str | None = None  # the digest it must have, when the registry knows it
+
+
+class PartialDownloadInfo(Wire):
+    """A download that was started and not finished; the next download resumes it."""
+
+    downloaded_bytes: int  # kept on disk so far
+    total_bytes: int | None  # of the whole model, once known
+    updated_at: datetime | None  # when bytes last arrived
+    active: bool  # a process is transferring it right now
+
+
+class ModelEntry(Wire):
+    """A registry entry and its state in this machine's cache."""
+
+    id: str  # the registry id every method takes as modelId
+    name: str  # for people
+    family: str  # e.g. "qwen2.5-coder"
+    parameters: str  # e.g. "7B"
+    quantization: str  # e.g. "Q5_K_M"
+    context_window: int  # the model's training context, in tokens
+    file_size_mb: int | None  # the registry's estimate of the download
+    ram_required_mb: int  # memory it needs loaded (what selection compares)
+    download_bytes: int  # what a download costs: the files' sizes, else the estimate
+    hf_repo: str  # owner/name on the Hub
+    files: list[ModelFileInfo]
+    sha256: str | None  # of a single-file model, when the registry pins it
+    revision: str | None  # the registry's pinned revision
+    recommended: bool  # selection prefers recommended models
+    description: str
+    tags: list[str]
+    deprecated: bool  # never selected; hidden from the default list unless downloaded
+    replaced_by: str | None  # the id that supersedes a deprecated model
+    cached: bool  # downloaded and complete
+    size_bytes: int | None  # on disk, when cached
+    last_used: datetime | None  # last loaded (by any process)
+    use_count: int  # times loaded
+    cached_revision: str | None  # the Hub commit the cached files came from
+    partial: PartialDownloadInfo | None
+    selected: bool  # the model this machine gets
+    loaded: bool  # loaded in this server now
+
+
+class ListModelsResult(Wire):
+    models: list[ModelEntry]  # in registry order
+    recommended: str | None  # the selection's choice for this machine
+
+
+class ModelInfoParams(Params):
+    model_id: ModelId  # a registry id
+
+
+class SelectModelParams(Params):
+    # Select for this much RAM instead of this machine's (cgroup limits included).
+    ram_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**50)] | None = None
+
+
+class SelectModelResult(Wire):
+    model_id: str  # the chosen model
+    reason: str  # why, in words
+    total_ram_bytes: int  # the RAM considered
+    usable_ram_bytes: int  # less 2 GiB kept for the system
+    available_bytes: int | None  # free right now (this machine only)
+    fits: list[str]  # every model that fits, largest first
+    warning: str | None  # e.g. too little memory free right now
+
+
+# -- downloads ---------------------------------------------------------------------------
+
+
+class DownloadModelParams(Params):
+    model_id: ModelId  # or "auto": the selection's choice
+    work_done_token: ProgressToken | None = None  # $/progress goes here
+
+
+class DownloadModelResult(Wire):
+    model_id: str  # resolved ("auto" becomes an id)
+    paths: list[str]  # absolute; the first is what llama.cpp loads
+    size_bytes: int  # of all files
+    sha256: str  # of the first (or only) file
+    revision: str | None  # the Hub commit the files came from
+    pruned: list[str]  # models removed to stay under the cache size limit
+
+
+class CancelDownloadParams(Params):
+    model_id: ModelId  # the model whose download to stop
+
+
+class CancelDownloadResult(Wire):
+    model_id: str
+    cancelled: bool  # False: no download of it was running in this server
+
+
+class DownloadProgress(Wire):
+    """``vibrant/downloadProgress``: at most about ten a second per download."""
+
+    model_id: str
+    file: str  # the Hub file being transferred
+    downloaded_bytes: int  # of the whole model, all files
+    total_bytes: int | None  # once known
+    bytes_per_second: float  # smoothed over a few seconds
+    eta_seconds: float | None  # when the speed is known
+    # "waiting" (another process downloads it), "resolving", "downloading",
+    # "verifying", then "done", "failed" or "cancelled" last.
+    state: DownloadState
+
+
+# -- cache -------------------------------------------------------------------------------
+
+
+class RemoveModelParams(Params):
+    model_id: ModelId  # its files and any partial download go
+
+
+class RemoveModelResult(Wire):
+    model_id: str
+    freed_bytes: int  # on disk
+
+
+class CacheStatsResult(Wire):
+    cache_dir: str  # the models folder
+    total_bytes: int  # of downloaded models
+    max_cache_bytes: int | None  # the cache size limit; null: unlimited
+    models: int  # how many are downloaded
+    partial_bytes: int  # of unfinished downloads
+
+
+class CleanCacheParams(Params):
+    # Also remove models not used for this many days (absent: partial downloads only).
+    older_than_days: Annotated[float, msgspec.Meta(ge=0, le=36500)] | None = None
+
+
+class PruneCacheParams(Params):
+    max_bytes: Bytes | None = None  # default: the cache size limit
+
+
+class RemovalResult(Wire):
+    removed: list[str]  # model ids; "<id> (partial)" for a partial download
+    freed_bytes: int
+
+
+# -- the loaded model --------------------------------------------------------------------
+
+
+class LoadOptions(Params):
+    """Per-load overrides of the settings of the same names."""
+
+    context_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] | None = None
+    threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] | None = None
+    mmap: bool | None = None
+    mlock: bool | None = None
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] | None = None
+
+
+class LoadModelParams(Params):
+    model_id: ModelId | None = None  # default: last used, else the selection among cached
+    options: LoadOptions | None = None  # override the settings for this load
+    work_done_token: ProgressToken | None = None  # $/progress of the load goes here
+
+
+class LoadModelResult(Wire):
+    model_id: str  # the model now loaded
+    loaded_at: datetime
+    load_ms: float  # 0 when it was loaded already
+    supports_fim: bool  # it has fill-in-the-middle tokens
+    reason: str | None = None  # why another model than the one asked for was loaded
+
+
+class UnloadModelResult(Wire):
+    model_id: str | None  # the model unloaded
+    unloaded: bool  # False: nothing was loaded
+
+
+class StatusResult(Wire):
+    state: ModelState
+    model_id: str | None  # the model that state is about
+    loaded_at: datetime | None  # when it became ready
+    last_used: datetime | None  # its last completion
+    busy: bool  # a completion is running
+    error: str | None  # the last load failure, in state "failed"
+    downloads: list[DownloadProgress]  # running in this server, latest progress each
+
+
+class ModelStateChanged(Wire):
+    """``vibrant/modelStateChanged``."""
+
+    model_id: str | None
+    state: ModelState
+    reason: str | None = None  # e.g. a fallback after a failed load, or idle unload
+
+
+# -- completions -------------------------------------------------------------------------
+
+
+class CompleteParams(Params):
+    prompt: Annotated[str, msgspec.Meta(max_length=4_000_000)]  # the text before the cursor
+    # The text after the cursor: fill in the middle when the model has FIM tokens.
+    suffix: Annotated[str, msgspec.Meta(max_length=4_000_000)] | None = None
+    max_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 128
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=5)] = 0.2  # 0: greedy
+    # Generation stops before any of these strings.
+    stop: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]],
+                    msgspec.Meta(max_length=16)] = []  # fmt: skip
+    model_id: ModelId | None = None  # default: the loaded model, else as loadModel chooses
+    partial_result_token: ProgressToken | None = None  # stream {text} pieces here
+    work_done_token: ProgressToken | None = None  # progress of a load this completion starts
+
+
+class Usage(Wire):
+    prompt_tokens: int  # fed to the model (FIM tokens included)
+    completion_tokens: int  # generated
+
+
+class Timings(Wire):
+    load_ms: float  # loading the model for this request; 0 when it was loaded
+    total_ms: float  # load plus generation
+
+
+class CompleteResult(Wire):
+    text: str  # the completion (the stop string excluded)
+    model_id: str  # the model that wrote it
+    finish_reason: FinishReason  # "stop": end of text or a stop string; "length": maxTokens
+    usage: Usage
+    timings: Timings
+    fim: bool  # the suffix was used (the model has fill-in-the-middle tokens)
+
+
+class CompletionChunk(Wire):
+    """A ``$/progress`` value on ``partialResultToken``: the next piece of text."""
+
+    text: str  # the pieces, in order, make the result's text
+
+
+# -- errors ------------------------------------------------------------------------------
+
+REQUEST_CANCELLED = -32800
+INVALID_PARAMS = -32602
+METHOD_NOT_FOUND = -32601
+INVALID_REQUEST = -32600
+PARSE_ERROR = -32700
+INTERNAL_ERROR = -32603
+
+
+class ErrorCode(msgspec.Struct, frozen=True):
+    code: int
+    kind: str
+    meaning: str
+
+
+ERROR_CODES: list[ErrorCode] = [
+    ErrorCode(errors.ModelNotFoundError.code, errors.ModelNotFoundError.kind,
+              "No registry model has this id; `data.suggestions` lists close ones."),
+    ErrorCode(errors.InsufficientRamError.code, errors.InsufficientRamError.kind,
+              "No model fits this machine's memory."),
+    ErrorCode(errors.DownloadFailedError.code, errors.DownloadFailedError.kind,
+              "A download failed (network, Hub, gated repo, full disk); the partial is kept."),
+    ErrorCode(errors.ChecksumMismatchError.code, errors.ChecksumMismatchError.kind,
+              "A file's SHA-256 differs from the expected one."),
+    ErrorCode(errors.ModelLoadFailedError.code, errors.ModelLoadFailedError.kind,
+              "llama.cpp could not load the model, nor any smaller cached one; "
+              "`message` carries llama.cpp's words."),
+    ErrorCode(errors.CacheFullError.code, errors.CacheFullError.kind,
+              "The model does not fit under the cache size limit."),
+    ErrorCode(errors.NotCachedError.code, errors.NotCachedError.kind,
+              "The model is not downloaded; `data.modelId` and `data.downloadBytes` say "
+              "what to offer. Nothing downloads unless asked."),
+    ErrorCode(errors.VibrantError.code, errors.VibrantError.kind,
+              "Any other failure the user can act on (e.g. removing a model in use)."),
+    ErrorCode(INVALID_PARAMS, "InvalidParams",
+              "Bad params; `data.field` names the field and `data.reason` says why."),
+    ErrorCode(METHOD_NOT_FOUND, "MethodNotFound", "No such method."),
+    ErrorCode(INVALID_REQUEST, "InvalidRequest", "Not a JSON-RPC 2.0 request."),
+    ErrorCode(PARSE_ERROR, "ParseError", "The message body is not JSON."),
+    ErrorCode(REQUEST_CANCELLED, "Cancelled",
+              "Cancelled by `$/cancelRequest`, `window/workDoneProgress/cancel` or "
+              "`vibrant/cancelDownload`; a download keeps its partial."),
+]  # fmt: skip
+
+
+class InvalidParams(Exception):
+    """Params that don't match their type; ``field`` is the JSON path inside params."""
+
+    def __init__(self, method: str, field: str, reason: str) -> None:
+        where = f"`{field}`" if field else "params"
+        super().__init__(f"Invalid params for {method}: {where}: {reason}")
+        self.method, self.field, self.reason = method, field, reason
+
+    def data(self) -> dict[str, Any]:
+        return {"kind": "InvalidParams", "field": self.field, "reason": self.reason}
+
+
+_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+P = TypeVar("P", bound=Params)
+
+
+def decode_params(method: str, raw: object, cls: type[P]) -> P:
+    """Turn raw JSON params into ``cls``; any mismatch is an :class:`InvalidParams`."""
+    if raw is None:
+        raw = {}
+    try:
+        return msgspec.convert(raw, cls)
+    except msgspec.ValidationError as err:
+        m = _PATH.match(str(err))
+        reason, path = (m.group("reason"), m.group("path") or "") if m else (str(err), "")
+        field = path.lstrip(".")
+        unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
+        if unknown:
+            field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
+        raise InvalidParams(method, field, reason) from None
+
+
+def encode(value: msgspec.Struct) -> Any:
+    """A Struct as JSON-ready builtins, camelCase, for pygls to serialise."""
+    return msgspec.to_builtins(value)
+
+
+# -- the method table (what protocol/ documents) -----------------------------------------
+
+
+class Method(msgspec.Struct, frozen=True):
+    name: str
+    params: type[msgspec.Struct]
+    result: type[msgspec.Struct] | None
+    summary: str
+    errors: tuple[str, ...] = ()
+    progress: bool = False  # reports $/progress on workDoneToken (or a server-made token)
+
+
+METHODS: list[Method] = [
+    Method("vibrant/listModels", ListModelsParams, ListModelsResult,
+           "The registry's models with their cache state, and the model this machine gets."),
+    Method("vibrant/modelInfo", ModelInfoParams, ModelEntry,
+           "One model's registry fields and cache state.", ("ModelNotFound",)),
+    Method("vibrant/selectModel", SelectModelParams, SelectModelResult,
+           "The model for this machine's memory, or for `ramBytes` of RAM, with the reason.",
+           ("InsufficientRam",)),
+    Method("vibrant/downloadModel", DownloadModelParams, DownloadModelResult,
+           "Download (or resume) a model; `modelId` may be `auto`. Sends "
+           "`vibrant/downloadProgress` and `$/progress`; cancellable, keeping the partial.",
+           ("ModelNotFound", "InsufficientRam", "DownloadFailed", "ChecksumMismatch",
+            "CacheFull", "Cancelled"), progress=True),
+    Method("vibrant/cancelDownload", CancelDownloadParams, CancelDownloadResult,
+           "Stop a running download of this model; its request answers -32800."),
+    Method("vibrant/removeModel", RemoveModelParams, RemoveModelResult,
+           "Delete a downloaded model (unloading it first if this server has it loaded).",
+           ("ModelNotFound", "NotCached", "VibrantError")),
+    Method("vibrant/cacheStats", NoParams, CacheStatsResult,
+           "Cache folder, size, limit, number of models and bytes of partial downloads."),
+    Method("vibrant/cleanCache", CleanCacheParams, RemovalResult,
+           "Remove partial downloads and, with `olderThanDays`, models unused that long."),
+    Method("vibrant/pruneCache", PruneCacheParams, RemovalResult,
+           "Remove least recently used models down to `maxBytes` (default: the cache limit)."),
+    Method("vibrant/loadModel", LoadModelParams, LoadModelResult,
+           "Load a model now (the request's, else the last used, else the selection among "
+           "cached models); the old one is unloaded first. A failed load falls back to the "
+           "next smaller cached model.",
+           ("ModelNotFound", "NotCached", "ModelLoadFailed", "ChecksumMismatch",
+            "InsufficientRam", "Cancelled"), progress=True),
+    Method("vibrant/unloadModel", NoParams, UnloadModelResult,
+           "Unload the model and return its memory."),
+    Method("vibrant/status", NoParams, StatusResult,
+           "The loaded model's state and the running downloads; never waits on work."),
+    Method("vibrant/complete", CompleteParams, CompleteResult,
+           "Complete `prompt` (fill in the middle when `suffix` is given and the model has FIM "
+           "tokens; else from the prefix alone, `fim: false`). Loads a model lazily. With "
+           "`partialResultToken` the text streams as `$/progress` values (`{text}`). One "
+           "completion runs at a time; a second waits.",
+           ("ModelNotFound", "NotCached", "ModelLoadFailed", "InsufficientRam", "Cancelled"),
+           progress=True),
+]  # fmt: skip
+
+
+class Notification(msgspec.Struct, frozen=True):
+    name: str
+    params: type[msgspec.Struct]
+    summary: str
+
+
+NOTIFICATIONS: list[Notification] = [
+    Notification("vibrant/downloadProgress", DownloadProgress,
+                 "Progress of a download, at most about ten a second, always ending with a "
+                 "`done`, `failed` or `cancelled` state."),
+    Notification("vibrant/modelStateChanged", ModelStateChanged,
+                 "The loaded model changed state (`loading`, `ready`, `failed`, `unloaded`); "
+                 "`reason` says why (a fallback, idle unload, ...)."),
+    Notification("$/progress", CompletionChunk,
+                 "Work-done progress (begin/report/end, `cancellable: true`) for downloads and "
+                 "loads; and, on a completion's `partialResultToken`, `{text}` pieces."),
+]  # fmt: skip
+
+METHOD_TABLE: dict[str, Method] = {m.name: m for m in METHODS}

@@ -1,0 +1,257 @@
+"""The server's operations as plain Python: protocol Structs in, protocol Structs out.
+
+Nothing here knows of pygls or asyncio; the server decodes params, runs these
+(blocking ones on its own worker threads) and encodes what they return. The CLI's
+facade (``Vibrant``), the lifecycle and the download jobs do the work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import msgspec
+
+from . import protocol as p
+from .app import DownloadResult, ModelStatus, Vibrant
+from .download_jobs import DownloadJob, DownloadJobs
+from .errors import VibrantError
+from .lifecycle import Cancelled, Lifecycle, StateChange
+from .progress import Progress
+from .runtime import CompletionRequest, LoadOptions
+
+
+def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
+    m = status.model
+    partial = status.partial
+    return p.ModelEntry(
+        id=m.id,
+        name=m.name,
+        family=m.family,
+        parameters=m.parameters,
+        quantization=m.quantization,
+        context_window=m.context_window,
+        file_size_mb=m.file_size_mb,
+        ram_required_mb=m.ram_required_mb,
+        download_bytes=m.download_bytes,
+        hf_repo=m.hf_repo,
+        files=[p.ModelFileInfo(f.filename, f.size_bytes, f.sha256) for f in m.files],
+        sha256=m.sha256,
+        revision=m.revision,
+        recommended=m.recommended,
+        description=m.description,
+        tags=list(m.tags),
+        deprecated=m.deprecated,
+        replaced_by=m.replaced_by,
+        cached=status.cached,
+        size_bytes=status.size_bytes,
+        last_used=datetime.fromisoformat(status.last_used) if status.last_used else None,
+        use_count=status.use_count,
+        cached_revision=status.revision,
+        partial=p.PartialDownloadInfo(
+            downloaded_bytes=partial.downloaded_bytes,
+            total_bytes=partial.total_bytes,
+            updated_at=partial.updated_at,
+            active=partial.active,
+        )
+        if partial
+        else None,
+        selected=status.selected,
+        loaded=m.id == loaded,
+    )
+
+
+def download_progress(progress: Progress) -> p.DownloadProgress:
+    return p.DownloadProgress(
+        model_id=progress.model_id,
+        file=progress.file,
+        downloaded_bytes=progress.downloaded_bytes,
+        total_bytes=progress.total_bytes,
+        bytes_per_second=progress.bytes_per_second,
+        eta_seconds=progress.eta_seconds,
+        state=progress.state,
+    )
+
+
+def download_result(result: DownloadResult) -> p.DownloadModelResult:
+    return p.DownloadModelResult(
+        model_id=result.model_id,
+        paths=result.paths,
+        size_bytes=result.size_bytes,
+        sha256=result.sha256,
+        revision=result.revision,
+        pruned=result.pruned,
+    )
+
+
+def model_state(change: StateChange) -> p.ModelStateChanged:
+    return p.ModelStateChanged(
+        model_id=change.model_id,
+        state=msgspec.convert(change.state, p.ModelState),
+        reason=change.reason,
+    )
+
+
+class Service:
+    def __init__(self, app: Vibrant, lifecycle: Lifecycle, downloads: DownloadJobs) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+        self.downloads = downloads
+
+    # -- models ------------------------------------------------------------------------
+
+    def list_models(self, params: p.ListModelsParams) -> p.ListModelsResult:
+        statuses = self.app.list_models(params.scope or "default")
+        loaded = self.lifecycle.loaded_model_id
+        try:
+            recommended: str | None = self.app.select().model_id
+        except VibrantError:
+            recommended = None
+        return p.ListModelsResult(
+            models=[model_entry(s, loaded) for s in statuses], recommended=recommended
+        )
+
+    def model_info(self, params: p.ModelInfoParams) -> p.ModelEntry:
+        return model_entry(self.app.model_info(params.model_id), self.lifecycle.loaded_model_id)
+
+    def select_model(self, params: p.SelectModelParams) -> p.SelectModelResult:
+        s = self.app.select(params.ram_bytes)
+        return p.SelectModelResult(
+            model_id=s.model_id,
+            reason=s.reason,
+            total_ram_bytes=s.total_ram_bytes,
+            usable_ram_bytes=s.usable_ram_bytes,
+            available_bytes=s.available_bytes,
+            fits=s.fits,
+            warning=s.warning,
+        )
+
+    # -- downloads ---------------------------------------------------------------------
+
+    def start_download(
+        self, params: p.DownloadModelParams, listener: Callable[[Progress], None] | None = None
+    ) -> DownloadJob:
+        return self.downloads.start(params.model_id, listener)
+
+    def cancel_download(self, params: p.CancelDownloadParams) -> p.CancelDownloadResult:
+        model_id = params.model_id
+        if model_id == "auto":
+            model_id = self.app.resolve_id(model_id)
+        return p.CancelDownloadResult(model_id=model_id, cancelled=self.downloads.cancel(model_id))
+
+    # -- cache -------------------------------------------------------------------------
+
+    def remove_model(self, params: p.RemoveModelParams) -> p.RemoveModelResult:
+        if self.lifecycle.loaded_model_id == params.model_id:
+            # This server's own in-use mark would refuse the removal: the editor asked, so
+            # unload first.
+            self.lifecycle.unload(f"{params.model_id} is being removed")
+        freed = self.app.remove(params.model_id)
+        return p.RemoveModelResult(model_id=params.model_id, freed_bytes=freed)
+
+    def cache_stats(self, params: p.NoParams) -> p.CacheStatsResult:
+        s = self.app.cache_stats()
+        return p.CacheStatsResult(
+            cache_dir=s.cache_dir,
+            total_bytes=s.total_bytes,
+            max_cache_bytes=s.max_cache_bytes,
+            models=s.models,
+            partial_bytes=s.partial_bytes,
+        )
+
+    def clean_cache(self, params: p.CleanCacheParams) -> p.RemovalResult:
+        days = params.older_than_days
+        r = self.app.clean(timedelta(days=days) if days is not None else None)
+        return p.RemovalResult(removed=r.removed, freed_bytes=r.freed_bytes)
+
+    def prune_cache(self, params: p.PruneCacheParams) -> p.RemovalResult:
+        r = self.app.prune(params.max_bytes)
+        return p.RemovalResult(removed=r.removed, freed_bytes=r.freed_bytes)
+
+    # -- the loaded model --------------------------------------------------------------
+
+    def load_options(self, overrides: p.LoadOptions | None) -> LoadOptions | None:
+        if overrides is None:
+            return None
+        base = self.lifecycle.default_options
+        return LoadOptions(
+            context_size=_pick(overrides.context_size, base.context_size),
+            threads=_pick(overrides.threads, base.threads),
+            batch_size=_pick(overrides.batch_size, base.batch_size),
+            mmap=_pick(overrides.mmap, base.mmap),
+            mlock=_pick(overrides.mlock, base.mlock),
+            gpu_layers=_pick(overrides.gpu_layers, base.gpu_layers),
+        )
+
+    def load_model(
+        self,
+        params: p.LoadModelParams,
+        cancel: threading.Event | None = None,
+        on_change: Callable[[StateChange], None] | None = None,
+    ) -> p.LoadModelResult:
+        loaded = self.lifecycle.load(
+            params.model_id, self.load_options(params.options), cancel, on_change
+        )
+        return p.LoadModelResult(
+            model_id=loaded.model_id,
+            loaded_at=loaded.loaded_at,
+            load_ms=round(loaded.load_ms, 1),
+            supports_fim=loaded.supports_fim,
+            reason=loaded.reason,
+        )
+
+    def unload_model(self, params: p.NoParams) -> p.UnloadModelResult:
+        before = self.lifecycle.loaded_model_id
+        unloaded = self.lifecycle.unload()
+        return p.UnloadModelResult(model_id=unloaded or before, unloaded=unloaded is not None)
+
+    def status(self, params: p.NoParams) -> p.StatusResult:
+        """Memory only: never waits on the model lock, the manifest or the network."""
+        snap = self.lifecycle.snapshot()
+        return p.StatusResult(
+            state=msgspec.convert(snap.state, p.ModelState),
+            model_id=snap.model_id,
+            loaded_at=snap.loaded_at,
+            last_used=snap.last_used,
+            busy=snap.busy,
+            error=snap.error,
+            downloads=[download_progress(d) for d in self.downloads.active()],
+        )
+
+    def complete(
+        self,
+        params: p.CompleteParams,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+        on_change: Callable[[StateChange], None] | None = None,
+    ) -> p.CompleteResult:
+        req = CompletionRequest(
+            prompt=params.prompt,
+            suffix=params.suffix,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            stop=list(params.stop),
+        )
+        done = self.lifecycle.complete(req, params.model_id, on_text, cancel, on_change)
+        r = done.result
+        if r.finish_reason == "cancelled":
+            raise Cancelled()
+        return p.CompleteResult(
+            text=r.text,
+            model_id=done.model_id,
+            finish_reason=msgspec.convert(r.finish_reason, p.FinishReason),
+            usage=p.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens),
+            timings=p.Timings(
+                load_ms=round(done.load_ms, 1), total_ms=round(done.load_ms + r.total_ms, 1)
+            ),
+            fim=r.fim,
+        )
+
+
+T = TypeVar("T")
+
+
+def _pick(value: T | None, default: T) -> T:
+    return default if value is None else value
