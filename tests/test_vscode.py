@@ -1,0 +1,225 @@
+"""The VS Code extension (editors/vscode), tested in a real VS Code.
+
+One test runs the whole thing: ``scripts/setup-vscode.sh`` (code-server 4.100.3,
+playwright-core, Debian's Chromium, the extension's node_modules), ``tsc --noEmit``
+against ``@types/vscode`` 1.100, the build, the offline ``.vsix`` packaging, and then the
+in-editor suite (``editors/vscode/test/suite``) in code-server driven by Playwright, against
+the real ``vibrant-rpc`` and the loopback Hub stand-in serving the Gemma 3 270M model.
+
+Artifacts (git-ignored) land in ``editors/vscode/test-artifacts/``: the screenshot of the
+download notification, a final screenshot, code-server's log and the suite's log.
+Set ``VIBRANT_SKIP_VSCODE=1`` to skip it (for a quick local run without Node).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.gguf_fixtures import GEMMA_SIZE, gemma_path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT = ROOT / "editors" / "vscode"
+ARTIFACTS = EXT / "test-artifacts"
+MODEL_ID = "gemma-270m"
+CANCEL_MODEL_ID = "gemma-270m-b"
+# conftest gives each test a temporary HOME; npm's cache (~/.npm) must stay the real one, or
+# every run would download code-server again.
+TOOLS_ENV = dict(os.environ)
+
+pytestmark = [
+    # A fresh machine installs code-server and Chromium first (a few minutes); after that the
+    # whole test takes about a minute.
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(
+        os.environ.get("VIBRANT_SKIP_VSCODE") == "1", reason="VIBRANT_SKIP_VSCODE=1"
+    ),
+]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float) -> str:
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=TOOLS_ENV,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    took = time.monotonic() - started
+    print(f"$ {' '.join(cmd)}  ({took:.1f} s)")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-8000:]}")
+    return proc.stdout
+
+
+def _start_hub(tmp_path: Path, gemma: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    ready = tmp_path / "hub-ready.json"
+    hub = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "hub_stub.py"),
+            "--repo",
+            f"test/gemma:gemma.gguf={gemma}",
+            "--ready-file",
+            str(ready),
+            # Slow enough (about 4 s for 253 MB) for a person, and the screenshot, to see
+            # the notification's progress.
+            "--throttle-bps",
+            "20000000",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60  # it hashes the 253 MB file first
+    while not ready.exists():
+        if hub.poll() is not None or time.monotonic() > deadline:
+            hub.kill()
+            pytest.fail("the Hub stand-in did not start")
+        time.sleep(0.05)
+    return hub, json.loads(ready.read_text())
+
+
+def test_vscode_extension(tmp_path: Path) -> None:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.fail("Node.js and npm are needed for the VS Code extension's tests")
+    started = time.monotonic()
+    _run(["bash", str(ROOT / "scripts" / "setup-vscode.sh")], ROOT, timeout=1500)
+    setup_s = time.monotonic() - started
+
+    # Types against @types/vscode 1.100 (the engine), then the build and an offline .vsix.
+    _run(["npm", "run", "--silent", "typecheck"], EXT, timeout=300)
+    _run(["npm", "run", "--silent", "compile"], EXT, timeout=300)
+    vsix = tmp_path / "vibrant.vsix"
+    _run(
+        [
+            "npx",
+            "--no-install",
+            "vsce",
+            "package",
+            "--allow-missing-repository",
+            "--skip-license",
+            "-o",
+            str(vsix),
+        ],
+        EXT,
+        timeout=300,
+    )
+    with zipfile.ZipFile(vsix) as z:
+        names = set(z.namelist())
+    assert "extension/package.json" in names
+    assert "extension/out/src/extension.js" in names
+    assert "extension/node_modules/vscode-languageclient/package.json" in names
+    assert not any(n.startswith("extension/src/") or "/test/suite/" in n for n in names)
+
+    # The Hub stand-in serving Gemma, and a registry that names it.
+    gemma = gemma_path()
+    # For the update test: the Hub's next commit changes the file (1 MiB more).
+    update_file = tmp_path / "gemma-v2.gguf"
+    shutil.copyfile(gemma, update_file)
+    with update_file.open("ab") as f:
+        f.write(b"\0" * (1 << 20))
+    hub, hub_info = _start_hub(tmp_path, gemma)
+    registry = tmp_path / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "id": MODEL_ID,
+                        "hf_repo": "test/gemma",
+                        "filename": "gemma.gguf",
+                        "ram_required_mb": 600,
+                        "recommended": True,
+                    },
+                    # The same file under another id: the download the suite cancels.
+                    {
+                        "id": CANCEL_MODEL_ID,
+                        "hf_repo": "test/gemma",
+                        "filename": "gemma.gguf",
+                        "ram_required_mb": 700,
+                    },
+                ]
+            }
+        )
+    )
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    suite_log = ARTIFACTS / "suite.log"
+    env = dict(os.environ)
+    env.update(
+        {
+            # conftest's isolated_home set HOME and VIBRANT_HOME to this test's folder.
+            "VIBRANT_REGISTRY": str(registry),
+            "HF_ENDPOINT": hub_info["endpoint"],
+            "VIBRANT_TEST_LOG": str(suite_log),
+            "VIBRANT_TEST_MODEL": MODEL_ID,
+            "VIBRANT_TEST_CANCEL_MODEL": CANCEL_MODEL_ID,
+            "VIBRANT_TEST_MODEL_BYTES": str(GEMMA_SIZE),
+            "VIBRANT_TEST_UPDATE_FILE": str(update_file),
+            "VIBRANT_LOG_LEVEL": "info",
+        }
+    )
+    env.pop("HF_HUB_OFFLINE", None)
+    settings = {
+        "vibrant.serverPath": str(Path(sys.executable).parent / "vibrant-rpc"),
+        "vibrant.contextSize": 1024,
+        "vibrant.threads": 2,
+        "vibrant.inlineCompletions.maxTokens": 24,
+    }
+    runner = subprocess.Popen(
+        [
+            "node",
+            str(EXT / "test" / "runner.mjs"),
+            "--env",
+            os.environ.get("VIBRANT_VSCODE_ENV", str(ROOT / ".cache" / "vscode-test-env")),
+            "--workspace",
+            str(tmp_path / "workspace"),
+            "--state",
+            str(tmp_path / "code-server"),
+            "--artifacts",
+            str(ARTIFACTS),
+            "--settings",
+            json.dumps(settings),
+            "--timeout",
+            "240",
+        ],
+        cwd=EXT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    suite_started = time.monotonic()
+    try:
+        output, _ = runner.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+    suite_s = time.monotonic() - suite_started
+    suite = suite_log.read_text() if suite_log.exists() else "(the suite wrote no log)\n"
+    report = f"{output}\n--- suite log ---\n{suite}"
+    print(report)
+    print(f"setup {setup_s:.1f} s, in-editor suite {suite_s:.1f} s")
+    assert runner.returncode == 0, f"the VS Code suite failed (exit {runner.returncode}):\n{report}"
+    assert "PASS the server is not running before the first command" in suite
+    assert "all " in suite and " tests passed" in suite
+    shot = ARTIFACTS / "download-notification.png"
+    assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot of the download"
