@@ -1,0 +1,617 @@
+-- The :Vibrant* commands. Every one talks to the server asynchronously (the editor never
+-- waits on it) and reports through vim.notify; long work reports $/progress, which
+-- vim.lsp.status(), the LspProgress autocmd and fidget.nvim show.
+local client = require("vibrant.client")
+local config = require("vibrant.config")
+local util = require("vibrant.util")
+
+local M = {}
+local val = util.val
+local levels = vim.log.levels
+local state = client.state
+
+local token_seq = 0
+local function new_token(kind)
+  token_seq = token_seq + 1
+  return string.format("vibrant-%s-%d-%d", kind, vim.fn.getpid(), token_seq)
+end
+
+-- Models --------------------------------------------------------------------------------
+
+local function model_line(m, pick)
+  local parts = { (m.id == pick and "★ " or "  ") .. m.id }
+  local name = val(m.name)
+  if name and name ~= m.id then
+    parts[#parts + 1] = name
+  end
+  local size = val(m.sizeBytes) or val(m.downloadBytes)
+  if size and size > 0 then
+    parts[#parts + 1] = util.bytes(size)
+  end
+  if m.cached then
+    parts[#parts + 1] = "downloaded"
+  elseif val(m.partial) then
+    local p = m.partial
+    local total = val(p.totalBytes)
+    parts[#parts + 1] = total and string.format("partial %d%%", math.floor(p.downloadedBytes * 100 / total))
+      or "partial"
+  end
+  if m.loaded then
+    parts[#parts + 1] = "loaded"
+  end
+  if m.id == pick then
+    parts[#parts + 1] = "recommended for this machine"
+  end
+  if m.deprecated then
+    parts[#parts + 1] = "deprecated" .. (val(m.replacedBy) and (", use " .. m.replacedBy) or "")
+  end
+  return table.concat(parts, " · ")
+end
+
+--- Models in picker order: downloaded first, then this machine's pick, then the registry's.
+local function picker_order(result)
+  local pick = val(result.recommended)
+  local items = {}
+  for i, m in ipairs(result.models or {}) do
+    items[#items + 1] = { model = m, index = i }
+  end
+  table.sort(items, function(a, b)
+    local ka = { a.model.cached and 0 or 1, a.model.id == pick and 0 or 1, a.index }
+    local kb = { b.model.cached and 0 or 1, b.model.id == pick and 0 or 1, b.index }
+    for i = 1, 3 do
+      if ka[i] ~= kb[i] then
+        return ka[i] < kb[i]
+      end
+    end
+    return false
+  end)
+  return vim.tbl_map(function(it)
+    return it.model
+  end, items)
+end
+M.picker_order = picker_order
+
+local function list_models(scope, cb)
+  client.request("vibrant/listModels", { scope = scope }, function(err, result)
+    if err then
+      util.show_error(err, "listing the models")
+      return
+    end
+    state.models = result
+    cb(result)
+  end)
+end
+
+--- :VibrantModels: pick a model; it is used for completions from then on.
+function M.models()
+  list_models("all", function(result)
+    local pick = val(result.recommended)
+    local models = picker_order(result)
+    if #models == 0 then
+      util.notify("vibrant: the registry has no models.", levels.WARN)
+      return
+    end
+    vim.ui.select(models, {
+      prompt = "vibrant: choose a model",
+      kind = "vibrant.model",
+      format_item = function(m)
+        return model_line(m, pick)
+      end,
+    }, function(m)
+      if not m then
+        return
+      end
+      M.set_model(m)
+    end)
+  end)
+end
+
+function M.set_model(m)
+  state.model = m.id
+  if m.cached then
+    util.notify(string.format("vibrant: completions now use %s.", m.id))
+    return
+  end
+  local size = util.size_note(m.downloadBytes)
+  util.notify(string.format("vibrant: completions now use %s, which is not downloaded yet%s.", m.id, size))
+  vim.ui.select({ "Download now" .. size, "Later" }, {
+    prompt = string.format("vibrant: download %s?", m.id),
+    kind = "vibrant.confirm",
+  }, function(choice)
+    if choice and choice:match("^Download") then
+      M.download(m.id)
+    end
+  end)
+end
+
+-- Downloads -------------------------------------------------------------------------------
+
+--- :VibrantDownload [id]: id defaults to the chosen model, else the configured one, else
+--- "auto" (the server's choice for this machine).
+function M.download(id)
+  id = (id and id ~= "") and id or state.model or config.options.settings.model or "auto"
+  local token = new_token("download")
+  util.notify(id == "auto" and "vibrant: downloading the model for this machine…" or string.format("vibrant: downloading %s…", id))
+  client.request("vibrant/downloadModel", { modelId = id, workDoneToken = token }, function(err, result)
+    if err then
+      util.show_error(err, "downloading " .. id)
+      return
+    end
+    local lines = { string.format("vibrant: %s downloaded (%s).", result.modelId, util.bytes(result.sizeBytes)) }
+    local pruned = val(result.pruned)
+    if type(pruned) == "table" and #pruned > 0 then
+      lines[#lines + 1] = "Removed to stay under the cache limit: " .. table.concat(pruned, ", ")
+    end
+    util.notify(table.concat(lines, "\n"))
+  end)
+  return token
+end
+
+--- :VibrantCancel [id]: stop a running download (its partial is kept, to resume later).
+function M.cancel(id)
+  if not id or id == "" then
+    id = next(state.downloads)
+  end
+  if not id then
+    util.notify("vibrant: no download is running.", levels.WARN)
+    return
+  end
+  client.request("vibrant/cancelDownload", { modelId = id }, function(err, result)
+    -- (Neovim never hands a -32800 reply to a callback, so the download's own request
+    -- says nothing: the message comes from here.)
+    if err then
+      util.show_error(err, "cancelling " .. id)
+    elseif not result.cancelled then
+      util.notify(string.format("vibrant: no download of %s is running.", id), levels.WARN)
+    else
+      util.notify(string.format("vibrant: stopped downloading %s; the partial download is kept (:VibrantDownload %s resumes it).", id, id))
+    end
+  end)
+end
+
+-- Cache -------------------------------------------------------------------------------
+
+--- :VibrantRemove [id]: delete a downloaded model (a picker of downloaded ones without id).
+function M.remove(id)
+  local function remove(model_id)
+    client.request("vibrant/removeModel", { modelId = model_id }, function(err, result)
+      if err then
+        util.show_error(err, "removing " .. model_id)
+        return
+      end
+      state.models = nil
+      util.notify(string.format("vibrant: removed %s (%s freed).", model_id, util.bytes(result.freedBytes)))
+    end)
+  end
+  if id and id ~= "" then
+    remove(id)
+    return
+  end
+  list_models("cached", function(result)
+    local models = result.models or {}
+    if #models == 0 then
+      util.notify("vibrant: no model is downloaded.")
+      return
+    end
+    vim.ui.select(models, {
+      prompt = "vibrant: remove which model?",
+      kind = "vibrant.model",
+      format_item = function(m)
+        return string.format("%s · %s · last used %s", m.id, util.bytes(val(m.sizeBytes)), util.time(m.lastUsed))
+      end,
+    }, function(m)
+      if m then
+        remove(m.id)
+      end
+    end)
+  end)
+end
+
+--- :VibrantCache: where the cache is, how full, and what is in it.
+function M.cache()
+  client.request("vibrant/cacheStats", nil, function(err, stats)
+    if err then
+      util.show_error(err, "reading the cache")
+      return
+    end
+    list_models("all", function(result)
+      local limit = val(stats.maxCacheBytes)
+      local lines = {
+        "vibrant cache: " .. stats.cacheDir,
+        string.format(
+          "%s used%s · %d model%s · %s of partial downloads",
+          util.bytes(stats.totalBytes),
+          limit and (" of " .. util.bytes(limit)) or " (no limit)",
+          stats.models,
+          stats.models == 1 and "" or "s",
+          util.bytes(stats.partialBytes)
+        ),
+      }
+      for _, m in ipairs(result.models or {}) do
+        if m.cached then
+          lines[#lines + 1] = string.format(
+            "  %s  %s  last used %s, %d use%s%s",
+            m.id,
+            util.bytes(val(m.sizeBytes)),
+            util.time(m.lastUsed),
+            m.useCount or 0,
+            m.useCount == 1 and "" or "s",
+            m.loaded and " (loaded)" or ""
+          )
+        elseif val(m.partial) then
+          local p = m.partial
+          lines[#lines + 1] = string.format(
+            "  %s  partial: %s of %s%s",
+            m.id,
+            util.bytes(p.downloadedBytes),
+            util.bytes(val(p.totalBytes)),
+            p.active and " (downloading)" or " (:VibrantDownload " .. m.id .. " resumes it)"
+          )
+        end
+      end
+      util.notify(table.concat(lines, "\n"))
+    end)
+  end)
+end
+
+-- Status ------------------------------------------------------------------------------
+
+local function download_text(d)
+  local total = val(d.totalBytes)
+  local pct = total and total > 0 and string.format(" %d%%", math.floor(d.downloadedBytes * 100 / total)) or ""
+  local text = string.format("%s %s%s", d.state, d.modelId, pct)
+  if d.state == "downloading" and (val(d.bytesPerSecond) or 0) > 0 then
+    text = text .. string.format(", %s/s", util.bytes(d.bytesPerSecond))
+    if val(d.etaSeconds) then
+      text = text .. ", " .. util.duration(d.etaSeconds) .. " left"
+    end
+  end
+  return text
+end
+
+function M.status_text(s)
+  local lines = {}
+  local model = val(s.modelId)
+  if s.state == "ready" then
+    lines[1] = string.format(
+      "vibrant: %s is ready%s (loaded %s, last used %s).",
+      model,
+      s.busy and ", completing" or "",
+      util.time(s.loadedAt),
+      util.time(s.lastUsed)
+    )
+  elseif s.state == "loading" then
+    lines[1] = string.format("vibrant: loading %s…", model or "a model")
+  elseif s.state == "failed" then
+    lines[1] = string.format("vibrant: loading %s failed: %s", model or "the model", val(s.error) or "?")
+  else
+    lines[1] = "vibrant: no model loaded (the first completion loads one)."
+  end
+  if state.model then
+    lines[#lines + 1] = "Completions use " .. state.model .. " (chosen with :VibrantModels)."
+  end
+  for _, d in ipairs(s.downloads or {}) do
+    lines[#lines + 1] = "Download: " .. download_text(d)
+  end
+  return table.concat(lines, "\n")
+end
+
+--- :VibrantStatus
+function M.status()
+  client.request("vibrant/status", nil, function(err, s)
+    if err then
+      util.show_error(err, "asking the status")
+      return
+    end
+    util.notify(M.status_text(s))
+  end)
+end
+
+--- For a status line: "" before the server started, else the model's state or a download.
+function M.statusline()
+  if not client.running() then
+    return ""
+  end
+  for _, d in pairs(state.downloads) do
+    if d.state ~= "done" then
+      return "vibrant: " .. download_text(d)
+    end
+  end
+  local ms = state.model_state
+  if not ms then
+    return "vibrant: not loaded"
+  end
+  if ms.state == "ready" then
+    return "vibrant: " .. (val(ms.modelId) or "") .. " ready"
+  end
+  return "vibrant: " .. ms.state
+end
+
+-- Completion --------------------------------------------------------------------------
+
+local ns = vim.api.nvim_create_namespace("vibrant")
+local pending -- the completion in flight: { request_id, buf, mark }
+
+--- Prompt (the text before the cursor) and suffix (the text after) of a window's buffer,
+--- and where the completion goes: buf, row (0-based), col (a byte index), prompt, suffix.
+function M.context(win)
+  local opts = config.options.complete
+  local buf = vim.api.nvim_win_get_buf(win)
+  local row, col = unpack(vim.api.nvim_win_get_cursor(win)) -- row 1-based, col a byte index
+  local lines = vim.api.nvim_buf_get_lines(buf, 0, -1, false)
+  local line = lines[row] or ""
+  -- In insert mode (a <Cmd> mapping) the cursor is between two characters; in normal mode
+  -- it is on one, and the completion goes after it, as `a` would insert.
+  if not vim.api.nvim_get_mode().mode:match("^[iR]") and #line > 0 then
+    col = vim.str_utf_end and (col + vim.str_utf_end(line, col + 1) + 1) or (col + 1)
+  end
+  local before = vim.list_slice(lines, 1, row - 1)
+  before[#before + 1] = line:sub(1, col)
+  local after = { line:sub(col + 1) }
+  vim.list_extend(after, lines, row + 1, #lines)
+  local prompt = table.concat(before, "\n")
+  local suffix = table.concat(after, "\n")
+  if #prompt > opts.max_prefix_chars then
+    prompt = prompt:sub(#prompt - opts.max_prefix_chars + 1)
+  end
+  if #suffix > opts.max_suffix_chars then
+    suffix = suffix:sub(1, opts.max_suffix_chars)
+  end
+  return buf, row - 1, col, prompt, suffix
+end
+
+--- :VibrantComplete: fill in the middle at the cursor. The text is inserted where the
+--- cursor was when asked (tracked with an extmark), whatever happened meanwhile; a new
+--- request cancels the one still running.
+function M.complete(cb)
+  local opts = config.options.complete
+  local win = vim.api.nvim_get_current_win()
+  local buf, row, col, prompt, suffix = M.context(win)
+  if pending then
+    client.cancel(pending.request_id)
+    pcall(vim.api.nvim_buf_del_extmark, pending.buf, ns, pending.mark)
+    pending = nil
+  end
+  local mark = vim.api.nvim_buf_set_extmark(buf, ns, row, col, { right_gravity = false })
+  local this = { buf = buf, mark = mark }
+  pending = this
+  local params = {
+    prompt = prompt,
+    suffix = suffix,
+    maxTokens = opts.max_tokens,
+    temperature = opts.temperature,
+    stop = opts.stop,
+    modelId = state.model,
+  }
+  client.request("vibrant/complete", params, function(err, result)
+    if pending == this then
+      pending = nil
+    end
+    local ok, pos = pcall(vim.api.nvim_buf_get_extmark_by_id, buf, ns, mark, {})
+    pcall(vim.api.nvim_buf_del_extmark, buf, ns, mark)
+    if err then
+      if err.code ~= -32800 then -- cancelled by a newer request: nothing to say
+        util.show_error(err, "completion")
+      end
+      if cb then
+        cb(err, nil)
+      end
+      return
+    end
+    state.last_completion = result
+    local text = result.text or ""
+    if text == "" then
+      util.notify("vibrant: the model had nothing to add here.")
+    elseif ok and pos[1] and vim.api.nvim_buf_is_valid(buf) then
+      local r, c = pos[1], pos[2]
+      local new = vim.split(text, "\n", { plain = true })
+      local set, why = pcall(vim.api.nvim_buf_set_text, buf, r, c, r, c, new)
+      if not set then
+        util.notify("vibrant: could not insert the completion: " .. tostring(why), levels.ERROR)
+        if cb then
+          cb({ code = -32099, message = tostring(why) }, result)
+        end
+        return
+      end
+      -- Move the cursor past the text if it is still where the completion was asked.
+      if vim.api.nvim_win_is_valid(win) and vim.api.nvim_win_get_buf(win) == buf then
+        local cur = vim.api.nvim_win_get_cursor(win)
+        if cur[1] - 1 == r and cur[2] == c then
+          local end_row = r + #new - 1
+          local end_col = (#new == 1 and c or 0) + #new[#new]
+          vim.api.nvim_win_set_cursor(win, { end_row + 1, end_col })
+        end
+      end
+    end
+    if cb then
+      cb(nil, result)
+    end
+  end, {
+    on_id = function(id)
+      this.request_id = id
+    end,
+  })
+end
+
+-- Updates -----------------------------------------------------------------------------
+
+local function update(id)
+  local token = new_token("update")
+  client.request("vibrant/updateModel", { modelId = id, workDoneToken = token }, function(err, result)
+    if err then
+      util.show_error(err, "updating " .. id)
+      return
+    end
+    state.updates[id] = nil
+    local rev = val(result and result.revision)
+    util.notify(string.format("vibrant: %s updated%s; the new file is used from its next load.", id, rev and (" to " .. rev:sub(1, 12)) or ""))
+  end)
+  return token
+end
+M.update_model = update
+
+-- "1111111 → 2222222, 253.1 MB" (what is known of it).
+local function update_details(u)
+  local parts = {}
+  local from, to = val(u.currentRevision), val(u.latestRevision)
+  if type(from) == "string" and type(to) == "string" then
+    parts[#parts + 1] = from:sub(1, 7) .. " → " .. to:sub(1, 7)
+  end
+  if (val(u.sizeBytes) or 0) > 0 then
+    parts[#parts + 1] = util.bytes(u.sizeBytes)
+  end
+  return table.concat(parts, ", ")
+end
+
+local function update_line(u)
+  local details = update_details(u)
+  return details ~= "" and (u.modelId .. " (" .. details .. ")") or u.modelId
+end
+
+--- :VibrantUpdate [id]: update one model; without id, check the Hub and offer the updates.
+function M.update(id)
+  if id and id ~= "" then
+    util.notify(string.format("vibrant: updating %s…", id))
+    update(id)
+    return
+  end
+  client.request("vibrant/checkUpdates", nil, function(err, result)
+    if err then
+      util.show_error(err, "checking for updates")
+      return
+    end
+    local updates = result.updates or {}
+    if #updates == 0 then
+      util.notify("vibrant: every downloaded model is up to date.")
+      return
+    end
+    local items = vim.deepcopy(updates)
+    if #updates > 1 then
+      items[#items + 1] = { all = true }
+    end
+    vim.ui.select(items, {
+      prompt = "vibrant: updates available",
+      kind = "vibrant.update",
+      format_item = function(u)
+        return u.all and "Update all" or update_line(u)
+      end,
+    }, function(choice)
+      if not choice then
+        return
+      end
+      for _, u in ipairs(choice.all and updates or { choice }) do
+        update(u.modelId)
+      end
+    end)
+  end)
+end
+
+-- Once the user is out of insert and command-line mode: a prompt never interrupts typing.
+local function when_idle(fn)
+  local mode = vim.api.nvim_get_mode().mode
+  if mode:match("^[iRc]") then
+    vim.api.nvim_create_autocmd({ "InsertLeave", "CmdlineLeave" }, {
+      once = true,
+      callback = function()
+        vim.schedule(function()
+          when_idle(fn)
+        end)
+      end,
+    })
+    return
+  end
+  fn()
+end
+
+--- vibrant/updateAvailable: a notice, and an "Update" action through vim.ui.select.
+function M.update_available(u)
+  local details = update_details(u)
+  util.notify(string.format(
+    "vibrant: an update of %s is available%s. Run :VibrantUpdate %s to get it.",
+    u.modelId,
+    details ~= "" and (" (" .. details .. ")") or "",
+    u.modelId
+  ))
+  if not config.options.update_prompt then
+    return
+  end
+  vim.schedule(function()
+    when_idle(function()
+      vim.ui.select({ "Update", "Not now" }, {
+        prompt = string.format("vibrant: update %s?", u.modelId),
+        kind = "vibrant.confirm",
+      }, function(choice)
+        if choice == "Update" then
+          M.update(u.modelId)
+        end
+      end)
+    end)
+  end)
+end
+
+-- Definitions -------------------------------------------------------------------------
+
+local function model_ids(filter)
+  return function(arglead)
+    local result = state.models
+    if not result then
+      result = client.request_sync("vibrant/listModels", { scope = "all" }, 5000)
+      state.models = result
+    end
+    local out = {}
+    for _, m in ipairs(result and result.models or {}) do
+      if (not filter or filter(m)) and vim.startswith(m.id, arglead) then
+        out[#out + 1] = m.id
+      end
+    end
+    return out
+  end
+end
+
+function M.define()
+  local cmd = vim.api.nvim_create_user_command
+  cmd("VibrantModels", function()
+    M.models()
+  end, { desc = "vibrant: choose the model for completions" })
+  cmd("VibrantDownload", function(a)
+    M.download(a.args)
+  end, {
+    nargs = "?",
+    complete = model_ids(function(m)
+      return not m.cached
+    end),
+    desc = "vibrant: download a model (default: the chosen one, else this machine's pick)",
+  })
+  cmd("VibrantCancel", function(a)
+    M.cancel(a.args)
+  end, { nargs = "?", complete = model_ids(), desc = "vibrant: stop a download (kept to resume)" })
+  cmd("VibrantRemove", function(a)
+    M.remove(a.args)
+  end, {
+    nargs = "?",
+    complete = model_ids(function(m)
+      return m.cached
+    end),
+    desc = "vibrant: delete a downloaded model",
+  })
+  cmd("VibrantCache", function()
+    M.cache()
+  end, { desc = "vibrant: cache folder, usage and downloaded models" })
+  cmd("VibrantStatus", function()
+    M.status()
+  end, { desc = "vibrant: the model's state and running downloads" })
+  cmd("VibrantComplete", function()
+    M.complete()
+  end, { desc = "vibrant: insert a completion at the cursor" })
+  cmd("VibrantUpdate", function(a)
+    M.update(a.args)
+  end, {
+    nargs = "?",
+    complete = model_ids(function(m)
+      return m.cached
+    end),
+    desc = "vibrant: update a model, or check for updates",
+  })
+end
+
+return M

@@ -1,0 +1,54 @@
+-- vibrant for Neovim: local code completions from vibrant-rpc, the model backend.
+--
+--   require("vibrant").setup({
+--     cmd = nil,            -- default: vibrant-rpc on PATH, else python3 -m vibrant_rpc
+--     settings = { model = "qwen2.5-coder-3b-q4_k_m", contextSize = 4096, threads = 4,
+--                  gpuLayers = 0, keepAliveS = 300, cacheSizeLimit = "20GB" },
+--   })
+--
+-- The server starts on the first command that needs it (not at setup) and is reused.
+local M = {}
+
+local config = require("vibrant.config")
+local client = require("vibrant.client")
+local commands = require("vibrant.commands")
+
+function M.setup(opts)
+  config.set(opts)
+  commands.define()
+  return M
+end
+
+M.config = function()
+  return config.options
+end
+
+-- The public API, for mappings and status lines.
+M.models = commands.models
+M.download = commands.download
+M.cancel = commands.cancel
+M.remove = commands.remove
+M.cache = commands.cache
+M.status = commands.status
+M.complete = commands.complete
+M.update = commands.update
+M.statusline = commands.statusline
+
+--- The vim.lsp client, or nil before the first use.
+function M.client()
+  return client.get()
+end
+
+--- Stop the server; the next command starts a new one (e.g. after changing settings).
+function M.stop()
+  client.stop()
+end
+
+--- Send any vibrant/* request: cb(err, result).
+function M.request(method, params, cb)
+  client.request(method, params, cb)
+end
+
+M.state = client.state
+
+return M
