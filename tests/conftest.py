@@ -17,8 +17,11 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("VIBRANT_HOME", str(home / ".vibrant"))
     monkeypatch.delenv("VIBRANT_REGISTRY", raising=False)
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_HOME"):
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HOME"):
         monkeypatch.delenv(var, raising=False)
+    # Traffic stays on loopback: a test that forgets its Hub stand-in gets a refused
+    # connection (the discard port), never the real Hub.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     yield Paths.from_env()
 
 

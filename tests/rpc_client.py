@@ -43,6 +43,8 @@ def server_env(home: Path, registry: Path | None = None, **extra: str) -> dict[s
     for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_ENDPOINT", "VIBRANT_REGISTRY"):
         env.pop(var, None)
     env.update(HOME=str(home), VIBRANT_HOME=str(home / ".vibrant"), PYTHONPATH=str(REPO))
+    # Traffic stays on loopback: without a stand-in, the Hub is a refused port, never the real one.
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
     if registry is not None:
         env["VIBRANT_REGISTRY"] = str(registry)
     env.update(extra)
@@ -106,7 +108,11 @@ async def start_server(
 ) -> tuple[LanguageClient, Recorder]:
     client = make_test_lsp_client()
     rec = Recorder()
-    for method in ("vibrant/downloadProgress", "vibrant/modelStateChanged"):
+    for method in (
+        "vibrant/downloadProgress",
+        "vibrant/modelStateChanged",
+        "vibrant/updateAvailable",
+    ):
 
         def record(ls: LanguageClient, params: Any, method: str = method) -> None:
             rec.events.append((method, plain(params)))

@@ -24,8 +24,11 @@ MIN_INTERVAL_S = 0.1  # "downloading" updates closer than this are dropped (~10 
 
 
 class DownloadJob:
-    def __init__(self, model_id: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, model_id: str, clock: Callable[[], float] = time.monotonic, *, update: bool = False
+    ) -> None:
         self.model_id = model_id
+        self.update = update  # fetch the latest files beside the cached ones
         self.cancel_event = threading.Event()
         self.future: Future[DownloadResult] = Future()
         self._clock = clock
@@ -95,17 +98,22 @@ class DownloadJobs:
         self._lock = threading.Lock()
         self._jobs: dict[str, DownloadJob] = {}
 
-    def start(self, model_id: str, listener: Listener | None = None) -> DownloadJob:
+    def start(
+        self, model_id: str, listener: Listener | None = None, *, update: bool = False
+    ) -> DownloadJob:
         """Start (or join) the download of ``model_id`` (``auto`` allowed); never blocks on it.
+        With ``update``, the model's latest files (it must be cached already).
 
         Raises ModelNotFound / InsufficientRam (for ``auto``) before any job exists.
         """
         resolved = self.app.resolve_id(model_id)
+        if update:
+            self.app.cache.require(resolved)
         with self._lock:
             job = self._jobs.get(resolved)
             joined = job is not None
             if job is None:
-                job = DownloadJob(resolved)
+                job = DownloadJob(resolved, update=update)
                 if self._on_progress is not None:
                     job.subscribe(self._on_progress)
                 self._jobs[resolved] = job
@@ -117,7 +125,8 @@ class DownloadJobs:
 
     def _run(self, job: DownloadJob) -> None:
         try:
-            result = self.app.download(job.model_id, progress=job.report, cancel=job.cancel_event)
+            fetch = self.app.update_model if job.update else self.app.download
+            result = fetch(job.model_id, progress=job.report, cancel=job.cancel_event)
         except BaseException as err:
             cancelled = isinstance(err, DownloadCancelledError)
             job.finish("cancelled" if cancelled else "failed")

@@ -68,6 +68,15 @@ class PartialDownloadInfo(Wire):
     active: bool  # a process is transferring it right now
 
 
+class VersionSeen(Wire):
+    """A Hub commit seen for a cached model (downloaded, or found by an update check)."""
+
+    revision: str | None
+    seen_at: datetime
+    size_bytes: int
+    sha256: str | None  # of the first (or only) file
+
+
 class ModelEntry(Wire):
     """A registry entry and its state in this machine's cache."""
 
@@ -94,6 +103,7 @@ class ModelEntry(Wire):
     last_used: datetime | None  # last loaded (by any process)
     use_count: int  # times loaded
     cached_revision: str | None  # the Hub commit the cached files came from
+    versions: list[VersionSeen]  # commits seen for it, oldest first
     partial: PartialDownloadInfo | None
     selected: bool  # the model this machine gets
     loaded: bool  # loaded in this server now
@@ -138,6 +148,40 @@ class DownloadModelResult(Wire):
     sha256: str  # of the first (or only) file
     revision: str | None  # the Hub commit the files came from
     pruned: list[str]  # models removed to stay under the cache size limit
+
+
+# -- updates -----------------------------------------------------------------------------
+
+
+class CheckUpdatesParams(Params):
+    model_ids: list[ModelId] | None = None  # default: every downloaded model
+
+
+class UpdateEntry(Wire):
+    model_id: str
+    current_revision: str | None  # the Hub commit the cached files came from
+    latest_revision: str  # the commit the model's revision (e.g. main) points to now
+    size_bytes: int  # what the update downloads
+
+
+class CheckUpdatesResult(Wire):
+    updates: list[UpdateEntry]  # only models whose files changed
+    checked_at: datetime
+
+
+class UpdateModelParams(Params):
+    model_id: ModelId
+    work_done_token: ProgressToken | None = None  # $/progress goes here
+
+
+class UpdateAvailable(Wire):
+    """``vibrant/updateAvailable``: the background check found newer files for a model."""
+
+    model_id: str
+    current_revision: str | None
+    latest_revision: str
+    size_bytes: int
+    auto_update: bool  # true: the server is downloading it now (the autoUpdate setting)
 
 
 class CancelDownloadParams(Params):
@@ -398,6 +442,16 @@ METHODS: list[Method] = [
            "`vibrant/downloadProgress` and `$/progress`; cancellable, keeping the partial.",
            ("ModelNotFound", "InsufficientRam", "DownloadFailed", "ChecksumMismatch",
             "CacheFull", "Cancelled"), progress=True),
+    Method("vibrant/checkUpdates", CheckUpdatesParams, CheckUpdatesResult,
+           "Ask the Hub whether downloaded models have newer files (a new commit that leaves "
+           "a model's files unchanged is not an update; pinned entries never update).",
+           ("ModelNotFound", "NotCached", "DownloadFailed")),
+    Method("vibrant/updateModel", UpdateModelParams, DownloadModelResult,
+           "Download a model's newer files beside the old ones and swap once verified; same "
+           "progress and cancellation as `vibrant/downloadModel`. A loaded model keeps running "
+           "and the new files are used at its next load.",
+           ("ModelNotFound", "NotCached", "DownloadFailed", "ChecksumMismatch", "CacheFull",
+            "Cancelled", "VibrantError"), progress=True),
     Method("vibrant/cancelDownload", CancelDownloadParams, CancelDownloadResult,
            "Stop a running download of this model; its request answers -32800."),
     Method("vibrant/removeModel", RemoveModelParams, RemoveModelResult,
@@ -442,6 +496,9 @@ NOTIFICATIONS: list[Notification] = [
     Notification("vibrant/modelStateChanged", ModelStateChanged,
                  "The loaded model changed state (`loading`, `ready`, `failed`, `unloaded`); "
                  "`reason` says why (a fallback, idle unload, ...)."),
+    Notification("vibrant/updateAvailable", UpdateAvailable,
+                 "The weekly background check (never offline) found newer files for a model; "
+                 "with the `autoUpdate` setting the server is already downloading them."),
     Notification("$/progress", CompletionChunk,
                  "Work-done progress (begin/report/end, `cancellable: true`) for downloads and "
                  "loads; and, on a completion's `partialResultToken`, `{text}` pieces."),

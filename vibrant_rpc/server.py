@@ -523,22 +523,23 @@ async def cancel_download(ls: VibrantServer, params: p.CancelDownloadParams) -> 
     return await ls.blocking(lambda: svc.cancel_download(params))
 
 
-@rpc("vibrant/downloadModel", p.DownloadModelParams)
-async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> msgspec.Struct:
+async def _run_download_job(
+    ls: VibrantServer, token_given: p.ProgressToken | None, title: str, start: Any
+) -> msgspec.Struct:
+    """A download or update job, reported on $/progress, cancellable from the editor."""
     from .service import download_progress, download_result
 
-    svc = await ls.backend()
-    token = await ls.progress_token(params.work_done_token)
+    token = await ls.progress_token(token_given)
     work = WorkDone(ls, token, threading.Event()) if token is not None else None
 
     def on_progress(progress: Progress) -> None:  # a download thread
         if work is not None:
             ls.soon(work.download, download_progress(progress))
 
-    job = await ls.blocking(lambda: svc.start_download(params, on_progress))
+    job = await ls.blocking(lambda: start(on_progress))
     if work is not None:
         work.cancel = job.cancel_event  # the client's cancel of our progress stops the job
-        work.begin(f"Downloading {job.model_id}", percentage=0)
+        work.begin(f"{title} {job.model_id}", percentage=0)
     try:
         result = await ls.stoppable(asyncio.wrap_future(job.future), job.cancel_event)
     except (asyncio.CancelledError, DownloadCancelledError):
@@ -552,8 +553,36 @@ async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> ms
     finally:
         job.unsubscribe(on_progress)
     if work is not None:
-        work.end(f"Downloaded {result.model_id}")
+        work.end(f"{title} {result.model_id}: done")
     return download_result(result)
+
+
+@rpc("vibrant/downloadModel", p.DownloadModelParams)
+async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> msgspec.Struct:
+    svc = await ls.backend()
+    return await _run_download_job(
+        ls,
+        params.work_done_token,
+        "Downloading",
+        lambda listener: svc.start_download(params, listener),
+    )
+
+
+@rpc("vibrant/updateModel", p.UpdateModelParams)
+async def update_model(ls: VibrantServer, params: p.UpdateModelParams) -> msgspec.Struct:
+    svc = await ls.backend()
+    return await _run_download_job(
+        ls,
+        params.work_done_token,
+        "Updating",
+        lambda listener: svc.start_update(params, listener),
+    )
+
+
+@rpc("vibrant/checkUpdates", p.CheckUpdatesParams)
+async def check_updates(ls: VibrantServer, params: p.CheckUpdatesParams) -> msgspec.Struct:
+    svc = await ls.backend()
+    return await ls.blocking(lambda: svc.check_updates(params))
 
 
 def _load_listener(
@@ -681,7 +710,37 @@ def build_backend(ls: VibrantServer, options: Any) -> Service:
             log.info("removed stale partial downloads: %s", ", ".join(removed.removed))
 
     ls.pool.submit(clean)  # requests need not wait for it
+    ls.pool.submit(weekly_update_check, ls, service)
     return service
+
+
+UPDATE_POLL_S = 6 * 3600  # how often a long-running server asks whether a week has passed
+
+
+def weekly_update_check(ls: VibrantServer, service: Service) -> None:
+    """At most once a week and never offline: look for updates, tell the editor, and with
+    the autoUpdate setting download them in the background."""
+    from .updates import UpdateSchedule
+
+    try:
+        check = UpdateSchedule(service.app).run_if_due()
+    except Exception as err:  # the editor has nothing to do about a failed background check
+        log.info("background update check failed: %s", getattr(err, "message", err))
+        check = None
+    for update in check.updates if check else []:
+        auto = service.app.settings.auto_update
+        ls.soon(ls.notify, "vibrant/updateAvailable", service.update_available(update, auto))
+        if auto:
+            log.info("auto-update: downloading %s in the background", update.model_id)
+            service.downloads.start(update.model_id, update=True)
+    loop = ls.loop
+    if loop is not None and not loop.is_closed():
+
+        def again() -> None:
+            with contextlib.suppress(RuntimeError):  # the server is shutting down
+                ls.pool.submit(weekly_update_check, ls, service)
+
+        loop.call_soon_threadsafe(lambda: loop.call_later(UPDATE_POLL_S, again))
 
 
 def on_initialize(ls: VibrantServer, params: types.InitializeParams) -> None:

@@ -21,6 +21,7 @@ from .errors import VibrantError
 from .lifecycle import Cancelled, Lifecycle, StateChange
 from .progress import Progress
 from .runtime import CompletionRequest, LoadOptions
+from .updates import UpdateInfo
 
 
 def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
@@ -50,6 +51,12 @@ def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
         last_used=datetime.fromisoformat(status.last_used) if status.last_used else None,
         use_count=status.use_count,
         cached_revision=status.revision,
+        versions=[
+            p.VersionSeen(
+                revision=v.revision, seen_at=v.seen_at, size_bytes=v.size_bytes, sha256=v.sha256
+            )
+            for v in status.versions
+        ],
         partial=p.PartialDownloadInfo(
             downloaded_bytes=partial.downloaded_bytes,
             total_bytes=partial.total_bytes,
@@ -94,6 +101,15 @@ def model_state(change: StateChange) -> p.ModelStateChanged:
     )
 
 
+def update_entry(u: UpdateInfo) -> p.UpdateEntry:
+    return p.UpdateEntry(
+        model_id=u.model_id,
+        current_revision=u.current_revision,
+        latest_revision=u.latest_revision,
+        size_bytes=u.size_bytes,
+    )
+
+
 class Service:
     def __init__(self, app: Vibrant, lifecycle: Lifecycle, downloads: DownloadJobs) -> None:
         self.app = app
@@ -134,6 +150,26 @@ class Service:
         self, params: p.DownloadModelParams, listener: Callable[[Progress], None] | None = None
     ) -> DownloadJob:
         return self.downloads.start(params.model_id, listener)
+
+    def start_update(
+        self, params: p.UpdateModelParams, listener: Callable[[Progress], None] | None = None
+    ) -> DownloadJob:
+        return self.downloads.start(params.model_id, listener, update=True)
+
+    def check_updates(self, params: p.CheckUpdatesParams) -> p.CheckUpdatesResult:
+        check = self.app.check_updates(params.model_ids)
+        return p.CheckUpdatesResult(
+            updates=[update_entry(u) for u in check.updates], checked_at=check.checked_at
+        )
+
+    def update_available(self, u: UpdateInfo, auto_update: bool) -> p.UpdateAvailable:
+        return p.UpdateAvailable(
+            model_id=u.model_id,
+            current_revision=u.current_revision,
+            latest_revision=u.latest_revision,
+            size_bytes=u.size_bytes,
+            auto_update=auto_update,
+        )
 
     def cancel_download(self, params: p.CancelDownloadParams) -> p.CancelDownloadResult:
         model_id = params.model_id
