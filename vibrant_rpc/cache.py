@@ -176,8 +176,8 @@ class Cache:
 
     def stats(self) -> CacheStats:
         entries = self.entries()
-        # the state's ranges, not file sizes: a partial file is preallocated (sparse) to full size
-        partial = sum(p.downloaded_bytes for p in self.partials())
+        # blocks really written: a partial file is preallocated (sparse) to its full size
+        partial = dir_size(self.paths.downloading) if self.paths.downloading.is_dir() else 0
         return CacheStats(
             cache_dir=str(self.paths.models),
             total_bytes=sum(e.size_bytes for e in entries),

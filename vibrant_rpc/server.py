@@ -462,46 +462,31 @@ def rpc(
     return register
 
 
-@rpc("vibrant/listModels", p.ListModelsParams)
-async def list_models(ls: VibrantServer, params: p.ListModelsParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.list_models(params))
+def _on_worker(method: str, params_type: type[p.Params], operation: str) -> None:
+    """A method that is one blocking call of ``Service.<operation>`` on the worker pool."""
+
+    async def handler(ls: VibrantServer, params: p.Params) -> msgspec.Struct:
+        svc = await ls.backend()
+        result: msgspec.Struct = await ls.blocking(lambda: getattr(svc, operation)(params))
+        return result
+
+    rpc(method, params_type)(handler)
 
 
-@rpc("vibrant/modelInfo", p.ModelInfoParams)
-async def model_info(ls: VibrantServer, params: p.ModelInfoParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.model_info(params))
-
-
-@rpc("vibrant/selectModel", p.SelectModelParams)
-async def select_model(ls: VibrantServer, params: p.SelectModelParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.select_model(params))
-
-
-@rpc("vibrant/removeModel", p.RemoveModelParams)
-async def remove_model(ls: VibrantServer, params: p.RemoveModelParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.remove_model(params))
-
-
-@rpc("vibrant/cacheStats", p.NoParams)
-async def cache_stats(ls: VibrantServer, params: p.NoParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.cache_stats(params))
-
-
-@rpc("vibrant/cleanCache", p.CleanCacheParams)
-async def clean_cache(ls: VibrantServer, params: p.CleanCacheParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.clean_cache(params))
-
-
-@rpc("vibrant/pruneCache", p.PruneCacheParams)
-async def prune_cache(ls: VibrantServer, params: p.PruneCacheParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.prune_cache(params))
+_WORKER_METHODS: list[tuple[str, type[p.Params], str]] = [
+    ("vibrant/listModels", p.ListModelsParams, "list_models"),
+    ("vibrant/modelInfo", p.ModelInfoParams, "model_info"),
+    ("vibrant/selectModel", p.SelectModelParams, "select_model"),
+    ("vibrant/removeModel", p.RemoveModelParams, "remove_model"),
+    ("vibrant/cacheStats", p.NoParams, "cache_stats"),
+    ("vibrant/cleanCache", p.CleanCacheParams, "clean_cache"),
+    ("vibrant/pruneCache", p.PruneCacheParams, "prune_cache"),
+    ("vibrant/unloadModel", p.NoParams, "unload_model"),
+    ("vibrant/cancelDownload", p.CancelDownloadParams, "cancel_download"),
+    ("vibrant/checkUpdates", p.CheckUpdatesParams, "check_updates"),
+]
+for _method, _params, _operation in _WORKER_METHODS:
+    _on_worker(_method, _params, _operation)
 
 
 @rpc("vibrant/status", p.NoParams)
@@ -511,20 +496,11 @@ async def status(ls: VibrantServer, params: p.NoParams) -> msgspec.Struct:
     return svc.status(params)
 
 
-@rpc("vibrant/unloadModel", p.NoParams)
-async def unload_model(ls: VibrantServer, params: p.NoParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.unload_model(params))
-
-
-@rpc("vibrant/cancelDownload", p.CancelDownloadParams)
-async def cancel_download(ls: VibrantServer, params: p.CancelDownloadParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.cancel_download(params))
-
-
 async def _run_download_job(
-    ls: VibrantServer, token_given: p.ProgressToken | None, title: str, start: Any
+    ls: VibrantServer,
+    token_given: p.ProgressToken | None,
+    titles: tuple[str, str],  # (while running, when done)
+    start: Any,
 ) -> msgspec.Struct:
     """A download or update job, reported on $/progress, cancellable from the editor."""
     from .service import download_progress, download_result
@@ -539,7 +515,7 @@ async def _run_download_job(
     job = await ls.blocking(lambda: start(on_progress))
     if work is not None:
         work.cancel = job.cancel_event  # the client's cancel of our progress stops the job
-        work.begin(f"{title} {job.model_id}", percentage=0)
+        work.begin(f"{titles[0]} {job.model_id}", percentage=0)
     try:
         result = await ls.stoppable(asyncio.wrap_future(job.future), job.cancel_event)
     except (asyncio.CancelledError, DownloadCancelledError):
@@ -553,7 +529,7 @@ async def _run_download_job(
     finally:
         job.unsubscribe(on_progress)
     if work is not None:
-        work.end(f"{title} {result.model_id}: done")
+        work.end(f"{titles[1]} {result.model_id}")
     return download_result(result)
 
 
@@ -563,7 +539,7 @@ async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> ms
     return await _run_download_job(
         ls,
         params.work_done_token,
-        "Downloading",
+        ("Downloading", "Downloaded"),
         lambda listener: svc.start_download(params, listener),
     )
 
@@ -574,15 +550,9 @@ async def update_model(ls: VibrantServer, params: p.UpdateModelParams) -> msgspe
     return await _run_download_job(
         ls,
         params.work_done_token,
-        "Updating",
+        ("Updating", "Updated"),
         lambda listener: svc.start_update(params, listener),
     )
-
-
-@rpc("vibrant/checkUpdates", p.CheckUpdatesParams)
-async def check_updates(ls: VibrantServer, params: p.CheckUpdatesParams) -> msgspec.Struct:
-    svc = await ls.backend()
-    return await ls.blocking(lambda: svc.check_updates(params))
 
 
 def _load_listener(
