@@ -134,3 +134,22 @@ def test_broken_user_registry_warns_but_works(paths: Paths) -> None:
     assert r.returncode == 0
     assert "qwen2.5-coder-3b-q4_k_m" in r.stdout
     assert "warning:" in r.stderr and "not a registry file" in r.stderr
+
+
+def test_stale_partials_go_at_start_up(paths: Paths) -> None:
+    import os
+    import time
+
+    stale = paths.partial_dir("qwen2.5-coder-3b-q4_k_m")
+    stale.mkdir(parents=True)
+    (stale / "qwen2.5-coder-3b-q4_k_m.gguf.part").write_bytes(b"x" * 100)
+    old = time.time() - 25 * 3600
+    for p in (stale, *stale.iterdir()):
+        os.utime(p, (old, old))
+    fresh = paths.partial_dir("qwen2.5-coder-7b-q5_k_m")
+    fresh.mkdir(parents=True)
+    (fresh / "x.part").write_bytes(b"y")
+    r = vibrant("model", "list")
+    assert r.returncode == 0
+    assert "Removed a stale partial download of qwen2.5-coder-3b-q4_k_m" in r.stderr
+    assert not stale.exists() and fresh.exists()

@@ -36,6 +36,9 @@ class Context:
     def app(self) -> Vibrant:
         if self._app is None:
             self._app = Vibrant()
+            # Partial downloads nobody touched for a day go, at every start (the seed's rule).
+            for model_id in self._app.cache.clean_stale_partials().removed:
+                self.err.print(f"Removed a stale partial download of {model_id}.", markup=False)
         return self._app
 
     def emit_json(self, value: Any) -> None:
