@@ -31,6 +31,7 @@ VIBRANT = str(Path(PY).parent / "vibrant")
 REPO = "bench/gemma"
 FILE = "gemma-3-270m-q4_k_m.gguf"
 CAP = 20_000_000  # bytes/s per connection, as CDNs cap one connection
+ROUNDS = 5
 
 
 class Stub:
@@ -175,21 +176,22 @@ def kill_at_half(stub: Stub) -> tuple[float, float]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def median(f, n: int) -> float:  # type: ignore[no-untyped-def]
-    return statistics.median(f() for _ in range(n))
-
-
 def main() -> None:
     model = gemma_path()
     stub = Stub(model)
     try:
-        # warm the page cache so the first run isn't penalised
+        # Warm the page cache, then interleave the clients, each starting after a `sync` so
+        # that none pays for the disk writes another one left behind.
         run_curl(stub)
-        curl = median(lambda: run_curl(stub), 3)
-        hf = median(lambda: run_hf(stub), 3)
-        vib = median(lambda: run_vibrant(stub), 3)
+        times: dict[str, list[float]] = {"curl": [], "hf": [], "vibrant": []}
+        for _ in range(ROUNDS):
+            for name, run in (("curl", run_curl), ("hf", run_hf), ("vibrant", run_vibrant)):
+                os.sync()
+                times[name].append(run(stub))
+        curl, hf, vib = (statistics.median(times[k]) for k in ("curl", "hf", "vibrant"))
 
         stub.throttle(CAP)
+        os.sync()
         hf_capped = run_hf(stub)
         vib_capped = run_vibrant(stub)
         one_conn = run_vibrant(stub, connections=1)
@@ -246,8 +248,9 @@ def main() -> None:
     ]
     text = (
         f"Gemma 3 270M Q4_K_M ({GEMMA_SIZE:,} bytes) from the loopback Hub stand-in (endpoint "
-        "127.0.0.1, CDN 127.0.0.2), whole processes, fresh cache each run; unthrottled figures "
-        "are medians of 3. Run: `.venv/bin/python bench/bench_download.py`.\n\n" + "\n".join(rows)
+        "127.0.0.1, CDN 127.0.0.2), whole processes, fresh cache each run, `sync` before each; "
+        f"unthrottled figures are medians of {ROUNDS} interleaved rounds. "
+        "Run: `.venv/bin/python bench/bench_download.py`.\n\n" + "\n".join(rows)
     )
     write_section("Downloads", text)
     print(text)

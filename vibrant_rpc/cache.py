@@ -72,11 +72,15 @@ class Cache:
         self.warnings.append(message)
 
     @contextmanager
-    def transaction(self, recording: str | None = None) -> Iterator[Manifest]:
-        """Read, let the caller change, and write the manifest under the cross-process lock."""
+    def transaction(
+        self, recording: str | None = None, *, read_only: bool = False
+    ) -> Iterator[Manifest]:
+        """Read, let the caller change, and write the manifest under the cross-process lock.
+        ``read_only``: written only if it had to be repaired (no fsync for a mere look)."""
         self.paths.models.mkdir(parents=True, exist_ok=True)
         with self.store.locked():
             manifest = self.store.read()
+            repaired = manifest is None
             if manifest is None:
                 aside = self.store.set_aside()
                 self._warn(
@@ -84,15 +88,19 @@ class Cache:
                     "rebuilt from the model files on disk."
                 )
                 manifest = Manifest()
-            self._reconcile(manifest, recording)
+            repaired |= self._reconcile(manifest, recording)
             yield manifest
-            self.store.write(manifest)
+            if repaired or not read_only:
+                self.store.write(manifest)
 
-    def _reconcile(self, manifest: Manifest, recording: str | None = None) -> None:
+    def _reconcile(self, manifest: Manifest, recording: str | None = None) -> bool:
+        """Drop entries whose files are gone, adopt known models found on disk; True if any."""
+        changed = False
         for model_id, entry in list(manifest.models.items()):
             missing = [f.path for f in entry.files if not (self.paths.models / f.path).is_file()]
             if missing:
                 del manifest.models[model_id]
+                changed = True
                 self._warn(f"{model_id}: file {missing[0]} is gone; dropped from the manifest.")
         for model in self.registry:
             if model.id in manifest.models or model.id == recording:
@@ -100,7 +108,9 @@ class Cache:
             files = [self.paths.models / name for name in model.local_filenames()]
             if all(f.is_file() for f in files):
                 manifest.models[model.id] = self._adopt(model, files)
+                changed = True
                 self._warn(f"{model.id}: found on disk and adopted into the manifest.")
+        return changed
 
     def _adopt(self, model: ModelInfo, files: list[Path]) -> ManifestEntry:
         stats = [f.stat() for f in files]
@@ -124,7 +134,7 @@ class Cache:
         )
 
     def snapshot(self) -> Manifest:
-        with self.transaction() as manifest:
+        with self.transaction(read_only=True) as manifest:
             return msgspec.structs.replace(manifest, models=dict(manifest.models))
 
     # -- queries ---------------------------------------------------------------------

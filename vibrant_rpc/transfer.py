@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,28 @@ def add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
     ranges[:] = out
 
 
+def batched(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Join socket reads (64 KiB) into pieces of about ``size``: the bookkeeping per piece
+    is then paid 16 times less often. If reading fails, what arrived first is still
+    handed over before the error, so a dropped connection loses nothing it delivered."""
+    buf: list[bytes] = []
+    n = 0
+    try:
+        for chunk in chunks:
+            buf.append(chunk)
+            n += len(chunk)
+            if n >= size:
+                yield b"".join(buf)
+                buf.clear()
+                n = 0
+    except Exception:  # not GeneratorExit: a consumer that stops wants nothing more
+        if buf:
+            yield b"".join(buf)
+        raise
+    if buf:
+        yield b"".join(buf)
+
+
 def gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     out, pos = [], 0
     for s, e in ranges:
@@ -92,6 +115,78 @@ def gaps(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
     if pos < size:
         out.append((pos, size))
     return out
+
+
+class OrderedHasher:
+    """SHA-256 on a thread of its own, fed in file order, so hashing overlaps the network
+    instead of adding to it. Bytes already on disk (a resume) are read here, once."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | tuple[int, int] | None] = queue.Queue(maxsize=256)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def feed_from_disk(self, start: int, end: int) -> None:
+        self._queue.put((start, end))
+
+    def _run(self) -> None:
+        last_flush = time.monotonic()
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that feeders never block
+            try:
+                if time.monotonic() - last_flush > FLUSH_EVERY_S:
+                    # Write back as we go: the fsync before the rename then waits only for
+                    # the last second's bytes rather than the whole file's.
+                    os.fdatasync(self._fd)
+                    last_flush = time.monotonic()
+                if isinstance(item, bytes):
+                    self._sha.update(item)
+                    continue
+                pos, end = item
+                while pos < end:
+                    chunk = os.pread(self._fd, min(8 * MiB, end - pos), pos)
+                    if not chunk:
+                        raise DownloadFailedError("The partial file is shorter than recorded.")
+                    self._sha.update(chunk)
+                    pos += len(chunk)
+            except BaseException as err:
+                self._error = err
+
+    def finish(self) -> str:
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+@dataclass(eq=False)
+class _Block:
+    """A range one connection fetches; ``end`` shrinks when an idle connection takes over
+    the second half of what is left (so that connections finish together)."""
+
+    start: int
+    end: int
+    pos: int  # the next byte this block's connection writes
+
+
+MIN_STEAL = 2 * MiB
+FLUSH_EVERY_S = 1.0
+# After SHED_AFTER_S of transfer, if each connection moves FAST_CONNECTION_BPS or more, the
+# link isn't capping connections: extra ones only compete for the CPU, so they stop.
+SHED_AFTER_S = 0.25
+FAST_CONNECTION_BPS = 60e6  # a block with less left than twice this is not split
 
 
 class FileTransfer:
@@ -113,10 +208,13 @@ class FileTransfer:
         self.cfg, self.cancel = config, cancel
         self._on_bytes, self._on_checkpoint = on_bytes, on_checkpoint
         self._lock = threading.Condition()
-        self._hasher = hashlib.sha256()
+        self._hasher: OrderedHasher | None = None
         self._hpos = 0
         self._ready: dict[int, tuple[int, bytes | None]] = {}  # start -> (end, data or on disk)
-        self._blocks: list[tuple[int, int]] = []
+        self._blocks: list[_Block] = []
+        self._active: set[_Block] = set()
+        self._shed = False  # a fast link: extra connections stop taking blocks
+        self._received = 0
         self._next = 0
         self._error: BaseException | None = None
         self._fd = -1
@@ -125,51 +223,64 @@ class FileTransfer:
 
     # -- hashing the contiguous prefix -------------------------------------------------
 
+    def _hash(self, data: bytes) -> None:
+        assert self._hasher is not None
+        self._hasher.feed(data)
+
     def _advance(self) -> None:
         """Hash every finished segment at the frontier. Called with the lock held."""
+        assert self._hasher is not None
         while (seg := self._ready.pop(self._hpos, None)) is not None:
             end, data = seg
             if data is None:  # finished in an earlier run: read it once
-                pos = self._hpos
-                while pos < end:
-                    chunk = os.pread(self._fd, min(8 * MiB, end - pos), pos)
-                    if not chunk:
-                        raise DownloadFailedError(f"{self.part} is shorter than recorded.")
-                    self._hasher.update(chunk)
-                    pos += len(chunk)
+                self._hasher.feed_from_disk(self._hpos, end)
             else:
-                self._hasher.update(data)
+                self._hasher.feed(data)
             self._hpos = end
         self._lock.notify_all()
 
     # -- scheduling ----------------------------------------------------------------------
 
-    def _plan(self, connections: int) -> list[tuple[int, int]]:
+    def _plan(self, connections: int) -> list[_Block]:
         missing = gaps(self.fp.done, self.size)
-        if connections == 1:
-            return missing  # one long request per gap: no per-block round trips
+        if connections == 1:  # one long request per gap: no per-block round trips
+            return [_Block(s, e, s) for s, e in missing]
         blocks = []
         for s, e in missing:
-            for b in range(s, e, self.cfg.block_size):
-                blocks.append((b, min(e, b + self.cfg.block_size)))
+            # Equal blocks, a multiple of the connections in number, so that the connections
+            # finish together instead of one fetching a short last block while others idle.
+            n = -(-(e - s) // self.cfg.block_size)
+            n = -(-n // connections) * connections
+            step = -(-(e - s) // n)
+            for b in range(s, e, step):
+                blocks.append(_Block(b, min(e, b + step), b))
         return blocks
 
-    def _take_block(self, window: int) -> tuple[int, int] | None:
+    def _take_block(self, window: int, first: bool) -> _Block | None:
         with self._lock:
             while True:
-                if self._error is not None or self.cancel.is_set():
+                if self._error is not None or self.cancel.is_set() or (self._shed and not first):
                     return None
-                if self._next >= len(self._blocks):
+                if self._next < len(self._blocks):
+                    block = self._blocks[self._next]
+                    if block.start < self._hpos + window:
+                        self._next += 1
+                        self._active.add(block)
+                        return block
+                    self._lock.wait(0.2)
+                    continue
+                victim = max(self._active, key=lambda b: b.end - b.pos, default=None)
+                if victim is None or victim.end - victim.pos < 2 * MIN_STEAL:
                     return None
-                block = self._blocks[self._next]
-                if block[0] < self._hpos + window:
-                    self._next += 1
-                    return block
-                self._lock.wait(0.2)
+                mid = victim.pos + (victim.end - victim.pos) // 2
+                block = _Block(mid, victim.end, mid)
+                victim.end = mid
+                self._active.add(block)
+                return block
 
     def _checkpoint(self, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self._last_checkpoint > 0.25:
+        if force or now - self._last_checkpoint > 0.1:
             self._last_checkpoint = now
             self._on_checkpoint()
 
@@ -180,52 +291,55 @@ class FileTransfer:
             self._url_cache = self._url(refresh)
         return self._url_cache
 
-    def _fetch_block(self, start: int, end: int) -> None:
-        pos = start
-        recorded = start  # fp.done covers [start, recorded): bytes already on disk
+    def _fetch_block(self, block: _Block) -> None:
+        pos = block.start
+        recorded = pos  # fp.done covers [block.start, recorded): bytes already on disk
         pending: list[bytes] = []  # received but not hashed yet: [pending_start, pos)
-        pending_start = start
+        pending_start = pos
         failures = 0
         refresh = False
-        while pos < end:
+        while pos < block.end:
             moved = False
             try:
                 url = self._current_url(refresh)
                 refresh = False
+                end = block.end
                 response = self.hub.stream(url, pos, end, idle_timeout=self.cfg.idle_timeout)
                 try:
                     self._check_response(response, pos, end)
-                    for chunk in response.iter_raw():
+                    for chunk in batched(response.iter_raw(), MiB):
                         if self._error is not None:
                             return
                         if self.cancel.is_set():
                             raise Cancelled()
-                        chunk = chunk[: end - pos]
-                        if not chunk:
-                            break
-                        self._write(chunk, pos)
-                        moved = True
                         with self._lock:
+                            # block.end may have shrunk: its tail went to another connection
+                            chunk = chunk[: block.end - pos]
+                            if not chunk:
+                                break
+                            self._write(chunk, pos)
+                            moved = True
                             if not pending and self._hpos == pos:
-                                self._hasher.update(chunk)  # at the frontier: hash inline
+                                self._hash(chunk)  # at the frontier: hash it now
                                 self._hpos = pending_start = pos + len(chunk)
                                 self._lock.notify_all()
                             else:
                                 pending.append(chunk)
                                 if self._hpos == pending_start:
                                     for c in pending:
-                                        self._hasher.update(c)
+                                        self._hash(c)
                                     self._hpos = pending_start = pos + len(chunk)
                                     pending.clear()
                                     self._lock.notify_all()
-                            pos += len(chunk)
+                            pos = block.pos = pos + len(chunk)
+                            self._received += len(chunk)
                             # the state file is told in 1 MiB steps: fewer merges, same safety
-                            if pos - recorded >= MiB or pos >= end:
+                            if pos - recorded >= MiB or pos >= block.end:
                                 add_range(self.fp.done, recorded, pos)
                                 recorded = pos
                                 self._checkpoint()
                         self._on_bytes(len(chunk))
-                        if pos >= end:
+                        if pos >= block.end:
                             break
                 finally:
                     response.close()
@@ -233,7 +347,7 @@ class FileTransfer:
                         with self._lock:
                             add_range(self.fp.done, recorded, pos)
                             recorded = pos
-                if pos < end:
+                if pos < block.end:
                     raise TransientError("the connection closed before the range was complete")
             except (httpx.TransportError, httpx.TimeoutException, httpx.StreamError) as err:
                 failures = self._failed(failures, moved, TransientError(f"{type(err).__name__}"))
@@ -243,8 +357,9 @@ class FileTransfer:
                 failures = self._failed(failures, moved, TransientError("signed URL refused"))
                 refresh = True
         with self._lock:
+            self._active.discard(block)
             if pending:
-                self._ready[pending_start] = (end, b"".join(pending))
+                self._ready[pending_start] = (pos, b"".join(pending))
             self._advance()
 
     def _failed(self, failures: int, moved: bool, err: TransientError) -> int:
@@ -297,19 +412,38 @@ class FileTransfer:
 
     # -- the whole file ----------------------------------------------------------------------
 
-    def _worker(self, window: int) -> None:
+    def _worker(self, window: int, first: bool) -> None:
         try:
-            while (block := self._take_block(window)) is not None:
-                self._fetch_block(*block)
+            while (block := self._take_block(window, first)) is not None:
+                self._fetch_block(block)
         except BaseException as err:  # handed to run(), which raises it in the caller
             with self._lock:
                 if self._error is None:
                     self._error = err
                 self._lock.notify_all()
 
+    def _watch(self, threads: list[threading.Thread]) -> None:
+        """Wait for the connections; shed the extra ones early on if the link is fast."""
+        first_byte: tuple[float, int] | None = None
+        decided = len(threads) == 1
+        while alive := [t for t in threads if t.is_alive()]:
+            alive[0].join(0.05)
+            if decided:
+                continue
+            now, received = time.monotonic(), self._received
+            if first_byte is None:
+                if received:
+                    first_byte = (now, received)
+            elif now - first_byte[0] >= SHED_AFTER_S:
+                decided = True
+                rate = (received - first_byte[1]) / (now - first_byte[0]) / len(threads)
+                if rate >= FAST_CONNECTION_BPS:
+                    self._shed = True
+
     def run(self) -> str:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        self._hasher = OrderedHasher(self._fd)
         try:
             if os.fstat(self._fd).st_size != self.size:
                 os.ftruncate(self._fd, self.size)
@@ -324,15 +458,13 @@ class FileTransfer:
             connections = min(connections, len(self._blocks)) or 1
             window = connections * self.cfg.window_blocks_per_connection * self.cfg.block_size
             threads = [
-                threading.Thread(target=self._worker, args=(window,), daemon=True)
-                for _ in range(connections)
+                threading.Thread(target=self._worker, args=(window, i == 0), daemon=True)
+                for i in range(connections)
             ]
             for t in threads:
                 t.start()
             try:
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
+                self._watch(threads)
             except BaseException:  # Ctrl-C in the main thread: stop the workers, keep the data
                 self.cancel.set()
                 for t in threads:
@@ -348,7 +480,9 @@ class FileTransfer:
                 raise DownloadFailedError(
                     f"Internal error: hashed {self._hpos} of {self.size} bytes of {self.part.name}."
                 )
+            digest = self._hasher.finish()
             os.fsync(self._fd)
-            return self._hasher.hexdigest()
+            return digest
         finally:
+            self._hasher.stop()
             os.close(self._fd)
