@@ -496,3 +496,68 @@ def test_ctrl_c_says_it_will_resume_and_keeps_the_partial(hub: HubStub, paths: P
     assert partial and partial[0].downloaded_bytes > MB
     r = subprocess.run(_cli("model", "list"), capture_output=True, text=True)
     assert "partial" in r.stdout and "a" in r.stdout
+
+
+# -- how the connections share the work ----------------------------------------------------
+
+
+def test_batched_hands_over_what_arrived_before_an_error() -> None:
+    from vibrant_rpc.transfer import batched
+
+    def reads():  # type: ignore[no-untyped-def]
+        yield b"a" * 10
+        yield b"b" * 10
+        raise ConnectionResetError("dropped")
+
+    got: list[bytes] = []
+    with pytest.raises(ConnectionResetError):
+        for piece in batched(reads(), 1000):
+            got.append(piece)
+    assert got == [b"a" * 10 + b"b" * 10]
+    assert list(batched(iter([b"x"] * 5), 2)) == [b"xx", b"xx", b"x"]
+
+
+def test_blocks_are_equal_and_a_multiple_of_the_connections(hub: HubStub, paths: Paths) -> None:
+    import threading
+
+    from vibrant_rpc.download_state import FileProgress
+    from vibrant_rpc.transfer import FileTransfer, TransferConfig
+
+    fp = FileProgress(name="x", remote_filename="x", size_bytes=253_113_024)
+    t = FileTransfer(
+        None,  # type: ignore[arg-type]
+        lambda refresh: "",
+        paths.home / "x.part",
+        fp,
+        253_113_024,
+        TransferConfig(connections=4, block_size=16 * 1024 * 1024),
+        threading.Event(),
+        lambda n: None,
+        lambda: None,
+    )
+    blocks = t._plan(4)
+    assert len(blocks) == 16 and blocks[0].start == 0 and blocks[-1].end == 253_113_024
+    sizes = {b.end - b.start for b in blocks}
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_an_idle_connection_takes_over_half_of_a_slow_block(hub: HubStub, paths: Paths) -> None:
+    data = blob(24 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")], download_connections=3, download_idle_timeout_s=5.0)
+    d = downloader(app, block=8 * MB)
+    # one response goes silent for a while after 1 MB: the other two connections finish
+    # their blocks and split what the silent one has left
+    hub.faults.throttle_bps = 8 * MB
+    hub.faults.stall_after_bytes = MB
+    hub.faults.stall_seconds = 2.5
+    hub.faults.stall_count = 1
+    result = get(app, "a", d=d)
+    assert Path(result.paths[0]).read_bytes() == data
+    starts = {
+        int(r.range.removeprefix("bytes=").split("-")[0])
+        for r in hub.requests
+        if r.host == "cdn" and r.range
+    }
+    planned = {0, 8 * MB, 16 * MB}
+    assert starts - planned, f"no block was split: {sorted(starts)}"
