@@ -125,6 +125,8 @@ def setup_home() -> dict[str, str]:
     env = dict(os.environ, HOME=str(home), VIBRANT_HOME=str(home / ".vibrant"))
     env["VIBRANT_REGISTRY"] = str(registry)
     env.pop("HF_ENDPOINT", None)
+    # Nothing here downloads: offline keeps the server's weekly update check off the network.
+    env["HF_HUB_OFFLINE"] = "1"
     config = home / ".vibrant" / "config.toml"
     config.write_text(f"context_size = {CONTEXT}\nbatch_size = {BATCH}\nthreads = {THREADS}\n")
     return env
@@ -185,6 +187,7 @@ def main() -> int:
     server = Server(env)
     server.initialize()
     server.request("vibrant/status")
+    time.sleep(2.0)  # a model is downloaded: let the background import of llama.cpp finish
     rss = psutil.Process(server.proc.pid).memory_info().rss
     server.close()
 
@@ -211,13 +214,16 @@ Whole processes on this machine; Gemma 3 270M Q4_K_M, context {CONTEXT}, batch {
 {THREADS} threads, temperature 0, page cache warm. Run: `.venv/bin/python bench/bench_server.py`.
 The floor is timed to the import process's exit (its interpreter teardown included), the
 server to the answer of `initialize`, which is why the ratio can come out under 1. The
-machine is shared with other test runs: the outliers in the lists below are theirs.
+machine has 2 cores; the lists below show the spread of the runs. With a model
+downloaded, the server imports llama.cpp on a worker right after `initialize` is
+answered (the direct figure "with the import" is the like-for-like one; the RSS row
+includes that import).
 
 | measurement | figure | bar | met |
 | --- | --- | --- | --- |
 | `python -c "import pygls.lsp.server"` (floor), median of 10 | {s_floor:.3f} s | | |
 | spawn to `initialize` answered, median of 10 | {s_spawn:.3f} s | ≤ 1.25 × floor = {1.25 * s_floor:.3f} s | {yes(ratio_spawn <= 1.25)} ({ratio_spawn:.2f}×) |
-| RSS after `initialize` and a `vibrant/status`, before any load | {rss / MB:.1f} MB | ≤ 80 MB | {yes(rss <= 80 * MB)} |
+| RSS after `initialize`, a `vibrant/status` and the background import of llama.cpp, before any load | {rss / MB:.1f} MB | ≤ 80 MB | {yes(rss <= 80 * MB)} |
 | `llama_cpp.Llama` directly, one process: import + load + 32 tokens, median of {ROUNDS} | {s_direct:.3f} s ({s_direct_ni:.3f} s without the import) | | |
 | through the server: `vibrant/complete` sent to answered, first load + 32 tokens, median of {ROUNDS} | {s_server:.3f} s | ≤ 1.10 × direct = {1.10 * s_direct:.3f} s | {yes(ratio_load <= 1.10)} ({ratio_load:.2f}×; {s_server / s_direct_ni:.2f}× of the figure without import) |
 

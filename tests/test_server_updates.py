@@ -86,12 +86,13 @@ async def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-un
 async def test_weekly_check_notifies_and_auto_updates(tmp_path: Path) -> None:
     with HubStub() as hub:
         home, env = setup(tmp_path, hub)
-        client, rec = await start_server(env)
+        now = {"updateCheckDelayS": 0}  # the check may run right after start-up
+        client, rec = await start_server(env, now)
         await call(client, "vibrant/downloadModel", {"modelId": "tiny-a"})
         await stop_server(client)
         state = home / ".vibrant" / "state.json"
         assert not state.exists()  # nothing was cached at start-up: nothing to check
-        client, rec = await start_server(env)
+        client, rec = await start_server(env, now)
         await _wait(state.exists)  # now there is: the start-up check runs, once
         await stop_server(client)
         checked = json.loads(state.read_text())["last_update_check"]
@@ -100,7 +101,7 @@ async def test_weekly_check_notifies_and_auto_updates(tmp_path: Path) -> None:
         hub.reset_stats()
         new = blob(MB + 11, 4)
         latest = hub.publish("test/tiny-a", {"tiny-a.gguf": new})
-        client, rec = await start_server(env)
+        client, rec = await start_server(env, now)
         await call(client, "vibrant/status")
         time.sleep(0.5)
         assert not [r for r in hub.requests if "/api/" in r.path]
@@ -110,7 +111,7 @@ async def test_weekly_check_notifies_and_auto_updates(tmp_path: Path) -> None:
         # A week later (the recorded check moved back), with autoUpdate on.
         old = datetime.fromisoformat(checked) - timedelta(days=8)
         state.write_text(json.dumps({"last_update_check": old.isoformat(), "available": []}))
-        client, rec = await start_server(env, {"autoUpdate": True})
+        client, rec = await start_server(env, {**now, "autoUpdate": True})
         try:
             await _wait(lambda: rec.of("vibrant/updateAvailable"))
             [note] = rec.of("vibrant/updateAvailable")
@@ -141,7 +142,7 @@ async def test_offline_server_never_touches_the_network(tmp_path: Path) -> None:
         (home / ".vibrant" / "state.json").unlink(missing_ok=True)  # a check would be due
         hub.publish("test/tiny-a", {"tiny-a.gguf": blob(MB, 5)})
         hub.reset_stats()
-        client, rec = await start_server({**env, "HF_HUB_OFFLINE": "1"})
+        client, rec = await start_server({**env, "HF_HUB_OFFLINE": "1"}, {"updateCheckDelayS": 0})
         try:
             listing = await call(client, "vibrant/listModels", {"scope": "cached"})
             assert [m["id"] for m in listing["models"]] == ["tiny-a"]
@@ -155,3 +156,23 @@ async def test_offline_server_never_touches_the_network(tmp_path: Path) -> None:
         finally:
             await stop_server(client)
         assert hub.requests == [] and rec.of("vibrant/updateAvailable") == []
+
+
+async def test_the_check_waits_after_start_up(tmp_path: Path) -> None:
+    with HubStub() as hub:
+        home, env = setup(tmp_path, hub)
+        client, _ = await start_server(env)
+        await call(client, "vibrant/downloadModel", {"modelId": "tiny-a"})
+        await stop_server(client)
+        hub.reset_stats()
+        state = home / ".vibrant" / "state.json"
+        client, _ = await start_server(env, {"updateCheckDelayS": 1.5})
+        try:
+            await call(client, "vibrant/status")
+            time.sleep(0.5)
+            # the editor's first requests don't share the machine with the check
+            assert not state.exists() and not [r for r in hub.requests if "/api/" in r.path]
+            await _wait(state.exists, timeout=15)
+            assert [r for r in hub.requests if r.path.endswith("/refs")]
+        finally:
+            await stop_server(client)

@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gpu_layers: int = 0
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     auto_update: bool = False
+    update_check_delay_s: float = 30.0  # after start-up, before the weekly check may run
     download_connections: int = 4
     download_block_size: int = 16 * 1024 * 1024  # bytes per ranged request
     download_idle_timeout_s: float = 30.0  # a read that stalls this long is cut and resumed

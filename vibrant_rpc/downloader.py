@@ -33,9 +33,10 @@ from .errors import (
     OfflineError,
 )
 from .fsutil import fsync_dir
-from .hub import HubClient, Resolved, RevisionInfo, TransientError, is_offline
+from .hub import HubClient, Resolved, RevisionInfo, TransientError
 from .locks import download_lock
 from .manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
+from .offline import is_offline
 from .progress import Progress, ProgressCallback, ProgressState, SpeedMeter
 from .registry import ModelInfo
 from .transfer import Cancelled, FileTransfer, RangeIgnored, RemoteChanged, TransferConfig

@@ -18,6 +18,7 @@ import httpx
 import msgspec
 
 from .errors import DownloadFailedError, GatedRepoError, OfflineError
+from .offline import is_offline
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -74,10 +75,6 @@ class RevisionInfo(msgspec.Struct, frozen=True):
                     return s.lfs.sha256, s.lfs.size or s.size
                 return None, s.size
         return None, None
-
-
-def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def find_token() -> str | None:

@@ -160,6 +160,12 @@ def _llama_cpp() -> Any:
     return llama_cpp
 
 
+def warm_up() -> None:
+    """Import llama.cpp ahead of the first load (about 0.1 s and 23 MB), on a worker
+    after start-up has answered, so that the editor's first completion doesn't wait."""
+    _llama_cpp()
+
+
 # "llama_model_load: error loading model: tensor ..." -> "tensor ..."
 _LOG_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*: |error loading model: )+")
 

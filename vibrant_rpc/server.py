@@ -38,6 +38,7 @@ from .errors import ConfigError, DownloadCancelledError, VibrantError
 if TYPE_CHECKING:
     # The backend is imported after `initialize` is answered (see `build_backend`): an
     # editor waits for that answer, and these imports cost a tenth of a second.
+    from .app import Vibrant
     from .config import Settings
     from .lifecycle import StateChange
     from .progress import Progress
@@ -680,8 +681,32 @@ def build_backend(ls: VibrantServer, options: Any) -> Service:
             log.info("removed stale partial downloads: %s", ", ".join(removed.removed))
 
     ls.pool.submit(clean)  # requests need not wait for it
-    ls.pool.submit(weekly_update_check, ls, service)
+    ls.pool.submit(warm_up_runtime, app)
+    _check_updates_later(ls, service, app.settings.update_check_delay_s)
     return service
+
+
+def warm_up_runtime(app: Vibrant) -> None:
+    """With a model downloaded, a completion may come soon: import llama.cpp now."""
+    from .runtime import warm_up
+
+    try:
+        if app.cache.entries():
+            warm_up()
+    except Exception:  # the first load will say what is wrong, with its own error
+        log.exception("warming up llama.cpp failed")
+
+
+def _check_updates_later(ls: VibrantServer, service: Service, delay_s: float) -> None:
+    loop = ls.loop
+    if loop is None or loop.is_closed():
+        return
+
+    def submit() -> None:
+        with contextlib.suppress(RuntimeError):  # the server is shutting down
+            ls.pool.submit(weekly_update_check, ls, service)
+
+    loop.call_soon_threadsafe(lambda: loop.call_later(delay_s, submit))
 
 
 UPDATE_POLL_S = 6 * 3600  # how often a long-running server asks whether a week has passed
@@ -690,6 +715,10 @@ UPDATE_POLL_S = 6 * 3600  # how often a long-running server asks whether a week 
 def weekly_update_check(ls: VibrantServer, service: Service) -> None:
     """At most once a week and never offline: look for updates, tell the editor, and with
     the autoUpdate setting download them in the background."""
+    from .offline import is_offline
+
+    if is_offline():  # no network at all, and not even the import of the HTTP client
+        return
     from .updates import UpdateSchedule
 
     try:
@@ -703,14 +732,7 @@ def weekly_update_check(ls: VibrantServer, service: Service) -> None:
         if auto:
             log.info("auto-update: downloading %s in the background", update.model_id)
             service.downloads.start(update.model_id, update=True)
-    loop = ls.loop
-    if loop is not None and not loop.is_closed():
-
-        def again() -> None:
-            with contextlib.suppress(RuntimeError):  # the server is shutting down
-                ls.pool.submit(weekly_update_check, ls, service)
-
-        loop.call_soon_threadsafe(lambda: loop.call_later(UPDATE_POLL_S, again))
+    _check_updates_later(ls, service, UPDATE_POLL_S)
 
 
 def on_initialize(ls: VibrantServer, params: types.InitializeParams) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -21,7 +21,9 @@ from .errors import VibrantError
 from .lifecycle import Cancelled, Lifecycle, StateChange
 from .progress import Progress
 from .runtime import CompletionRequest, LoadOptions
-from .updates import UpdateInfo
+
+if TYPE_CHECKING:
+    from .updates import UpdateInfo
 
 
 def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:

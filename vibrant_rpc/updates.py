@@ -19,8 +19,9 @@ import msgspec
 
 from .errors import NotCachedError, VibrantError
 from .fsutil import atomic_write
-from .hub import HubClient, Refs, RevisionInfo, is_offline
+from .hub import HubClient, Refs, RevisionInfo
 from .manifest import ManifestEntry, ModelVersion, utcnow
+from .offline import is_offline
 from .progress import ProgressCallback
 from .registry import ModelInfo
 
