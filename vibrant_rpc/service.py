@@ -73,26 +73,12 @@ def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
 
 
 def download_progress(progress: Progress) -> p.DownloadProgress:
-    return p.DownloadProgress(
-        model_id=progress.model_id,
-        file=progress.file,
-        downloaded_bytes=progress.downloaded_bytes,
-        total_bytes=progress.total_bytes,
-        bytes_per_second=progress.bytes_per_second,
-        eta_seconds=progress.eta_seconds,
-        state=progress.state,
-    )
+    # Same fields, same names: the wire type only adds camelCase and the schema.
+    return msgspec.convert(progress, p.DownloadProgress, from_attributes=True)
 
 
 def download_result(result: DownloadResult) -> p.DownloadModelResult:
-    return p.DownloadModelResult(
-        model_id=result.model_id,
-        paths=result.paths,
-        size_bytes=result.size_bytes,
-        sha256=result.sha256,
-        revision=result.revision,
-        pruned=result.pruned,
-    )
+    return msgspec.convert(result, p.DownloadModelResult, from_attributes=True)
 
 
 def model_state(change: StateChange) -> p.ModelStateChanged:
@@ -104,12 +90,7 @@ def model_state(change: StateChange) -> p.ModelStateChanged:
 
 
 def update_entry(u: UpdateInfo) -> p.UpdateEntry:
-    return p.UpdateEntry(
-        model_id=u.model_id,
-        current_revision=u.current_revision,
-        latest_revision=u.latest_revision,
-        size_bytes=u.size_bytes,
-    )
+    return msgspec.convert(u, p.UpdateEntry, from_attributes=True)
 
 
 class Service:
