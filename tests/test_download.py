@@ -562,3 +562,89 @@ def test_an_idle_connection_takes_over_half_of_a_slow_block(hub: HubStub, paths:
     planned = {0, 8 * MB, 16 * MB}
     resumed = {p + MB for p in planned}  # where the silent response is picked up again
     assert starts - planned - resumed, f"no block was split: {sorted(starts)}"
+
+
+def test_a_small_non_lfs_file_served_by_the_endpoint_itself(hub: HubStub, paths: Paths) -> None:
+    # Small git files are answered by the Hub directly (200, a git sha1 ETag, no
+    # X-Linked-Etag): no SHA-256 from the Hub, so the one computed is recorded.
+    data = b'{"tiny": "config"}\n' * 50
+    hub.add_repo("test/tiny", {"a.gguf": data}, non_lfs=["a.gguf"])
+    app = make_app(paths, [tiny_model("a")])
+    result = get(app, "a")
+    assert Path(result.paths[0]).read_bytes() == data
+    assert result.sha256 == sha(data)
+    entry = app.cache.get("a")
+    assert entry is not None and entry.checksum == f"sha256:{sha(data)}"
+    assert not [r for r in hub.requests if r.host == "cdn"]
+
+
+class _Proxy:
+    """A tiny forwarding HTTP proxy on loopback that records what went through it."""
+
+    def __init__(self) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                url = urlsplit(self.path)
+                seen.append(f"{self.command} {url.netloc}")
+                conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+                headers = {
+                    k: v for k, v in self.headers.items() if not k.lower().startswith("proxy")
+                }
+                conn.request(
+                    self.command, url.path + (f"?{url.query}" if url.query else ""), headers=headers
+                )
+                resp = conn.getresponse()
+                body = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                conn.close()
+
+            do_GET = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_downloads_go_through_the_proxy_from_the_environment(
+    hub: HubStub, paths: Paths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    proxy = _Proxy()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        app = make_app(paths, [tiny_model("a")])
+        result = get(app, "a")
+    finally:
+        proxy.close()
+    assert Path(result.paths[0]).read_bytes() == data
+    endpoint_host = hub.endpoint.removeprefix("http://")
+    cdn_host = hub.cdn.removeprefix("http://")
+    assert f"HEAD {endpoint_host}" in proxy.seen
+    assert f"GET {cdn_host}" in proxy.seen
