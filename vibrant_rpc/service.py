@@ -72,13 +72,21 @@ def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
     )
 
 
+W = TypeVar("W", bound=msgspec.Struct)
+
+
+def wire(value: object, wire_type: type[W]) -> W:
+    """A backend value as its wire type: same field names (the wire adds camelCase and
+    the schema); fields the wire type lacks are left out, and a missing one is an error."""
+    return msgspec.convert(value, wire_type, from_attributes=True)
+
+
 def download_progress(progress: Progress) -> p.DownloadProgress:
-    # Same fields, same names: the wire type only adds camelCase and the schema.
-    return msgspec.convert(progress, p.DownloadProgress, from_attributes=True)
+    return wire(progress, p.DownloadProgress)
 
 
 def download_result(result: DownloadResult) -> p.DownloadModelResult:
-    return msgspec.convert(result, p.DownloadModelResult, from_attributes=True)
+    return wire(result, p.DownloadModelResult)
 
 
 def model_state(change: StateChange) -> p.ModelStateChanged:
@@ -90,7 +98,7 @@ def model_state(change: StateChange) -> p.ModelStateChanged:
 
 
 def update_entry(u: UpdateInfo) -> p.UpdateEntry:
-    return msgspec.convert(u, p.UpdateEntry, from_attributes=True)
+    return wire(u, p.UpdateEntry)
 
 
 class Service:
@@ -116,16 +124,7 @@ class Service:
         return model_entry(self.app.model_info(params.model_id), self.lifecycle.loaded_model_id)
 
     def select_model(self, params: p.SelectModelParams) -> p.SelectModelResult:
-        s = self.app.select(params.ram_bytes)
-        return p.SelectModelResult(
-            model_id=s.model_id,
-            reason=s.reason,
-            total_ram_bytes=s.total_ram_bytes,
-            usable_ram_bytes=s.usable_ram_bytes,
-            available_bytes=s.available_bytes,
-            fits=s.fits,
-            warning=s.warning,
-        )
+        return wire(self.app.select(params.ram_bytes), p.SelectModelResult)
 
     # -- downloads ---------------------------------------------------------------------
 
@@ -146,13 +145,8 @@ class Service:
         )
 
     def update_available(self, u: UpdateInfo, auto_update: bool) -> p.UpdateAvailable:
-        return p.UpdateAvailable(
-            model_id=u.model_id,
-            current_revision=u.current_revision,
-            latest_revision=u.latest_revision,
-            size_bytes=u.size_bytes,
-            auto_update=auto_update,
-        )
+        entry = msgspec.structs.asdict(update_entry(u))
+        return p.UpdateAvailable(**entry, auto_update=auto_update)
 
     def cancel_download(self, params: p.CancelDownloadParams) -> p.CancelDownloadResult:
         model_id = params.model_id
@@ -171,23 +165,16 @@ class Service:
         return p.RemoveModelResult(model_id=params.model_id, freed_bytes=freed)
 
     def cache_stats(self, params: p.NoParams) -> p.CacheStatsResult:
-        s = self.app.cache_stats()
-        return p.CacheStatsResult(
-            cache_dir=s.cache_dir,
-            total_bytes=s.total_bytes,
-            max_cache_bytes=s.max_cache_bytes,
-            models=s.models,
-            partial_bytes=s.partial_bytes,
-        )
+        return wire(self.app.cache_stats(), p.CacheStatsResult)
 
     def clean_cache(self, params: p.CleanCacheParams) -> p.RemovalResult:
         days = params.older_than_days
-        r = self.app.clean(timedelta(days=days) if days is not None else None)
-        return p.RemovalResult(removed=r.removed, freed_bytes=r.freed_bytes)
+        return wire(
+            self.app.clean(timedelta(days=days) if days is not None else None), p.RemovalResult
+        )
 
     def prune_cache(self, params: p.PruneCacheParams) -> p.RemovalResult:
-        r = self.app.prune(params.max_bytes)
-        return p.RemovalResult(removed=r.removed, freed_bytes=r.freed_bytes)
+        return wire(self.app.prune(params.max_bytes), p.RemovalResult)
 
     # -- the loaded model --------------------------------------------------------------
 
