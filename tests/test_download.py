@@ -648,3 +648,19 @@ def test_downloads_go_through_the_proxy_from_the_environment(
     cdn_host = hub.cdn.removeprefix("http://")
     assert f"HEAD {endpoint_host}" in proxy.seen
     assert f"GET {cdn_host}" in proxy.seen
+
+
+def test_an_expired_signed_url_is_resolved_again(hub: HubStub, paths: Paths) -> None:
+    # Signed CDN URLs expire; a long download must fetch a fresh one, not fail.
+    data = blob(4 * MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    app = make_app(paths, [tiny_model("a")], download_connections=2)
+    d = downloader(app, block=MB)
+    hub.faults.redirect_expires_s = 1
+    hub.faults.throttle_bps = 1 * MB  # 2 MB/s in all: the first URL expires on the way
+    result = get(app, "a", d=d)
+    assert Path(result.paths[0]).read_bytes() == data
+    resolves = [r for r in hub.requests if r.host == "endpoint" and "/resolve/" in r.path]
+    refused = [r for r in hub.requests if r.host == "cdn" and r.status == 403]
+    assert refused and len(resolves) >= 2
+    assert hub.bytes_served == len(data)  # the refusals cost no bytes
