@@ -664,3 +664,23 @@ def test_an_expired_signed_url_is_resolved_again(hub: HubStub, paths: Paths) -> 
     refused = [r for r in hub.requests if r.host == "cdn" and r.status == 403]
     assert refused and len(resolves) >= 2
     assert hub.bytes_served == len(data)  # the refusals cost no bytes
+
+
+def test_cli_download_auto_fetches_the_model_this_machine_gets(hub: HubStub, paths: Paths) -> None:
+    from vibrant_rpc.registry import Registry
+
+    data = blob(MB)
+    hub.add_repo("test/tiny", {"a.gguf": data})
+    # The embedded models are set aside (deprecated: never selected) so that the choice
+    # for this machine is the tiny one.
+    retired = [
+        {"id": m.id, "hf_repo": m.hf_repo, "filename": m.files[0].filename,
+         "ram_required_mb": m.ram_required_mb, "deprecated": True}
+        for m in Registry.embedded()
+    ]  # fmt: skip
+    write_registry(paths, [*retired, tiny_model("a", recommended=True)])
+    r = subprocess.run(_cli("model", "download", "auto"), capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "This machine gets a:" in r.stdout and "usable" in r.stdout
+    assert (paths.models / "a.gguf").read_bytes() == data
