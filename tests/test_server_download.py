@@ -211,7 +211,9 @@ async def test_status_answers_while_a_download_and_a_completion_run(
     hub.faults.throttle_bps = SLOW_BPS
     completion = client.protocol.send_request(
         "vibrant/complete",
-        {"prompt": "Once upon a time", "maxTokens": 4000, "temperature": 0.8,
+        # Greedy counting never reaches an end-of-text: it runs until cancelled (a sampled
+        # story could stop early and leave the server idle mid-measurement).
+        {"prompt": "1, 2, 3, 4, 5,", "maxTokens": 4000, "temperature": 0,
          "partialResultToken": "busy"},
         msg_id="busy-complete",
     )  # fmt: skip
