@@ -452,11 +452,11 @@ def test_resume_after_sigkill_at_random_points(hub: HubStub, paths: Paths) -> No
 
 
 def test_two_processes_one_transfer(hub: HubStub, paths: Paths) -> None:
-    data = blob(6 * MB)
+    data = blob(3 * MB)
     hub.add_repo("test/tiny", {"a.gguf": data})
     write_registry(paths, [tiny_model("a")])
     _config(paths)
-    hub.faults.throttle_bps = 3 * MB
+    hub.faults.throttle_bps = MB  # one connection, ~3 s: the second process finds it running
     procs = [
         subprocess.Popen(
             _cli("model", "download", "a", "--json"),
