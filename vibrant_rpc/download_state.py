@@ -30,11 +30,6 @@ class FileProgress(msgspec.Struct, kw_only=True):
     def done_bytes(self) -> int:
         return sum(end - start for start, end in self.done)
 
-    @property
-    def prefix_bytes(self) -> int:
-        """Bytes complete from offset 0 without a gap."""
-        return self.done[0][1] if self.done and self.done[0][0] == 0 else 0
-
 
 class DownloadState(msgspec.Struct, kw_only=True):
     version: int = 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 HASH_CHUNK = 4 * 1024 * 1024
@@ -36,22 +35,11 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def sha256_file(
-    path: Path, limit: int | None = None, on_bytes: Callable[[int], None] | None = None
-) -> str:
-    """SHA-256 of a file (or of its first ``limit`` bytes)."""
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    left = limit
     with open(path, "rb", buffering=0) as f:
-        while left is None or left > 0:
-            chunk = f.read(HASH_CHUNK if left is None else min(HASH_CHUNK, left))
-            if not chunk:
-                break
+        while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
     return h.hexdigest()
 
 

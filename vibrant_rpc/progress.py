@@ -28,12 +28,6 @@ class Progress(msgspec.Struct, kw_only=True, frozen=True):
     eta_seconds: float | None
     state: ProgressState
 
-    @property
-    def fraction(self) -> float | None:
-        if not self.total_bytes:
-            return None
-        return min(1.0, self.downloaded_bytes / self.total_bytes)
-
 
 ProgressCallback = Callable[[Progress], None]
 
@@ -66,10 +60,6 @@ class SpeedMeter:
     def reset_base(self, total_bytes: int) -> None:
         """Resumed bytes are not speed: start measuring from here."""
         self._last_t, self._last_bytes = self._clock(), total_bytes
-
-    @property
-    def rate(self) -> float:
-        return self._rate
 
     def eta(self, done: int, total: int | None) -> float | None:
         if total is None or self._rate <= 0:
