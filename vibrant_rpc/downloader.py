@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from filelock import Timeout
+from filelock import FileLock, Timeout
 
 from .download_state import DownloadState, FileProgress, read_state, write_state
 from .errors import (
@@ -149,15 +149,12 @@ class Downloader:
 
     def _wait_for_other(
         self,
-        lock: object,
+        lock: FileLock,
         model: ModelInfo,
         progress: ProgressCallback | None,
         cancel: threading.Event,
     ) -> None:
         """Another process is transferring this model: wait (cancellably) for its lock."""
-        from filelock import FileLock
-
-        assert isinstance(lock, FileLock)
         last = 0.0
         while True:
             if cancel.is_set():

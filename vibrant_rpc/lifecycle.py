@@ -102,15 +102,8 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def load_options(app: Vibrant) -> LoadOptions:
-    s = app.settings
-    return LoadOptions(
-        context_size=s.context_size,
-        threads=s.threads,
-        batch_size=s.batch_size,
-        mmap=s.mmap,
-        mlock=s.mlock,
-        gpu_layers=s.gpu_layers,
-    )
+    # The settings of the same names (Settings has more, which stay out).
+    return msgspec.convert(app.settings, LoadOptions, from_attributes=True)
 
 
 def _size_key(model: ModelInfo, entry: ManifestEntry | None) -> tuple[int, int]:

@@ -181,15 +181,8 @@ class Service:
     def load_options(self, overrides: p.LoadOptions | None) -> LoadOptions | None:
         if overrides is None:
             return None
-        base = self.lifecycle.default_options
-        return LoadOptions(
-            context_size=_pick(overrides.context_size, base.context_size),
-            threads=_pick(overrides.threads, base.threads),
-            batch_size=_pick(overrides.batch_size, base.batch_size),
-            mmap=_pick(overrides.mmap, base.mmap),
-            mlock=_pick(overrides.mlock, base.mlock),
-            gpu_layers=_pick(overrides.gpu_layers, base.gpu_layers),
-        )
+        given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}
+        return msgspec.structs.replace(self.lifecycle.default_options, **given)
 
     def load_model(
         self,
@@ -254,10 +247,3 @@ class Service:
             ),
             fim=r.fim,
         )
-
-
-T = TypeVar("T")
-
-
-def _pick(value: T | None, default: T) -> T:
-    return default if value is None else value
