@@ -333,3 +333,201 @@ def test_server_discovery_and_missing_server(tmp_path: Path) -> None:
     assert data["fallback_cmd"] == [sys.executable, "-m", "vibrant_rpc"]
     assert data["fallback_server"]["name"] == "vibrant-rpc"
     assert data["fallback_status"]["msg"].startswith("vibrant: no model loaded")
+
+
+# The request's window (vibrant.window), on cases judged here ---------------------------
+
+WINDOW_CASES = Path(__file__).resolve().parent / "nvim" / "window_cases.lua"
+DEFAULTS = {
+    "prefix_lines": 256,
+    "suffix_lines": 64,
+    "window_step": 32,
+    "max_prefix_chars": 16000,
+    "max_suffix_chars": 4000,
+}
+MIX = "é中文😀x"  # 2-, 3- and 4-byte characters
+
+
+def char_starts(b: bytes) -> list[int]:
+    """Byte offsets where a character of the (valid UTF-8) b begins, and len(b)."""
+    return [i for i in range(len(b)) if b[i] & 0xC0 != 0x80] + [len(b)]
+
+
+def run_window_cases(
+    tmp_path: Path, docs: list[list[bytes]], cases: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    cases_file = tmp_path / "cases.json"
+    docs_hex = [[line.hex() for line in doc] for doc in docs]
+    cases_file.write_text(json.dumps({"docs": docs_hex, "cases": cases}))
+    result = tmp_path / "window.json"
+    env = base_env(tmp_path / "home", result)
+    env["VIBRANT_WINDOW_CASES"] = str(cases_file)
+    proc = subprocess.run(
+        [nvim_binary(), "--clean", "-l", str(WINDOW_CASES)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out: list[dict[str, Any]] = json.loads(result.read_text())["results"]
+    assert len(out) == len(cases)
+    for r in out:
+        r["prompt"] = bytes.fromhex(r["prompt"])
+        r["suffix"] = bytes.fromhex(r["suffix"])
+    return out
+
+
+def natural_start(row: int, opts: dict[str, int]) -> int:
+    start = max(0, row - opts["prefix_lines"])
+    return start - start % opts["window_step"]
+
+
+def check_window(lines: list[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
+    """What the server receives: strict UTF-8, whole lines unless one line alone is over
+    the cap, as many as fit, the text right before and after the cursor."""
+    row, col, opts = case["row"], case["col"], {**DEFAULTS, **case["opts"]}
+    prompt, suffix = r["prompt"], r["suffix"]
+    what = (
+        f"row {row} col {col} opts {case['opts']}: rows {r['start_row']}..{r['end_row']}, "
+        f"prompt {len(prompt)} B, suffix {len(suffix)} B, cut {r['prompt_cut']}/{r['suffix_cut']}"
+    )
+    prompt.decode("utf-8"), suffix.decode("utf-8")  # raises on a broken character
+    head, tail = lines[row][:col], lines[row][col:]
+    pcap, scap, step = opts["max_prefix_chars"], opts["max_suffix_chars"], opts["window_step"]
+    nat, start = natural_start(row, opts), r["start_row"]
+    assert nat <= start <= row, what
+    assert len(prompt) <= pcap, what
+
+    def before(first: int) -> bytes:
+        return b"\n".join([*lines[first:row], head])
+
+    if r["prompt_cut"]:
+        # One line's head alone is over the cap: its longest tail that begins a character.
+        assert start == row and len(head) > pcap, what
+        assert head.endswith(prompt), what
+        cut = len(head) - len(prompt)
+        starts = char_starts(head)
+        assert cut in starts, what
+        assert len(head) - max(s for s in starts if s < cut) > pcap, what
+    else:
+        assert prompt == before(start), what
+        if start > nat:  # lines were dropped: one step more would not fit
+            assert len(before(max(nat, start - step))) > pcap, what
+            assert (start - nat) % step == 0 or row - start < step, what
+    end = r["end_row"]
+    assert row < end <= min(len(lines), row + 1 + opts["suffix_lines"]), what
+    assert len(suffix) <= scap, what
+    if r["suffix_cut"]:
+        assert end == row + 1 and len(tail) > scap, what
+        assert tail.startswith(suffix), what
+        starts = char_starts(tail)
+        assert len(suffix) in starts, what
+        assert min(s for s in starts if s > len(suffix)) > scap, what
+    else:
+        assert suffix == b"\n".join([tail, *lines[row + 1 : end]]), what
+        if end < min(len(lines), row + 1 + opts["suffix_lines"]):
+            assert len(b"\n".join([tail, *lines[row + 1 : end + 1]])) > scap, what
+
+
+def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
+    """Every byte cap from 1 to 60 lands inside é, 中文 and 😀 at both ends: the module
+    cuts before or after the whole character, and on line boundaries where lines fit."""
+    doc = [f"l{i} {MIX * (i % 5)}".encode() for i in range(400)]
+    doc[150] = (MIX * 40).encode()  # one long line
+    cases: list[dict[str, Any]] = []
+    long_line = doc[150]
+    for cap in range(1, 61):
+        for col in char_starts(long_line)[::7]:
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": 150,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap},
+                }
+            )
+    for cap in (10, 50, 100, 333, 1000, 2000, 3000, 4000):
+        for row in (0, 1, 31, 32, 149, 151, 257, 300, 399):
+            col = len(doc[row]) // 2
+            col = min(s for s in char_starts(doc[row]) if s >= col)
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": row,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap, "prefix_lines": 64},
+                }
+            )
+    for row in range(0, 400, 13):
+        cases.append({"doc": 0, "row": row, "col": len(doc[row]), "opts": {}})
+    results = run_window_cases(tmp_path, [doc], cases)
+    for case, r in zip(cases, results, strict=True):
+        check_window(doc, case, r)
+    assert sum(r["prompt_cut"] for r in results) > 100  # the caps did land inside the line
+    assert sum(r["suffix_cut"] for r in results) > 100
+    # Over the cap with many lines: the start dropped whole steps, not single lines.
+    stepped = [
+        r
+        for case, r in zip(cases, results, strict=True)
+        if r["start_row"] - natural_start(case["row"], {**DEFAULTS, **case["opts"]}) >= 32
+        and case["row"] - r["start_row"] >= 32
+    ]
+    assert len(stepped) >= 3, len(stepped)
+    # Somewhere the cap landed inside each kind of character and the module stepped over it.
+    cut_inside = {
+        len(s.encode())
+        for case, r in zip(cases, results, strict=True)
+        if r["prompt_cut"]
+        for s in MIX
+        if long_line[: case["col"]][: -len(r["prompt"]) or None].endswith(s.encode())
+        and len(r["prompt"]) < case["opts"]["max_prefix_chars"]
+    }
+    assert cut_inside >= {2, 3, 4}, cut_inside
+
+
+def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
+    """Typing on a line only appends to the prompt; moving down a line moves the start
+    only every window_step lines."""
+    base = [f"line {i} {MIX}".encode() for i in range(300)]
+    docs = [base]
+    cases: list[dict[str, Any]] = []
+    typed = "é中😀 = x\n"
+    row = 200
+    text = ""
+    for ch in typed.rstrip("\n"):
+        text += ch
+        doc = [*base[:row], base[row] + text.encode(), *base[row + 1 :]]
+        docs.append(doc)
+        cases.append({"doc": len(docs) - 1, "row": row, "col": len(doc[row]), "opts": {}})
+    for r in range(100, 300):
+        cases.append({"doc": 0, "row": r, "col": 0, "opts": {"prefix_lines": 50}})
+    results = run_window_cases(tmp_path, docs, cases)
+    for case, r in zip(cases, results, strict=True):
+        check_window(docs[case["doc"]], case, r)
+    typing = results[: len(typed) - 1]
+    assert {r["start_row"] for r in typing} == {natural_start(row, DEFAULTS)}
+    for a, b, ch in zip(typing, typing[1:], typed[1:], strict=False):
+        assert b["prompt"] == a["prompt"] + ch.encode()  # the cached start is still valid
+    starts = [r["start_row"] for r in results[len(typed) - 1 :]]
+    # Rows 100..299 with 50 lines back: the start is 32*k, changing every 32 rows.
+    assert starts == [max(0, r - 50) // 32 * 32 for r in range(100, 300)]
+    assert len(set(starts)) == 7
+
+
+def test_window_replaces_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    """A buffer holding bytes that are not UTF-8 (a file read in another encoding) still
+    gives a request the server can read: each such byte becomes U+FFFD."""
+    bad = [b"\xff", b"\xe4\xb8", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\x80"]
+    doc = [b"ok " + b + " 中".encode() for b in bad] * 3
+    cases = [
+        {"doc": 0, "row": row, "col": 3 + len(bad[row % len(bad)]), "opts": {}}
+        for row in range(len(doc))
+    ]
+    results = run_window_cases(tmp_path, [doc], cases)
+    for case, r in zip(cases, results, strict=True):
+        prompt = r["prompt"].decode("utf-8")
+        suffix = r["suffix"].decode("utf-8")
+        assert prompt.endswith("ok " + "\ufffd" * len(bad[case["row"] % len(bad)])), prompt
+        assert suffix.startswith(" 中"), suffix

@@ -4,6 +4,7 @@
 local client = require("vibrant.client")
 local config = require("vibrant.config")
 local util = require("vibrant.util")
+local window = require("vibrant.window")
 
 local M = {}
 local val = util.val
@@ -334,30 +335,20 @@ local pending -- the completion in flight: { request_id, buf, mark }
 
 --- Prompt (the text before the cursor) and suffix (the text after) of a window's buffer,
 --- and where the completion goes: buf, row (0-based), col (a byte index), prompt, suffix.
+--- Whole lines around the cursor (see vibrant.window), never a broken character.
 function M.context(win)
-  local opts = config.options.complete
   local buf = vim.api.nvim_win_get_buf(win)
   local row, col = unpack(vim.api.nvim_win_get_cursor(win)) -- row 1-based, col a byte index
-  local lines = vim.api.nvim_buf_get_lines(buf, 0, -1, false)
-  local line = lines[row] or ""
   -- In insert mode (a <Cmd> mapping) the cursor is between two characters; in normal mode
   -- it is on one, and the completion goes after it, as `a` would insert.
-  if not vim.api.nvim_get_mode().mode:match("^[iR]") and #line > 0 then
-    col = vim.str_utf_end and (col + vim.str_utf_end(line, col + 1) + 1) or (col + 1)
+  if not vim.api.nvim_get_mode().mode:match("^[iR]") then
+    local line = vim.api.nvim_buf_get_lines(buf, row - 1, row, false)[1] or ""
+    if #line > 0 then
+      col = col + vim.str_utf_end(line, col + 1) + 1
+    end
   end
-  local before = vim.list_slice(lines, 1, row - 1)
-  before[#before + 1] = line:sub(1, col)
-  local after = { line:sub(col + 1) }
-  vim.list_extend(after, lines, row + 1, #lines)
-  local prompt = table.concat(before, "\n")
-  local suffix = table.concat(after, "\n")
-  if #prompt > opts.max_prefix_chars then
-    prompt = prompt:sub(#prompt - opts.max_prefix_chars + 1)
-  end
-  if #suffix > opts.max_suffix_chars then
-    suffix = suffix:sub(1, opts.max_suffix_chars)
-  end
-  return buf, row - 1, col, prompt, suffix
+  local w = window.of_buffer(buf, row - 1, col, config.options.complete)
+  return buf, row - 1, col, w.prompt, w.suffix, w
 end
 
 --- :VibrantComplete: fill in the middle at the cursor. The text is inserted where the
