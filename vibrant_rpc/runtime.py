@@ -153,10 +153,40 @@ _LOG = _LlamaLog()
 _LOAD_LOCK = threading.Lock()
 
 
+def _cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        return " amx_tile" in cpuinfo.read_text()
+    except OSError:
+        return False
+
+
+def _without_repacking(llama_cpp: Any) -> None:
+    """On CPUs with AMX, load weights without llama.cpp's extra buffer types.
+
+    A native build picks the AMX matmul for repacked weights, and in virtual machines
+    whose hypervisor doesn't hand the tile state over it dies with SIGSEGV on the first
+    decode (seen here with llama-cpp-python 0.3.36 on a Xeon VM). ``Llama()`` doesn't
+    expose ``use_extra_bufts``, so its source of default params is wrapped once.
+    """
+    low = llama_cpp.llama_cpp
+    if getattr(low.llama_model_default_params, "_vibrant", False) or not _cpu_has_amx():
+        return
+    original = low.llama_model_default_params
+
+    def default_params() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    default_params._vibrant = True  # type: ignore[attr-defined]
+    low.llama_model_default_params = default_params
+
+
 def _llama_cpp() -> Any:
     import llama_cpp
 
     _LOG.install(llama_cpp)
+    _without_repacking(llama_cpp)
     return llama_cpp
 
 
