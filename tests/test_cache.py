@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import put_cached, tiny_model, write_registry
 from vibrant_rpc.cache import Cache
-from vibrant_rpc.download_state import DownloadState, FileProgress, write_state
+from vibrant_rpc.download.state import FileProgress, PartialState, write_state
 from vibrant_rpc.errors import CacheFullError, ChecksumMismatchError, NotCachedError, VibrantError
 from vibrant_rpc.locks import InUseMark, download_lock
 from vibrant_rpc.manifest import utcnow
@@ -135,7 +135,7 @@ def _partial(paths: Paths, model_id: str, age: timedelta, done: int = 50) -> Pat
     when = utcnow() - age
     write_state(
         folder,
-        DownloadState(
+        PartialState(
             model_id=model_id,
             hf_repo="test/tiny",
             files=[
@@ -208,7 +208,7 @@ def test_verify_catches_same_size_corruption_and_keeps_the_cache(
     path.write_bytes(bytes(data))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime
     # trusted without re-hashing when size and mtime match...
-    assert cache.trusted_paths("m1") == [path]
+    assert cache.file_paths(cache.verify("m1", force=False)) == [path]
     # ...but an explicit verify re-hashes and names both digests
     with pytest.raises(ChecksumMismatchError) as info:
         cache.verify("m1")
@@ -222,7 +222,7 @@ def test_changed_mtime_triggers_rehash(cache: Cache, paths: Paths) -> None:
     path = paths.models / "m1.gguf"
     path.write_bytes(b"y" * 1000)
     with pytest.raises(ChecksumMismatchError):
-        cache.trusted_paths("m1")
+        cache.file_paths(cache.verify("m1", force=False))
 
 
 def test_remove_and_errors(cache: Cache) -> None:

@@ -15,12 +15,12 @@ from tests.helpers import put_cached, tiny_model, write_registry
 from tests.hub_stub import HubStub
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.config import load_settings
-from vibrant_rpc.downloader import Downloader
+from vibrant_rpc.download.downloader import Downloader, transfer_config
 from vibrant_rpc.errors import (
     CacheFullError,
     ChecksumMismatchError,
     DiskFullError,
-    DownloadCancelledError,
+    Cancelled,
     DownloadFailedError,
     GatedRepoError,
     HubUnreachableError,
@@ -64,7 +64,7 @@ def make_app(paths: Paths, models: list[dict[str, object]], **settings: object) 
 
 
 def downloader(app: Vibrant, block: int = 256 * KiB, sleep: Sleeps | None = None) -> Downloader:
-    d = Downloader(app, sleep=sleep or Sleeps())
+    d = Downloader(app.paths, app.cache, transfer_config(app.settings, sleep or Sleeps()))
     d.config.block_size = block
     return d
 
@@ -147,7 +147,7 @@ def test_cancel_keeps_partial_and_resume_fetches_only_the_rest(hub: HubStub, pat
         if p.downloaded_bytes > 1 * MB:
             cancel.set()
 
-    with pytest.raises(DownloadCancelledError, match="kept"):
+    with pytest.raises(Cancelled, match="kept"):
         get(app, "a", progress=on_progress, cancel=cancel)
     partial = app.cache.partials()
     assert len(partial) == 1 and 0 < partial[0].downloaded_bytes < len(data)
@@ -364,7 +364,7 @@ def test_changed_upstream_file_restarts_instead_of_splicing(hub: HubStub, paths:
     app = make_app(paths, [tiny_model("a")])
     hub.faults.throttle_bps = 2 * MB
     cancel = threading.Event()
-    with pytest.raises(DownloadCancelledError):
+    with pytest.raises(Cancelled):
         get(
             app,
             "a",
@@ -502,7 +502,7 @@ def test_ctrl_c_says_it_will_resume_and_keeps_the_partial(hub: HubStub, paths: P
 
 
 def test_batched_hands_over_what_arrived_before_an_error() -> None:
-    from vibrant_rpc.transfer import batched
+    from vibrant_rpc.download.transfer import batched
 
     def reads():  # type: ignore[no-untyped-def]
         yield b"a" * 10
@@ -520,8 +520,8 @@ def test_batched_hands_over_what_arrived_before_an_error() -> None:
 def test_blocks_are_equal_and_a_multiple_of_the_connections(hub: HubStub, paths: Paths) -> None:
     import threading
 
-    from vibrant_rpc.download_state import FileProgress
-    from vibrant_rpc.transfer import FileTransfer, TransferConfig
+    from vibrant_rpc.download.state import FileProgress
+    from vibrant_rpc.download.transfer import FileTransfer, TransferConfig
 
     fp = FileProgress(name="x", remote_filename="x", size_bytes=253_113_024)
     t = FileTransfer(

@@ -136,5 +136,5 @@ def test_unknown_id_suggests_nearest() -> None:
     with pytest.raises(ModelNotFoundError) as info:
         Registry.embedded().get("qwen2.5-coder-7b")
     assert "qwen2.5-coder-7b-q5_k_m" in info.value.details["suggestions"]
-    assert info.value.code == -32001
+    assert info.value.code == -31001
     assert "Did you mean" in str(info.value)

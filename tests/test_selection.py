@@ -34,7 +34,7 @@ def test_too_little_ram_says_what_the_smallest_needs() -> None:
     assert "3.0 GiB usable" in err.message
     assert "3B Q4_K_M" in err.message and "needs 3.9 GiB" in err.message
     assert err.details["smallestModelId"] == "qwen2.5-coder-3b-q4_k_m"
-    assert err.code == -32002
+    assert err.code == -31002
 
 
 def test_reason_in_words_and_fits() -> None:

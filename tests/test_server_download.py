@@ -248,10 +248,10 @@ async def test_status_answers_while_a_download_and_a_completion_run(
 async def test_download_errors(server: tuple[LanguageClient, Recorder, Path]) -> None:
     client, rec, _ = server
     code, _, data = await call_error(client, "vibrant/downloadModel", {"modelId": "nope"})
-    assert code == -32001 and data["kind"] == "ModelNotFound"
+    assert code == -31001 and data["kind"] == "ModelNotFound"
     code, message, data = await call_error(client, "vibrant/downloadModel", {"modelId": "ghost"})
-    assert code == -32003 and data["kind"] == "DownloadFailed", message
+    assert code == -31003 and data["kind"] == "DownloadFailed", message
     assert progress_of(rec, "ghost")[-1]["state"] == "failed"
     code, _, data = await call_error(client, "vibrant/downloadModel", {"modelId": "gemma-badsum"})
-    assert code == -32004 and data["kind"] == "ChecksumMismatch"
+    assert code == -31004 and data["kind"] == "ChecksumMismatch"
     assert (await call(client, "vibrant/status"))["downloads"] == []

@@ -105,7 +105,7 @@ async def test_with_no_model_left_load_failed_carries_llama_cpps_message(
     client, _, _ = server
     await call(client, "vibrant/removeModel", {"modelId": GEMMA})
     code, message, data = await call_error(client, "vibrant/loadModel", {"modelId": BROKEN})
-    assert code == -32005 and data["kind"] == "ModelLoadFailed"
+    assert code == -31005 and data["kind"] == "ModelLoadFailed"
     assert BROKEN in message and data["llamaErrors"]
     status = await call(client, "vibrant/status")
     assert status["state"] == "failed" and status["error"]

@@ -91,7 +91,7 @@ async def test_list_and_info(server: tuple[LanguageClient, Recorder]) -> None:
     info = await call(client, "vibrant/modelInfo", {"modelId": "tiny-b"})
     assert info["id"] == "tiny-b" and info["cached"] and info["useCount"] == 0
     code, message, data = await call_error(client, "vibrant/modelInfo", {"modelId": "tiny-x"})
-    assert code == -32001 and data["kind"] == "ModelNotFound" and "tiny-x" in message
+    assert code == -31001 and data["kind"] == "ModelNotFound" and "tiny-x" in message
     assert "tiny-a" in data["suggestions"]
 
 
@@ -103,7 +103,7 @@ async def test_select(server: tuple[LanguageClient, Recorder]) -> None:
     here = await call(client, "vibrant/selectModel")
     assert here["totalRamBytes"] > 0
     code, _, data = await call_error(client, "vibrant/selectModel", {"ramBytes": 2**20})
-    assert code == -32002 and data["kind"] == "InsufficientRam"
+    assert code == -31002 and data["kind"] == "InsufficientRam"
 
 
 async def test_cache_methods(server: tuple[LanguageClient, Recorder], paths: Paths) -> None:
@@ -129,7 +129,7 @@ async def test_cache_methods(server: tuple[LanguageClient, Recorder], paths: Pat
     assert old["removed"] == ["tiny-a"]
 
     code, _, data = await call_error(client, "vibrant/removeModel", {"modelId": "tiny-a"})
-    assert code == -32007 and data["kind"] == "NotCached"
+    assert code == -31007 and data["kind"] == "NotCached"
 
 
 async def test_remove(server: tuple[LanguageClient, Recorder], paths: Paths) -> None:
@@ -140,7 +140,7 @@ async def test_remove(server: tuple[LanguageClient, Recorder], paths: Paths) -> 
     }
     assert not (paths.models / "tiny-b.gguf").exists()
     code, _, data = await call_error(client, "vibrant/removeModel", {"modelId": "nope"})
-    assert code == -32001 and data["kind"] == "ModelNotFound"
+    assert code == -31001 and data["kind"] == "ModelNotFound"
 
 
 async def test_model_errors_without_loading(server: tuple[LanguageClient, Recorder]) -> None:
@@ -149,10 +149,10 @@ async def test_model_errors_without_loading(server: tuple[LanguageClient, Record
     code, message, data = await call_error(
         client, "vibrant/complete", {"prompt": "x", "modelId": "qwen2.5-coder-3b-q4_k_m"}
     )
-    assert code == -32007 and data["modelId"] == "qwen2.5-coder-3b-q4_k_m"
+    assert code == -31007 and data["modelId"] == "qwen2.5-coder-3b-q4_k_m"
     assert data["downloadBytes"] > 0 and "qwen2.5-coder-3b-q4_k_m" in message
     code, _, data = await call_error(client, "vibrant/loadModel", {"modelId": "nope"})
-    assert code == -32001
+    assert code == -31001
     assert await call(client, "vibrant/unloadModel") == {"modelId": None, "unloaded": False}
     assert await call(client, "vibrant/cancelDownload", {"modelId": "tiny-a"}) == {
         "modelId": "tiny-a",

@@ -9,7 +9,7 @@ import msgspec
 
 from vibrant_rpc import protocol as p
 from vibrant_rpc import protocol_docs
-from vibrant_rpc.server import HANDLERS
+from vibrant_rpc.server.handlers import HANDLERS
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocol"
 HOW = "protocol/ is out of date: run `.venv/bin/python -m vibrant_rpc.protocol_docs`"

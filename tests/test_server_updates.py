@@ -67,7 +67,7 @@ async def test_check_and_update_with_progress(tmp_path: Path) -> None:
             events = [e for e in rec.of("vibrant/downloadProgress") if e["modelId"] == "tiny-a"]
             assert events[-1]["state"] == "done" and events[-1]["totalBytes"] == len(new)
             code, _, data = await call_error(client, "vibrant/updateModel", {"modelId": "nope"})
-            assert code == -32001 and data["kind"] == "ModelNotFound"
+            assert code == -31001 and data["kind"] == "ModelNotFound"
             code, _, data = await call_error(client, "vibrant/checkUpdates", {"modelIds": [""]})
             assert code == -32602
         finally:
@@ -149,9 +149,9 @@ async def test_offline_server_never_touches_the_network(tmp_path: Path) -> None:
             code, message, _ = await call_error(
                 client, "vibrant/downloadModel", {"modelId": "tiny-b"}
             )
-            assert code == -32003 and "HF_HUB_OFFLINE" in message
+            assert code == -31009 and "HF_HUB_OFFLINE" in message
             code, _, _ = await call_error(client, "vibrant/checkUpdates", {})
-            assert code == -32003
+            assert code == -31009
             time.sleep(0.5)
         finally:
             await stop_server(client)

@@ -19,7 +19,7 @@ from tests.hub_stub import HubStub
 from tests.test_download import blob, sha
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.config import load_settings
-from vibrant_rpc.errors import DownloadCancelledError, OfflineError, VibrantError
+from vibrant_rpc.errors import Cancelled, OfflineError, VibrantError
 from vibrant_rpc.manifest import utcnow
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.updates import UpdateSchedule, read_update_state
@@ -69,7 +69,7 @@ def test_changed_file_is_an_update_swapped_after_verification(hub: HubStub, path
     entry = app.cache.get("a")
     assert entry is not None and entry.revision == second
     assert [v.revision for v in entry.versions] == [first, second]
-    assert read_update_state(app).available == []
+    assert read_update_state(app.paths.state).available == []
     assert app.check_updates().updates == []
 
 
@@ -111,7 +111,7 @@ def test_interrupted_update_keeps_the_old_model_and_resumes(hub: HubStub, paths:
         hub.publish("test/tiny", {"a.gguf": new})
         hub.faults.throttle_bps = 2 * MB
         cancel = threading.Event()
-        with pytest.raises(DownloadCancelledError):
+        with pytest.raises(Cancelled):
             app.update_model(
                 "a",
                 progress=lambda p: cancel.set() if p.downloaded_bytes > MB else None,
@@ -139,10 +139,10 @@ def test_weekly_schedule_with_an_injected_clock(hub: HubStub, paths: Paths) -> N
     app.download("a")
     now = utcnow()
     clock = [now]
-    schedule = UpdateSchedule(app, clock=lambda: clock[0])
+    schedule = UpdateSchedule(app.updates, clock=lambda: clock[0])
     assert schedule.due()
     assert schedule.run_if_due() is not None
-    assert read_update_state(app).last_update_check == now
+    assert read_update_state(app.paths.state).last_update_check == now
     clock[0] = now + timedelta(days=6, hours=23)
     assert not schedule.due() and schedule.run_if_due() is None
     clock[0] = now + timedelta(days=7)
@@ -150,7 +150,7 @@ def test_weekly_schedule_with_an_injected_clock(hub: HubStub, paths: Paths) -> N
     hub.publish("test/tiny", {"a.gguf": blob(2000, 5)})
     check = schedule.run_if_due()
     assert check is not None and [u.model_id for u in check.updates] == ["a"]
-    assert [u.model_id for u in read_update_state(app).available] == ["a"]
+    assert [u.model_id for u in read_update_state(app.paths.state).available] == ["a"]
 
 
 def test_offline_makes_no_request_at_all(
@@ -161,8 +161,8 @@ def test_offline_makes_no_request_at_all(
     app.download("a")
     hub.reset_stats()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert not UpdateSchedule(app).due()
-    assert UpdateSchedule(app).run_if_due() is None
+    assert not UpdateSchedule(app.updates).due()
+    assert UpdateSchedule(app.updates).run_if_due() is None
     with pytest.raises(OfflineError):
         app.check_updates()
     r = vibrant_cli("model", "update", "--check")

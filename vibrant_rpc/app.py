@@ -1,18 +1,21 @@
-"""The backend as plain Python: what the CLI and the server both call.
+"""The backend as plain Python: what the CLI and the service both call.
 
 It knows nothing of argparse or JSON-RPC; each method takes and returns typed values.
+The parts that reach the network (downloader, updates) are built on first use: httpx
+costs a sixth of a second, and most CLI commands never touch the network.
 """
 
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from .cache import Cache, CacheStats, PartialDownload, RemovalResult
-from .config import Settings, load_settings
+from .config import Settings, read_settings
 from .manifest import ManifestEntry, ModelVersion
 from .memory import MemoryInfo, read_memory
 from .paths import Paths
@@ -21,16 +24,8 @@ from .registry import ModelInfo, Registry
 from .selection import Selection, select_model
 
 if TYPE_CHECKING:
-    from .updates import UpdateCheck
-
-
-class DownloadResult(msgspec.Struct, kw_only=True):
-    model_id: str
-    paths: list[str]  # absolute paths; the first is what llama.cpp loads
-    size_bytes: int
-    sha256: str  # of the first (or only) file
-    revision: str | None
-    pruned: list[str] = []  # models removed to make room under the size limit
+    from .download.downloader import Downloader, DownloadResult
+    from .updates import UpdateCheck, Updates
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -55,13 +50,20 @@ class Vibrant:
 
     def __init__(self, paths: Paths | None = None, settings: Settings | None = None) -> None:
         self.paths = paths or Paths.from_env()
-        self.settings = settings or load_settings(self.paths.config)
+        self._setting_warnings: list[str] = []
+        if settings is None:
+            settings, self._setting_warnings = read_settings(self.paths.config)
+        self.settings = settings
         self.registry = Registry.load(self.paths.user_registry)
         self.cache = Cache(self.paths, self.registry, max_bytes=self.settings.cache_size_limit)
 
     @property
     def warnings(self) -> list[str]:
-        return [p.message for p in self.registry.problems] + self.cache.warnings
+        return (
+            self._setting_warnings
+            + [p.message for p in self.registry.problems]
+            + self.cache.warnings
+        )
 
     def memory(self) -> MemoryInfo:
         return read_memory()
@@ -132,7 +134,19 @@ class Vibrant:
     def verify(self, model_id: str) -> ManifestEntry:
         return self.cache.verify(model_id, force=True)
 
-    # -- downloads (vibrant_rpc.downloader) ---------------------------------------------
+    # -- downloads and updates (vibrant_rpc.download, vibrant_rpc.updates) --------------
+
+    @cached_property
+    def downloader(self) -> Downloader:
+        from .download.downloader import Downloader, transfer_config
+
+        return Downloader(self.paths, self.cache, transfer_config(self.settings))
+
+    @cached_property
+    def updates(self) -> Updates:
+        from .updates import Updates
+
+        return Updates(self.registry, self.cache, self.downloader, self.paths.state)
 
     def resolve_id(self, model_id: str) -> str:
         """``auto`` is the selection's choice for this machine."""
@@ -145,17 +159,11 @@ class Vibrant:
         cancel: threading.Event | None = None,
     ) -> DownloadResult:
         """Download (or resume) a model; blocking. ``cancel`` set stops it, keeping the partial."""
-        from .downloader import Downloader
-
         model = self.registry.get(self.resolve_id(model_id))
-        return Downloader(self).download(model, progress=progress, cancel=cancel)
-
-    # -- updates (vibrant_rpc.updates) ---------------------------------------------------
+        return self.downloader.download(model, progress=progress, cancel=cancel)
 
     def check_updates(self, model_ids: list[str] | None = None) -> UpdateCheck:
-        from .updates import check_updates
-
-        return check_updates(self, model_ids)
+        return self.updates.check(model_ids)
 
     def update_model(
         self,
@@ -163,6 +171,4 @@ class Vibrant:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
     ) -> DownloadResult:
-        from .updates import update_model
-
-        return update_model(self, model_id, progress, cancel)
+        return self.updates.update(model_id, progress, cancel)

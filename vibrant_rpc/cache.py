@@ -12,8 +12,8 @@ from pathlib import Path
 
 import msgspec
 
-from .download_state import read_state
-from .errors import CacheFullError, ChecksumMismatchError, NotCachedError, VibrantError
+from .download.state import read_state
+from .errors import CacheFullError, ChecksumMismatchError, ModelInUseError, NotCachedError
 from .fsutil import dir_size, sha256_file
 from .locks import is_download_active, is_in_use
 from .manifest import Manifest, ManifestEntry, ManifestFile, ManifestStore, utcnow
@@ -162,9 +162,6 @@ class Cache:
     def file_paths(self, entry: ManifestEntry) -> list[Path]:
         return [self.paths.models / f.path for f in entry.files]
 
-    def total_bytes(self) -> int:
-        return sum(e.size_bytes for e in self.entries())
-
     def partials(self) -> list[PartialDownload]:
         out: list[PartialDownload] = []
         if not self.paths.downloading.is_dir():
@@ -236,7 +233,7 @@ class Cache:
         if model_id not in self.registry and self.get(model_id) is None:
             self.registry.get(model_id)  # raises ModelNotFoundError with suggestions
         if self.in_use(model_id):
-            raise VibrantError(
+            raise ModelInUseError(
                 f"{model_id} is loaded by a running vibrant server and can't be removed now.",
                 hint="Unload it in the editor (or stop the server) and try again.",
                 modelId=model_id,
@@ -250,17 +247,6 @@ class Cache:
                 f"{model_id} is not downloaded; nothing to remove.", modelId=model_id
             )
         return freed
-
-    def clear(self) -> RemovalResult:
-        result = RemovalResult()
-        with self.transaction() as manifest:
-            for model_id, entry in list(manifest.models.items()):
-                if self.in_use(model_id):
-                    continue
-                result.freed_bytes += self._delete_files(entry)
-                result.removed.append(model_id)
-                del manifest.models[model_id]
-        return result
 
     def prune(self, max_bytes: int | None = None, protect: Iterable[str] = ()) -> RemovalResult:
         """Remove least recently used models until the cache fits ``max_bytes``."""
@@ -387,7 +373,3 @@ class Cache:
             current.size_bytes = sum(f.size_bytes for f in updated)
             current.checksum = f"sha256:{updated[0].sha256}"
             return current
-
-    def trusted_paths(self, model_id: str) -> list[Path]:
-        """The files of a cached model, re-hashed only if they changed since recorded."""
-        return self.file_paths(self.verify(model_id, force=False))

@@ -47,36 +47,55 @@ def _camel(name: str) -> str:
 _CAMEL = {_camel(n): n for n in _FIELDS}
 
 
-def _normalise(raw: dict[str, Any], source: str) -> dict[str, Any]:
+def _one(name: str, value: Any) -> Any:
+    """``value`` checked as the setting ``name`` alone, so one bad value costs only itself."""
+    if name in ("cache_size_limit", "download_block_size") and isinstance(value, str):
+        value = parse_size(value)  # ValueError names what is wrong with the text
+    checked = msgspec.convert({name: value}, Settings)
+    return getattr(checked, name)
+
+
+def _normalise(raw: dict[str, Any], source: str, warnings: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key if key in _FIELDS else _CAMEL.get(key)
         if name is None:
-            raise ConfigError(
-                f"{source}: unknown setting {key!r}.",
-                hint="Known settings: " + ", ".join(sorted(_FIELDS)),
-                setting=key,
+            warnings.append(
+                f"{source}: unknown setting {key!r}, ignored (known settings: "
+                + ", ".join(sorted(_FIELDS))
+                + ")."
             )
-        if name in ("cache_size_limit", "download_block_size") and isinstance(value, str):
-            try:
-                value = parse_size(value)
-            except ValueError as err:
-                raise ConfigError(f"{source}: {name}: {err}", setting=key) from None
-        out[name] = value
+            continue
+        try:
+            out[name] = _one(name, value)
+        except (ValueError, msgspec.ValidationError) as err:
+            reason = str(err).split(" - at ")[0]
+            warnings.append(f"{source}: setting {key!r} = {value!r} ignored: {reason}.")
     return out
 
 
-def load_settings(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Merge (later wins) defaults < ``config_file`` < ``overrides`` and check the types."""
+def read_settings(
+    config_file: Path | None, overrides: dict[str, Any] | None = None
+) -> tuple[Settings, list[str]]:
+    """Merge (later wins) defaults < ``config_file`` < ``overrides``. A value of the wrong
+    type (or an unknown name) is dropped with a warning naming its source; the rest hold."""
+    warnings: list[str] = []
     merged: dict[str, Any] = {}
     if config_file is not None and config_file.is_file():
         try:
-            merged.update(_normalise(tomllib.loads(config_file.read_text()), str(config_file)))
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{config_file}: not valid TOML ({err}).") from None
+            raw = tomllib.loads(config_file.read_text())
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as err:
+            warnings.append(f"{config_file}: not read, so every setting in it is ignored ({err}).")
+        else:
+            merged.update(_normalise(raw, str(config_file), warnings))
     if overrides:
-        merged.update(_normalise(overrides, "settings"))
-    try:
-        return msgspec.convert(merged, Settings)
-    except msgspec.ValidationError as err:
-        raise ConfigError(f"Invalid setting: {err}.") from None
+        merged.update(_normalise(overrides, "editor settings", warnings))
+    return msgspec.convert(merged, Settings), warnings
+
+
+def load_settings(config_file: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """``read_settings`` that refuses a bad value instead of dropping it."""
+    settings, warnings = read_settings(config_file, overrides)
+    if warnings:
+        raise ConfigError(warnings[0])
+    return settings

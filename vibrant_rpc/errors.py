@@ -1,8 +1,33 @@
-"""The errors a user can meet, each with a stable code, a kind and structured details.
+"""Every error a user (or an editor) can meet, in one tree.
 
-The codes are the JSON-RPC error codes the server answers with; the CLI prints
-``message`` (and ``hint``) and exits 1. Details are plain JSON values so that
-they cross every boundary unchanged.
+Each class carries its own JSON-RPC ``code`` and its ``kind`` (the name a client matches
+on, sent as ``data.kind``); details are plain JSON values that cross every boundary
+unchanged. The CLI prints ``message`` and ``hint`` and exits 1; the server answers with
+``code``, ``message`` and ``data``. Nothing is re-coded on its way to the wire.
+
+    VibrantException                 code     kind
+    ├── VibrantError                 -31000   VibrantError      a failure the user can act on
+    │   ├── ModelNotFoundError       -31001   ModelNotFound
+    │   ├── InsufficientRamError     -31002   InsufficientRam
+    │   ├── DownloadFailedError      -31003   DownloadFailed    the partial download is kept
+    │   │   ├── HubUnreachableError  -31008   HubUnreachable    retries ran out
+    │   │   ├── OfflineError         -31009   Offline           HF_HUB_OFFLINE is set
+    │   │   └── GatedRepoError       -31010   GatedRepo         401/403: a token is needed
+    │   ├── ChecksumMismatchError    -31004   ChecksumMismatch
+    │   ├── ModelLoadFailedError     -31005   ModelLoadFailed
+    │   ├── CacheFullError           -31006   CacheFull         over the cache size limit
+    │   ├── NotCachedError           -31007   NotCached
+    │   ├── DiskFullError            -31011   DiskFull          the disk itself is full
+    │   ├── ModelInUseError          -31012   ModelInUse
+    │   ├── RegistryError            -31013   RegistryError     a user registry entry refused
+    │   └── ConfigError              -31014   ConfigError       a setting refused
+    ├── Cancelled                    -32800   Cancelled         the user stopped it: not a failure
+    └── InvalidParams                -32602   InvalidParams     params that don't match their type
+
+vibrant's own codes are the block -31000 … -31099: outside JSON-RPC's reserved
+-32768 … -32000 (which holds LSP's -32002 ServerNotInitialized and -32001
+UnknownErrorCode) and LSP's -32899 … -32800. Cancellation and bad params use the codes
+JSON-RPC and LSP define for them. Clients should match ``data.kind``, not the code.
 """
 
 from __future__ import annotations
@@ -10,11 +35,11 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
-class VibrantError(Exception):
-    """Base of every error that is the user's to act on (no traceback shown)."""
+class VibrantException(Exception):
+    """Base of every error that is reported to the user as it is (no traceback)."""
 
-    code: ClassVar[int] = -32000
-    kind: ClassVar[str] = "VibrantError"
+    code: ClassVar[int]
+    kind: ClassVar[str]
 
     def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -32,8 +57,17 @@ class VibrantError(Exception):
         return f"{self.message}\n{self.hint}" if self.hint else self.message
 
 
+class VibrantError(VibrantException):
+    """Any other failure the user can act on; the message says what to do."""
+
+    code = -31000
+    kind = "VibrantError"
+
+
 class ModelNotFoundError(VibrantError):
-    code = -32001
+    """No registry model has this id; ``data.suggestions`` lists close ones."""
+
+    code = -31001
     kind = "ModelNotFound"
 
     def __init__(self, model_id: str, suggestions: list[str] | None = None) -> None:
@@ -49,60 +83,133 @@ class ModelNotFoundError(VibrantError):
 
 
 class InsufficientRamError(VibrantError):
-    code = -32002
+    """No model fits this machine's memory."""
+
+    code = -31002
     kind = "InsufficientRam"
 
 
 class DownloadFailedError(VibrantError):
-    code = -32003
+    """A download failed (the Hub said no, or the file changed); the partial is kept."""
+
+    code = -31003
     kind = "DownloadFailed"
 
 
 class HubUnreachableError(DownloadFailedError):
-    """A transient failure that outlived its retries; the partial download is kept."""
+    """The Hub could not be reached (connection, timeouts, 5xx) after retries; the partial
+    is kept."""
 
-
-class GatedRepoError(DownloadFailedError):
-    pass
+    code = -31008
+    kind = "HubUnreachable"
 
 
 class OfflineError(DownloadFailedError):
-    pass
+    """HF_HUB_OFFLINE is set, so nothing reaches the network; downloaded models still work."""
+
+    code = -31009
+    kind = "Offline"
 
 
-class DiskFullError(DownloadFailedError):
-    pass
+class GatedRepoError(DownloadFailedError):
+    """The Hub answered 401/403: the repository is gated or private, or the token is bad."""
 
-
-class DownloadCancelledError(DownloadFailedError):
-    kind = "Cancelled"
+    code = -31010
+    kind = "GatedRepo"
 
 
 class ChecksumMismatchError(VibrantError):
-    code = -32004
+    """A file's SHA-256 differs from the one it must have; the cache keeps nothing damaged."""
+
+    code = -31004
     kind = "ChecksumMismatch"
 
 
 class ModelLoadFailedError(VibrantError):
-    code = -32005
+    """llama.cpp could not load the model, nor any smaller cached one; ``message`` carries
+    llama.cpp's words."""
+
+    code = -31005
     kind = "ModelLoadFailed"
 
 
 class CacheFullError(VibrantError):
-    code = -32006
+    """The model does not fit under the cache size limit."""
+
+    code = -31006
     kind = "CacheFull"
 
 
 class NotCachedError(VibrantError):
-    code = -32007
+    """The model is not downloaded; ``data.modelId`` and ``data.downloadBytes`` say what to
+    offer. Nothing downloads unless asked."""
+
+    code = -31007
     kind = "NotCached"
+
+
+class DiskFullError(VibrantError):
+    """No space left on the disk (not the cache size limit: that is CacheFull)."""
+
+    code = -31011
+    kind = "DiskFull"
+
+
+class ModelInUseError(VibrantError):
+    """The model is loaded by a running vibrant server, so it can't be removed now."""
+
+    code = -31012
+    kind = "ModelInUse"
 
 
 class RegistryError(VibrantError):
     """A user registry entry that was refused; the rest of the registry still works."""
 
+    code = -31013
     kind = "RegistryError"
 
 
 class ConfigError(VibrantError):
+    """A setting that was refused (its value is ignored)."""
+
+    code = -31014
     kind = "ConfigError"
+
+
+class Cancelled(VibrantException):
+    """Cancelled by ``$/cancelRequest``, ``window/workDoneProgress/cancel`` or
+    ``vibrant/cancelDownload``; a download keeps its partial."""
+
+    code = -32800  # LSP's RequestCancelled
+    kind = "Cancelled"
+
+    def __init__(self, message: str = "Cancelled.", **details: Any) -> None:
+        super().__init__(message, **details)
+
+
+class InvalidParams(VibrantException):
+    """Bad params; ``data.field`` names the field and ``data.reason`` says why."""
+
+    code = -32602  # JSON-RPC's InvalidParams
+    kind = "InvalidParams"
+
+    def __init__(self, method: str, field: str, reason: str) -> None:
+        where = f"`{field}`" if field else "params"
+        super().__init__(
+            f"Invalid params for {method}: {where}: {reason}", field=field, reason=reason
+        )
+        self.method, self.field, self.reason = method, field, reason
+
+
+def tree() -> list[type[VibrantException]]:
+    """Every error class, parents before children (what protocol/ documents)."""
+    out: list[type[VibrantException]] = []
+
+    def walk(cls: type[VibrantException]) -> None:
+        for sub in cls.__subclasses__():
+            if sub.__module__ == __name__:
+                out.append(sub)
+                walk(sub)
+
+    walk(VibrantException)
+    return out

@@ -1,13 +1,20 @@
-"""Small durable-filesystem helpers: atomic writes and directory fsync."""
+"""Small durable-filesystem helpers: atomic writes, directory fsync, SHA-256 of files."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 from pathlib import Path
 
 HASH_CHUNK = 4 * 1024 * 1024
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_sha256(text: str) -> bool:
+    """A SHA-256 as the Hub and the registry write it: 64 lowercase hex digits."""
+    return _SHA256_HEX.match(text) is not None
 
 
 def fsync_dir(path: Path) -> None:

@@ -21,18 +21,35 @@ from typing import Protocol
 
 import msgspec
 
-from .app import Vibrant
-from .errors import ModelLoadFailedError, NotCachedError, VibrantError
+from .cache import Cache
+from .config import Settings
+from .errors import Cancelled, ModelLoadFailedError, NotCachedError, VibrantError
 from .locks import InUseMark
-from .manifest import ManifestEntry, utcnow
-from .registry import ModelInfo
+from .manifest import utcnow
+from .memory import MemoryInfo
+from .paths import Paths
+from .registry import Registry
 from .runtime import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
-from .selection import select_model
+from .selection import Selection, select_model, size_key
+from .states import ModelState
 from .units import format_bytes
 
 log = logging.getLogger(__name__)
 
-State = str  # "unloaded" | "loading" | "ready" | "failed" (protocol.ModelState)
+
+class Models(Protocol):
+    """What the lifecycle uses of the backend (``app.Vibrant`` is one)."""
+
+    paths: Paths
+    settings: Settings
+    registry: Registry
+    cache: Cache
+
+    def memory(self) -> MemoryInfo: ...
+
+    def select(self, ram_bytes: int | None = None) -> Selection: ...
+
+    def resolve_id(self, model_id: str) -> str: ...
 
 
 class ModelHandle(Protocol):
@@ -68,18 +85,14 @@ def _thread_timer(delay: float, fn: Callable[[], None]) -> Timer:
     return t
 
 
-class Cancelled(Exception):
-    """The caller's cancel event was set before the work began (e.g. while queued)."""
-
-
 class StateChange(msgspec.Struct, frozen=True):
     model_id: str | None
-    state: State
+    state: ModelState
     reason: str | None = None
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
-    state: State
+    state: ModelState
     model_id: str | None
     loaded_at: datetime | None
     last_used: datetime | None
@@ -101,19 +114,15 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     load_ms: float
 
 
-def load_options(app: Vibrant) -> LoadOptions:
+def load_options(settings: Settings) -> LoadOptions:
     # The settings of the same names (Settings has more, which stay out).
-    return msgspec.convert(app.settings, LoadOptions, from_attributes=True)
-
-
-def _size_key(model: ModelInfo, entry: ManifestEntry | None) -> tuple[int, int]:
-    return (model.ram_required_mb, entry.size_bytes if entry else 0)
+    return msgspec.convert(settings, LoadOptions, from_attributes=True)
 
 
 class Lifecycle:
     def __init__(
         self,
-        app: Vibrant,
+        app: Models,
         *,
         loader: Loader | None = None,
         on_change: Callable[[StateChange], None] | None = None,
@@ -126,7 +135,7 @@ class Lifecycle:
         self._on_change = on_change
         self._clock = clock
         self._timer_factory = timer
-        self.default_options = options or load_options(app)
+        self.default_options = options or load_options(app.settings)
         self.keep_alive_s = app.settings.keep_alive_s
 
         self._lock = threading.Lock()  # load, unload, complete: one at a time
@@ -138,7 +147,7 @@ class Lifecycle:
 
         # What snapshot() reads; written under _state_lock only, never waited on for long.
         self._state_lock = threading.Lock()
-        self._state: State = "unloaded"
+        self._state: ModelState = "unloaded"
         self._state_model: str | None = None
         self._loaded_at: datetime | None = None
         self._last_used: datetime | None = None
@@ -165,7 +174,9 @@ class Lifecycle:
         model = self._model
         return model.model_id if model is not None else None
 
-    def _set_state(self, state: State, model_id: str | None, reason: str | None = None) -> None:
+    def _set_state(
+        self, state: ModelState, model_id: str | None, reason: str | None = None
+    ) -> None:
         with self._state_lock:
             self._state, self._state_model = state, model_id
             if state == "ready":
@@ -222,9 +233,10 @@ class Lifecycle:
         """Cached models smaller than ``failed``, the next smaller first."""
         reg = self.app.registry
         entries = {e.id: e for e in self.app.cache.entries() if e.id in reg}
-        limit = _size_key(reg.get(failed), entries.get(failed))
-        smaller = [i for i in entries if _size_key(reg.get(i), entries[i]) < limit]
-        return sorted(smaller, key=lambda i: _size_key(reg.get(i), entries[i]), reverse=True)
+        failed_entry = entries.get(failed)
+        limit = size_key(reg.get(failed), failed_entry.size_bytes if failed_entry else None)
+        keys = {i: size_key(reg.get(i), e.size_bytes) for i, e in entries.items()}
+        return sorted((i for i in entries if keys[i] < limit), key=keys.__getitem__, reverse=True)
 
     # -- locking -----------------------------------------------------------------------
 

@@ -1,32 +1,28 @@
-"""Download progress: what a callback receives, with a smoothed speed and an ETA."""
+"""Download progress: what a callback receives, with a smoothed speed and an ETA.
+
+``Reporter`` is the one place progress is throttled: every connection of a download
+adds its bytes there, and listeners hear of them at most ten times a second.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from typing import Literal
 
 import msgspec
 
-ProgressState = Literal[
-    "waiting",  # another process is downloading this model; we wait for it
-    "resolving",
-    "downloading",
-    "verifying",
-    "done",
-    "failed",
-    "cancelled",
-]
+from .states import DownloadState
 
 
 class Progress(msgspec.Struct, kw_only=True, frozen=True):
     model_id: str
-    file: str  # the Hub file name being transferred
-    downloaded_bytes: int  # for the whole model, all files
-    total_bytes: int | None
-    bytes_per_second: float
-    eta_seconds: float | None
-    state: ProgressState
+    state: DownloadState
+    file: str = ""  # the Hub file name being transferred
+    downloaded_bytes: int = 0  # for the whole model, all files
+    total_bytes: int | None = None
+    bytes_per_second: float = 0.0
+    eta_seconds: float | None = None
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -65,3 +61,52 @@ class SpeedMeter:
         if total is None or self._rate <= 0:
             return None
         return max(0.0, (total - done) / self._rate)
+
+
+class Reporter:
+    """Aggregates the bytes of every connection into at most one call per ``interval_s``
+    (state changes are always passed on)."""
+
+    def __init__(
+        self,
+        model_id: str,
+        total: int | None,
+        done: int,
+        callback: ProgressCallback | None,
+        *,
+        interval_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model_id, self.total, self.done, self.callback = model_id, total, done, callback
+        self.file = ""
+        self.interval_s = interval_s
+        self._clock = clock
+        self.meter = SpeedMeter(clock=clock)
+        self.meter.reset_base(done)
+        self._lock = threading.Lock()
+        self._last = float("-inf")
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.done += n
+            now = self._clock()
+            if now - self._last < self.interval_s:
+                return
+            self._last = now
+        self.emit("downloading")
+
+    def emit(self, state: DownloadState) -> None:
+        if self.callback is None:
+            return
+        rate = self.meter.update(self.done)
+        self.callback(
+            Progress(
+                model_id=self.model_id,
+                state=state,
+                file=self.file,
+                downloaded_bytes=self.done,
+                total_bytes=self.total,
+                bytes_per_second=rate,
+                eta_seconds=0.0 if state == "done" else self.meter.eta(self.done, self.total),
+            )
+        )

@@ -17,17 +17,16 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from . import errors
+from .errors import InvalidParams
+from .states import DownloadState, FinishReason, ModelState
+
+__all__ = ["DownloadState", "FinishReason", "InvalidParams", "ModelState"]
 
 # -- building blocks ---------------------------------------------------------------------
 
 ProgressToken = int | str
 ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="A registry id.")]
 Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-ModelState = Literal["unloaded", "loading", "ready", "failed"]
-FinishReason = Literal["stop", "length", "cancelled"]
-DownloadState = Literal[
-    "waiting", "resolving", "downloading", "verifying", "done", "failed", "cancelled"
-]
 
 
 class Params(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -244,8 +243,8 @@ class RemovalResult(Wire):
 # -- the loaded model --------------------------------------------------------------------
 
 
-class LoadOptions(Params):
-    """Per-load overrides of the settings of the same names."""
+class LoadOverrides(Params):
+    """Per-load overrides of the settings of the same names (``runtime.LoadOptions``)."""
 
     context_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] | None = None
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
@@ -257,7 +256,7 @@ class LoadOptions(Params):
 
 class LoadModelParams(Params):
     model_id: ModelId | None = None  # default: last used, else the selection among cached
-    options: LoadOptions | None = None  # override the settings for this load
+    options: LoadOverrides | None = None  # override the settings for this load
     work_done_token: ProgressToken | None = None  # $/progress of the load goes here
 
 
@@ -335,13 +334,14 @@ class CompletionChunk(Wire):
 
 
 # -- errors ------------------------------------------------------------------------------
+# vibrant's own errors carry their codes (``errors.py`` draws the tree); these are the
+# codes JSON-RPC and LSP define for the wire itself.
 
-REQUEST_CANCELLED = -32800
-INVALID_PARAMS = -32602
-METHOD_NOT_FOUND = -32601
-INVALID_REQUEST = -32600
 PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
+SERVER_NOT_INITIALIZED = -32002  # LSP's: a request before `initialize`
 
 
 class ErrorCode(msgspec.Struct, frozen=True):
@@ -350,46 +350,18 @@ class ErrorCode(msgspec.Struct, frozen=True):
     meaning: str
 
 
+def _meaning(cls: type) -> str:
+    return " ".join((cls.__doc__ or "").split())
+
+
 ERROR_CODES: list[ErrorCode] = [
-    ErrorCode(errors.ModelNotFoundError.code, errors.ModelNotFoundError.kind,
-              "No registry model has this id; `data.suggestions` lists close ones."),
-    ErrorCode(errors.InsufficientRamError.code, errors.InsufficientRamError.kind,
-              "No model fits this machine's memory."),
-    ErrorCode(errors.DownloadFailedError.code, errors.DownloadFailedError.kind,
-              "A download failed (network, Hub, gated repo, full disk); the partial is kept."),
-    ErrorCode(errors.ChecksumMismatchError.code, errors.ChecksumMismatchError.kind,
-              "A file's SHA-256 differs from the expected one."),
-    ErrorCode(errors.ModelLoadFailedError.code, errors.ModelLoadFailedError.kind,
-              "llama.cpp could not load the model, nor any smaller cached one; "
-              "`message` carries llama.cpp's words."),
-    ErrorCode(errors.CacheFullError.code, errors.CacheFullError.kind,
-              "The model does not fit under the cache size limit."),
-    ErrorCode(errors.NotCachedError.code, errors.NotCachedError.kind,
-              "The model is not downloaded; `data.modelId` and `data.downloadBytes` say "
-              "what to offer. Nothing downloads unless asked."),
-    ErrorCode(errors.VibrantError.code, errors.VibrantError.kind,
-              "Any other failure the user can act on (e.g. removing a model in use)."),
-    ErrorCode(INVALID_PARAMS, "InvalidParams",
-              "Bad params; `data.field` names the field and `data.reason` says why."),
+    *(ErrorCode(cls.code, cls.kind, _meaning(cls)) for cls in errors.tree()),
     ErrorCode(METHOD_NOT_FOUND, "MethodNotFound", "No such method."),
     ErrorCode(INVALID_REQUEST, "InvalidRequest", "Not a JSON-RPC 2.0 request."),
     ErrorCode(PARSE_ERROR, "ParseError", "The message body is not JSON."),
-    ErrorCode(REQUEST_CANCELLED, "Cancelled",
-              "Cancelled by `$/cancelRequest`, `window/workDoneProgress/cancel` or "
-              "`vibrant/cancelDownload`; a download keeps its partial."),
-]  # fmt: skip
-
-
-class InvalidParams(Exception):
-    """Params that don't match their type; ``field`` is the JSON path inside params."""
-
-    def __init__(self, method: str, field: str, reason: str) -> None:
-        where = f"`{field}`" if field else "params"
-        super().__init__(f"Invalid params for {method}: {where}: {reason}")
-        self.method, self.field, self.reason = method, field, reason
-
-    def data(self) -> dict[str, Any]:
-        return {"kind": "InvalidParams", "field": self.field, "reason": self.reason}
+    ErrorCode(SERVER_NOT_INITIALIZED, "NotInitialized", "A request came before `initialize`."),
+    ErrorCode(INTERNAL_ERROR, "InternalError", "A bug in the server; the log has the details."),
+]
 
 
 _PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -422,12 +394,14 @@ def encode(value: msgspec.Struct) -> Any:
 
 class Method(msgspec.Struct, frozen=True):
     name: str
-    params: type[msgspec.Struct]
+    params: type[Params]
     result: type[msgspec.Struct] | None
     summary: str
     errors: tuple[str, ...] = ()
     progress: bool = False  # reports $/progress on workDoneToken (or a server-made token)
 
+
+_DOWNLOAD_ERRORS = ("DownloadFailed", "HubUnreachable", "Offline", "GatedRepo", "DiskFull")
 
 METHODS: list[Method] = [
     Method("vibrant/listModels", ListModelsParams, ListModelsResult,
@@ -440,23 +414,24 @@ METHODS: list[Method] = [
     Method("vibrant/downloadModel", DownloadModelParams, DownloadModelResult,
            "Download (or resume) a model; `modelId` may be `auto`. Sends "
            "`vibrant/downloadProgress` and `$/progress`; cancellable, keeping the partial.",
-           ("ModelNotFound", "InsufficientRam", "DownloadFailed", "ChecksumMismatch",
-            "CacheFull", "Cancelled"), progress=True),
+           ("ModelNotFound", "InsufficientRam", *_DOWNLOAD_ERRORS,
+            "ChecksumMismatch", "CacheFull", "Cancelled"), progress=True),
     Method("vibrant/checkUpdates", CheckUpdatesParams, CheckUpdatesResult,
            "Ask the Hub whether downloaded models have newer files (a new commit that leaves "
            "a model's files unchanged is not an update; pinned entries never update).",
-           ("ModelNotFound", "NotCached", "DownloadFailed")),
+           ("ModelNotFound", "NotCached", "DownloadFailed", "HubUnreachable", "Offline",
+            "GatedRepo")),
     Method("vibrant/updateModel", UpdateModelParams, DownloadModelResult,
            "Download a model's newer files beside the old ones and swap once verified; same "
            "progress and cancellation as `vibrant/downloadModel`. A loaded model keeps running "
            "and the new files are used at its next load.",
-           ("ModelNotFound", "NotCached", "DownloadFailed", "ChecksumMismatch", "CacheFull",
-            "Cancelled", "VibrantError"), progress=True),
+           ("ModelNotFound", "NotCached", *_DOWNLOAD_ERRORS,
+            "ChecksumMismatch", "CacheFull", "Cancelled", "VibrantError"), progress=True),
     Method("vibrant/cancelDownload", CancelDownloadParams, CancelDownloadResult,
            "Stop a running download of this model; its request answers -32800."),
     Method("vibrant/removeModel", RemoveModelParams, RemoveModelResult,
            "Delete a downloaded model (unloading it first if this server has it loaded).",
-           ("ModelNotFound", "NotCached", "VibrantError")),
+           ("ModelNotFound", "NotCached", "ModelInUse", "DiskFull")),
     Method("vibrant/cacheStats", NoParams, CacheStatsResult,
            "Cache folder, size, limit, number of models and bytes of partial downloads."),
     Method("vibrant/cleanCache", CleanCacheParams, RemovalResult,
@@ -478,8 +453,8 @@ METHODS: list[Method] = [
            "tokens; else from the prefix alone, `fim: false`). Loads a model lazily. With "
            "`partialResultToken` the text streams as `$/progress` values (`{text}`). One "
            "completion runs at a time; a second waits.",
-           ("ModelNotFound", "NotCached", "ModelLoadFailed", "InsufficientRam", "Cancelled"),
-           progress=True),
+           ("ModelNotFound", "NotCached", "ModelLoadFailed", "ChecksumMismatch",
+            "InsufficientRam", "Cancelled"), progress=True),
 ]  # fmt: skip
 
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import msgspec
 
 from .errors import ModelNotFoundError, RegistryError
+from .fsutil import is_sha256
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -99,7 +99,7 @@ def _check_name(value: str, what: str) -> str | None:
 
 
 def _check_sha(value: str | None) -> str | None:
-    if value is not None and not _SHA256.match(value):
+    if value is not None and not is_sha256(value):
         return f"{value!r} is not a SHA-256 (64 lowercase hex digits)"
     return None
 
@@ -235,9 +235,6 @@ class Registry:
 
     def __contains__(self, model_id: object) -> bool:
         return model_id in self._models
-
-    def all(self) -> list[ModelInfo]:
-        return list(self._models.values())
 
     def find(self, model_id: str) -> ModelInfo | None:
         return self._models.get(model_id)

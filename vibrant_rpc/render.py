@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 from rich.console import Console
@@ -24,7 +24,11 @@ from .cache import CacheStats, PartialDownload, RemovalResult
 from .manifest import ManifestEntry
 from .progress import Progress as DownloadProgress
 from .units import format_bytes
-from .updates import UpdateCheck
+
+if TYPE_CHECKING:
+    # Only a type here: the updates module brings the HTTP client, which costs a sixth
+    # of a second that commands without the network needn't pay.
+    from .updates import UpdateCheck
 
 INTERRUPTED_DOWNLOAD = (
     "Download interrupted. What was downloaded is kept: run the same command again to resume."

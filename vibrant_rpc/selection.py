@@ -29,8 +29,11 @@ def label(model: ModelInfo) -> str:
     return text or model.id
 
 
-def _size_key(model: ModelInfo) -> tuple[int, int]:
-    return (model.ram_required_mb, model.file_size_mb or 0)
+def size_key(model: ModelInfo, size_bytes: int | None = None) -> tuple[int, int]:
+    """Models in order of the memory they need, then of their size: the bytes on disk when
+    known, else the registry's estimate."""
+    on_disk = size_bytes if size_bytes is not None else (model.file_size_mb or 0) * 1_000_000
+    return (model.ram_required_mb, on_disk)
 
 
 def select_model(
@@ -41,7 +44,7 @@ def select_model(
     Recommended models are preferred; deprecated ones are never chosen. When the
     memory free right now is known, a warning says if loading would squeeze the OS.
     """
-    candidates = sorted((m for m in models if not m.deprecated), key=_size_key)
+    candidates = sorted((m for m in models if not m.deprecated), key=size_key)
     usable = max(0, ram_bytes - OS_BUFFER_BYTES)
     head = f"{format_gib(ram_bytes)} total, {format_gib(usable)} usable"
     fits = [m for m in candidates if m.ram_required_bytes <= usable]
@@ -63,7 +66,7 @@ def select_model(
     recommended = [m for m in fits if m.recommended]
     chosen = (recommended or fits)[-1]
     pool = [m for m in candidates if m.recommended] if recommended else candidates
-    bigger = [m for m in pool if _size_key(m) > _size_key(chosen)]
+    bigger = [m for m in pool if size_key(m) > size_key(chosen)]
     if bigger:
         nxt = bigger[0]
         why = f"{label(nxt)} needs {format_gib(nxt.ram_required_bytes)}; chose {label(chosen)}"

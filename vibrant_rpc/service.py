@@ -1,29 +1,52 @@
 """The server's operations as plain Python: protocol Structs in, protocol Structs out.
 
 Nothing here knows of pygls or asyncio; the server decodes params, runs these
-(blocking ones on its own worker threads) and encodes what they return. The CLI's
-facade (``Vibrant``), the lifecycle and the download jobs do the work.
+(blocking ones on its own worker threads) and encodes what they return. The facade
+(``Vibrant``), the lifecycle and the download jobs do the work. The policy of a
+long-running server lives here too: what runs at start-up (stale partials, the
+llama.cpp warm-up, the weekly update check and ``autoUpdate``) and the one teardown.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from . import protocol as p
-from .app import DownloadResult, ModelStatus, Vibrant
-from .download_jobs import DownloadJob, DownloadJobs
-from .errors import VibrantError
-from .lifecycle import Cancelled, Lifecycle, StateChange
-from .progress import Progress
+from .app import ModelStatus, Vibrant
+from .config import Settings
+from .download.jobs import DownloadJobs, Ticket
+from .errors import Cancelled, VibrantError
+from .lifecycle import Lifecycle, StateChange
+from .offline import is_offline
+from .progress import Progress, ProgressCallback
 from .runtime import CompletionRequest, LoadOptions
 
 if TYPE_CHECKING:
+    from .download.downloader import DownloadResult
     from .updates import UpdateInfo
+
+log = logging.getLogger(__name__)
+
+UPDATE_POLL_S = 6 * 3600  # how often a long-running server asks whether a week has passed
+
+
+class Events(Protocol):
+    """What the service tells the editor unasked (the server sends them as notifications).
+    Called from any thread."""
+
+    def model_state_changed(self, change: p.ModelStateChanged) -> None: ...
+
+    def download_progress(self, progress: p.DownloadProgress) -> None: ...
+
+    def update_available(self, update: p.UpdateAvailable) -> None: ...
 
 
 def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
@@ -102,10 +125,128 @@ def update_entry(u: UpdateInfo) -> p.UpdateEntry:
 
 
 class Service:
-    def __init__(self, app: Vibrant, lifecycle: Lifecycle, downloads: DownloadJobs) -> None:
+    def __init__(
+        self,
+        app: Vibrant,
+        lifecycle: Lifecycle,
+        downloads: DownloadJobs,
+        *,
+        pool: Executor | None = None,
+        events: Events | None = None,
+    ) -> None:
         self.app = app
         self.lifecycle = lifecycle
         self.downloads = downloads
+        self._pool = pool
+        self._events = events
+        self._timer: threading.Timer | None = None
+        self._closed = threading.Event()
+
+    @classmethod
+    def build(cls, settings: Settings, pool: Executor, events: Events) -> Service:
+        """Registry, cache, lifecycle and download jobs for a server (blocking: a worker)."""
+        app = Vibrant(settings=settings)
+
+        def state_changed(change: StateChange) -> None:
+            events.model_state_changed(model_state(change))
+            reason = f" ({change.reason})" if change.reason else ""
+            log.info("model %s: %s%s", change.model_id, change.state, reason)
+
+        def fetch(
+            model_id: str, update: bool, progress: ProgressCallback, cancel: threading.Event
+        ) -> DownloadResult:
+            if update:
+                return app.update_model(model_id, progress, cancel)
+            return app.download(model_id, progress, cancel)
+
+        def resolve(model_id: str, update: bool) -> str:
+            resolved = app.resolve_id(model_id)
+            if update:
+                app.cache.require(resolved)
+            return resolved
+
+        downloads = DownloadJobs(
+            fetch,
+            resolve,
+            pool,
+            on_progress=lambda progress: events.download_progress(download_progress(progress)),
+        )
+        lifecycle = Lifecycle(app, on_change=state_changed)
+        for warning in app.warnings:
+            log.warning("%s", warning)
+        return cls(app, lifecycle, downloads, pool=pool, events=events)
+
+    # -- a server's background work and teardown ---------------------------------------
+
+    def start_background(self) -> None:
+        """Clean stale partials and warm llama.cpp up now; the update check later."""
+        assert self._pool is not None
+        self._pool.submit(self._clean_stale_partials)  # requests need not wait for it
+        self._pool.submit(self._warm_up_runtime)
+        self._check_updates_in(self.app.settings.update_check_delay_s)
+
+    def _clean_stale_partials(self) -> None:
+        # Partial downloads nobody touched for a day go, as the README promises.
+        try:
+            removed = self.app.cache.clean_stale_partials()
+        except Exception:
+            log.exception("cleaning stale partial downloads failed")
+            return
+        if removed.removed:
+            log.info("removed stale partial downloads: %s", ", ".join(removed.removed))
+
+    def _warm_up_runtime(self) -> None:
+        """With a model downloaded, a completion may come soon: import llama.cpp now."""
+        from .runtime import warm_up
+
+        try:
+            if self.app.cache.entries():
+                warm_up()
+        except Exception:  # the first load will say what is wrong, with its own error
+            log.exception("warming up llama.cpp failed")
+
+    def _check_updates_in(self, delay_s: float) -> None:
+        if self._closed.is_set():
+            return
+        pool = self._pool
+        assert pool is not None
+
+        def submit() -> None:
+            with contextlib.suppress(RuntimeError):  # the pool shut down meanwhile
+                pool.submit(self.weekly_update_check)
+
+        self._timer = threading.Timer(delay_s, submit)
+        self._timer.daemon = True  # a pending check never keeps the process alive
+        self._timer.start()
+
+    def weekly_update_check(self) -> None:
+        """At most once a week and never offline: look for updates, tell the editor, and with
+        the autoUpdate setting download them in the background."""
+        if is_offline():  # no network at all, and not even the import of the HTTP client
+            return
+        from .updates import UpdateSchedule
+
+        try:
+            check = UpdateSchedule(self.app.updates).run_if_due()
+        except Exception as err:  # the editor has nothing to do about a failed background check
+            log.info("background update check failed: %s", getattr(err, "message", err))
+            check = None
+        auto = self.app.settings.auto_update
+        for update in check.updates if check else []:
+            if self._events is not None:
+                self._events.update_available(self.update_available(update, auto))
+            if auto:
+                log.info("auto-update: downloading %s in the background", update.model_id)
+                self.downloads.start(update.model_id, update=True)
+        self._check_updates_in(UPDATE_POLL_S)
+
+    def close(self) -> None:
+        """Stop downloads and the update timer, unload the model. Idempotent."""
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.downloads.cancel_all()
+        self.lifecycle.close()
 
     # -- models ------------------------------------------------------------------------
 
@@ -130,13 +271,13 @@ class Service:
 
     def start_download(
         self, params: p.DownloadModelParams, listener: Callable[[Progress], None] | None = None
-    ) -> DownloadJob:
-        return self.downloads.start(params.model_id, listener)
+    ) -> Ticket:
+        return self.downloads.join(params.model_id, listener)
 
     def start_update(
         self, params: p.UpdateModelParams, listener: Callable[[Progress], None] | None = None
-    ) -> DownloadJob:
-        return self.downloads.start(params.model_id, listener, update=True)
+    ) -> Ticket:
+        return self.downloads.join(params.model_id, listener, update=True)
 
     def check_updates(self, params: p.CheckUpdatesParams) -> p.CheckUpdatesResult:
         check = self.app.check_updates(params.model_ids)
@@ -178,7 +319,7 @@ class Service:
 
     # -- the loaded model --------------------------------------------------------------
 
-    def load_options(self, overrides: p.LoadOptions | None) -> LoadOptions | None:
+    def load_options(self, overrides: p.LoadOverrides | None) -> LoadOptions | None:
         if overrides is None:
             return None
         given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}

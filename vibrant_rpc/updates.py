@@ -13,20 +13,19 @@ import re
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import msgspec
 
+from .cache import Cache
+from .download.downloader import Downloader, DownloadResult
+from .download.hub import HubClient, Refs, RevisionInfo
 from .errors import NotCachedError, VibrantError
 from .fsutil import atomic_write
-from .hub import HubClient, Refs, RevisionInfo
 from .manifest import ManifestEntry, ModelVersion, utcnow
 from .offline import is_offline
 from .progress import ProgressCallback
-from .registry import ModelInfo
-
-if TYPE_CHECKING:
-    from .app import DownloadResult, Vibrant
+from .registry import ModelInfo, Registry
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,14 @@ class UpdateState(msgspec.Struct, kw_only=True):
     available: list[UpdateInfo] = []
 
 
-def read_update_state(app: Vibrant) -> UpdateState:
+def read_update_state(path: Path) -> UpdateState:
     with contextlib.suppress(OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return msgspec.json.decode(app.paths.state.read_bytes(), type=UpdateState)
+        return msgspec.json.decode(path.read_bytes(), type=UpdateState)
     return UpdateState()
 
 
-def write_update_state(app: Vibrant, state: UpdateState) -> None:
-    atomic_write(app.paths.state, msgspec.json.encode(state))
+def write_update_state(path: Path, state: UpdateState) -> None:
+    atomic_write(path, msgspec.json.encode(state))
 
 
 def is_pinned(model: ModelInfo) -> bool:
@@ -107,141 +106,148 @@ class _RepoView:
         return sha, size if size is not None else res.size
 
 
-def _record_seen(
-    app: Vibrant, model_id: str, commit: str, files_same: bool, size: int, sha: str | None
-) -> None:
-    now = utcnow()
-    with app.cache.transaction() as manifest:
-        entry = manifest.models.get(model_id)
-        if entry is None:
-            return
-        if all(v.revision != commit for v in entry.versions):
-            entry.versions.append(
-                ModelVersion(revision=commit, seen_at=now, size_bytes=size, sha256=sha)
-            )
-        if files_same:
-            entry.revision = commit
+class Updates:
+    """Update checks and updates of the models in one cache."""
 
+    def __init__(
+        self,
+        registry: Registry,
+        cache: Cache,
+        downloader: Downloader,
+        state_file: Path,
+        *,
+        hub_factory: Callable[[], HubClient] = HubClient,
+    ) -> None:
+        self.registry, self.cache, self.downloader = registry, cache, downloader
+        self.state_file = state_file
+        self.hub_factory = hub_factory
 
-def check_model(app: Vibrant, entry: ManifestEntry, view: _RepoView) -> UpdateInfo | None:
-    """The update for one cached model, or None (recording the commit if only it moved)."""
-    model = app.registry.get(entry.id)
-    revision = model.revision or "main"
-    commit = view.commit_of(revision, model.files[0].filename)
-    if commit is None or commit == entry.revision:
-        return None
-    if any(f.sha256 is None for f in entry.files):
-        entry = app.cache.verify(entry.id, force=False)  # adopted files: hash them once
-    remote = [view.file(commit, f.filename) for f in model.files]
-    current = [f.sha256 for f in entry.files]
-    latest = [sha for sha, _ in remote]
-    size = sum(s or 0 for _, s in remote)
-    same = current == latest
-    _record_seen(app, entry.id, commit, same, size, latest[0])
-    if same:
-        return None
-    changed = [
-        mf.filename
-        for i, mf in enumerate(model.files)
-        if i >= len(current) or current[i] != latest[i]
-    ]
-    return UpdateInfo(
-        model_id=entry.id,
-        current_revision=entry.revision,
-        latest_revision=commit,
-        size_bytes=size,
-        changed_files=changed,
-    )
-
-
-def check_updates(
-    app: Vibrant,
-    model_ids: list[str] | None = None,
-    *,
-    hub_factory: Callable[[], HubClient] = HubClient,
-    clock: Callable[[], datetime] = utcnow,
-) -> UpdateCheck:
-    """Check the cached models (or ``model_ids``) against the Hub; persist what was found."""
-    entries = app.cache.entries()
-    if model_ids is not None:
-        for model_id in model_ids:
-            app.registry.get(model_id)
-            if model_id not in {e.id for e in entries}:
-                raise NotCachedError(
-                    f"{model_id} is not downloaded, so there is nothing to update.",
-                    hint=f"Download it with `vibrant model download {model_id}`.",
-                    modelId=model_id,
+    def _record_seen(
+        self, model_id: str, commit: str, files_same: bool, size: int, sha: str | None
+    ) -> None:
+        now = utcnow()
+        with self.cache.transaction() as manifest:
+            entry = manifest.models.get(model_id)
+            if entry is None:
+                return
+            if all(v.revision != commit for v in entry.versions):
+                entry.versions.append(
+                    ModelVersion(revision=commit, seen_at=now, size_bytes=size, sha256=sha)
                 )
-        entries = [e for e in entries if e.id in model_ids]
-    result = UpdateCheck(updates=[], checked_at=clock())
-    hub = hub_factory()  # raises OfflineError under HF_HUB_OFFLINE, before any request
-    views: dict[str, _RepoView] = {}
-    try:
-        for entry in entries:
-            model = app.registry.find(entry.id)
-            if model is None:
-                continue
-            if is_pinned(model):
-                result.pinned.append(entry.id)
-                continue
-            view = views.setdefault(model.hf_repo, _RepoView(hub, model.hf_repo))
-            try:
-                info = check_model(app, entry, view)
-            except VibrantError as err:
-                result.errors.append(f"{entry.id}: {err.message}")
-                continue
-            if info is not None:
-                result.updates.append(info)
-            elif entry.revision != (app.cache.get(entry.id) or entry).revision:
-                result.moved.append(entry.id)
-    finally:
-        hub.close()
-    state = read_update_state(app)
-    state.last_update_check = result.checked_at
-    checked = {e.id for e in entries}
-    state.available = [u for u in state.available if u.model_id not in checked] + result.updates
-    write_update_state(app, state)
-    return result
+            if files_same:
+                entry.revision = commit
 
-
-def update_model(
-    app: Vibrant,
-    model_id: str,
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-) -> DownloadResult:
-    """Fetch the model's latest files beside the old ones; swap only once verified."""
-    from .downloader import Downloader
-
-    model = app.registry.get(model_id)
-    app.cache.require(model_id)
-    if is_pinned(model):
-        raise VibrantError(
-            f"{model_id} is pinned to a fixed commit or checksum in the registry, so it never "
-            "updates.",
-            hint="Change its revision (or sha256) in your registry to move it.",
-            modelId=model_id,
+    def check_model(self, entry: ManifestEntry, view: _RepoView) -> UpdateInfo | None:
+        """The update for one cached model, or None (recording the commit if only it moved)."""
+        model = self.registry.get(entry.id)
+        revision = model.revision or "main"
+        commit = view.commit_of(revision, model.files[0].filename)
+        if commit is None or commit == entry.revision:
+            return None
+        if any(f.sha256 is None for f in entry.files):
+            entry = self.cache.verify(entry.id, force=False)  # adopted files: hash them once
+        remote = [view.file(commit, f.filename) for f in model.files]
+        current = [f.sha256 for f in entry.files]
+        latest = [sha for sha, _ in remote]
+        size = sum(s or 0 for _, s in remote)
+        same = current == latest
+        self._record_seen(entry.id, commit, same, size, latest[0])
+        if same:
+            return None
+        changed = [
+            mf.filename
+            for i, mf in enumerate(model.files)
+            if i >= len(current) or current[i] != latest[i]
+        ]
+        return UpdateInfo(
+            model_id=entry.id,
+            current_revision=entry.revision,
+            latest_revision=commit,
+            size_bytes=size,
+            changed_files=changed,
         )
-    result = Downloader(app).download(model, progress, cancel, latest=True)
-    state = read_update_state(app)
-    state.available = [u for u in state.available if u.model_id != model_id]
-    write_update_state(app, state)
-    return result
+
+    def check(
+        self, model_ids: list[str] | None = None, *, clock: Callable[[], datetime] = utcnow
+    ) -> UpdateCheck:
+        """Check the cached models (or ``model_ids``) against the Hub; persist what was found."""
+        entries = self.cache.entries()
+        if model_ids is not None:
+            for model_id in model_ids:
+                self.registry.get(model_id)
+                if model_id not in {e.id for e in entries}:
+                    raise NotCachedError(
+                        f"{model_id} is not downloaded, so there is nothing to update.",
+                        hint=f"Download it with `vibrant model download {model_id}`.",
+                        modelId=model_id,
+                    )
+            entries = [e for e in entries if e.id in model_ids]
+        result = UpdateCheck(updates=[], checked_at=clock())
+        hub = self.hub_factory()  # raises OfflineError under HF_HUB_OFFLINE, before any request
+        views: dict[str, _RepoView] = {}
+        try:
+            for entry in entries:
+                model = self.registry.find(entry.id)
+                if model is None:
+                    continue
+                if is_pinned(model):
+                    result.pinned.append(entry.id)
+                    continue
+                view = views.setdefault(model.hf_repo, _RepoView(hub, model.hf_repo))
+                try:
+                    info = self.check_model(entry, view)
+                except VibrantError as err:
+                    result.errors.append(f"{entry.id}: {err.message}")
+                    continue
+                if info is not None:
+                    result.updates.append(info)
+                elif entry.revision != (self.cache.get(entry.id) or entry).revision:
+                    result.moved.append(entry.id)
+        finally:
+            hub.close()
+        state = read_update_state(self.state_file)
+        state.last_update_check = result.checked_at
+        checked = {e.id for e in entries}
+        state.available = [u for u in state.available if u.model_id not in checked] + result.updates
+        write_update_state(self.state_file, state)
+        return result
+
+    def update(
+        self,
+        model_id: str,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> DownloadResult:
+        """Fetch the model's latest files beside the old ones; swap only once verified."""
+        model = self.registry.get(model_id)
+        self.cache.require(model_id)
+        if is_pinned(model):
+            raise VibrantError(
+                f"{model_id} is pinned to a fixed commit or checksum in the registry, so it "
+                "never updates.",
+                hint="Change its revision (or sha256) in your registry to move it.",
+                modelId=model_id,
+            )
+        result = self.downloader.download(model, progress, cancel, latest=True)
+        state = read_update_state(self.state_file)
+        state.available = [u for u in state.available if u.model_id != model_id]
+        write_update_state(self.state_file, state)
+        return result
 
 
 class UpdateSchedule:
     """At most one background check a week, never offline; the clock is injectable."""
 
-    def __init__(self, app: Vibrant, clock: Callable[[], datetime] = utcnow) -> None:
-        self.app, self.clock = app, clock
+    def __init__(self, updates: Updates, clock: Callable[[], datetime] = utcnow) -> None:
+        self.updates, self.clock = updates, clock
 
     def due(self) -> bool:
         if is_offline():
             return False
-        last = read_update_state(self.app).last_update_check
+        last = read_update_state(self.updates.state_file).last_update_check
         return last is None or self.clock() - last >= CHECK_INTERVAL
 
-    def run_if_due(self, hub_factory: Callable[[], HubClient] = HubClient) -> UpdateCheck | None:
-        if not self.due() or not self.app.cache.entries():
+    def run_if_due(self) -> UpdateCheck | None:
+        if not self.due() or not self.updates.cache.entries():
             return None
-        return check_updates(self.app, hub_factory=hub_factory, clock=self.clock)
+        return self.updates.check(clock=self.clock)

@@ -22,15 +22,11 @@ from pathlib import Path
 
 import httpx
 
-from .download_state import FileProgress
-from .errors import DiskFullError, DownloadFailedError, HubUnreachableError
+from ..errors import Cancelled, DiskFullError, DownloadFailedError, HubUnreachableError
 from .hub import HubClient, TransientError, retry_after_seconds
+from .state import FileProgress
 
 MiB = 1024 * 1024
-
-
-class Cancelled(Exception):
-    pass
 
 
 class RangeIgnored(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from .fsutil import atomic_write
+from ..fsutil import atomic_write
 
 STATE_FILE = "state.json"
 
@@ -31,7 +31,7 @@ class FileProgress(msgspec.Struct, kw_only=True):
         return sum(end - start for start, end in self.done)
 
 
-class DownloadState(msgspec.Struct, kw_only=True):
+class PartialState(msgspec.Struct, kw_only=True):
     version: int = 1
     model_id: str
     hf_repo: str
@@ -51,11 +51,11 @@ class DownloadState(msgspec.Struct, kw_only=True):
         return sum(f.size_bytes or 0 for f in self.files)
 
 
-def read_state(folder: Path) -> DownloadState | None:
+def read_state(folder: Path) -> PartialState | None:
     with contextlib.suppress(OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return msgspec.json.decode((folder / STATE_FILE).read_bytes(), type=DownloadState)
+        return msgspec.json.decode((folder / STATE_FILE).read_bytes(), type=PartialState)
     return None
 
 
-def write_state(folder: Path, state: DownloadState) -> None:
+def write_state(folder: Path, state: PartialState) -> None:
     atomic_write(folder / STATE_FILE, msgspec.json.encode(state))

@@ -1,4 +1,4 @@
-"""The Hugging Face Hub, spoken as ``../shared/HUB.md`` describes it.
+"""The Hugging Face Hub, spoken as ``docs/hub-protocol.md`` describes it.
 
 Resolve with a HEAD that doesn't follow redirects; read the commit, the LFS
 SHA-256 and the real size from the ``X-*`` headers; fetch from the CDN host the
@@ -17,12 +17,11 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 import msgspec
 
-from .errors import DownloadFailedError, GatedRepoError, OfflineError
-from .offline import is_offline
+from ..errors import DownloadFailedError, GatedRepoError, OfflineError
+from ..fsutil import is_sha256
+from ..offline import is_offline
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
 class TransientError(Exception):
@@ -232,7 +231,7 @@ class HubClient:
             repo=repo,
             filename=filename,
             commit=r.headers.get("x-repo-commit"),
-            sha256=linked if _SHA256.match(linked) else None,
+            sha256=linked if is_sha256(linked) else None,
             size=int(size_text) if size_text and size_text.isdigit() else None,
             etag=linked or None,
             url=urljoin(url, location) if r.is_redirect and location else url,

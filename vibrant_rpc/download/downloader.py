@@ -4,7 +4,8 @@ A model's files land in ``.downloading/<id>/`` beside a state file; each is
 hashed while it arrives, checked against the registry's or the Hub's SHA-256,
 fsynced, and only then renamed into the models folder and recorded in the
 manifest. One process transfers a model at a time; others wait and share the
-result.
+result. ``Downloader`` is the entry point; each download is a ``_Download`` that
+owns its Hub client, its state, its progress reporter and its cancel event.
 """
 
 from __future__ import annotations
@@ -18,102 +19,79 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
+import msgspec
 from filelock import FileLock, Timeout
 
-from .download_state import DownloadState, FileProgress, read_state, write_state
-from .errors import (
+from ..cache import Cache
+from ..config import Settings
+from ..errors import (
+    Cancelled,
     ChecksumMismatchError,
     DiskFullError,
-    DownloadCancelledError,
     DownloadFailedError,
     HubUnreachableError,
     OfflineError,
 )
-from .fsutil import fsync_dir
+from ..fsutil import fsync_dir
+from ..locks import download_lock
+from ..manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
+from ..offline import is_offline
+from ..paths import Paths
+from ..progress import Progress, ProgressCallback, Reporter
+from ..registry import ModelInfo
+from ..units import format_bytes
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
-from .locks import download_lock
-from .manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
-from .offline import is_offline
-from .progress import Progress, ProgressCallback, ProgressState, SpeedMeter
-from .registry import ModelInfo
-from .transfer import Cancelled, FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
-from .units import format_bytes
-
-if TYPE_CHECKING:
-    from .app import DownloadResult, Vibrant
+from .state import FileProgress, PartialState, read_state, write_state
+from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MiB = 1024 * 1024
-PROGRESS_INTERVAL_S = 0.1
 
 
 def disk_margin(remaining: int) -> int:
     return max(64 * MiB, remaining // 50)
 
 
-class _Reporter:
-    """Aggregates bytes from every connection into at most ~10 progress calls a second."""
+class DownloadResult(msgspec.Struct, kw_only=True):
+    model_id: str
+    paths: list[str]  # absolute paths; the first is what llama.cpp loads
+    size_bytes: int
+    sha256: str  # of the first (or only) file
+    revision: str | None
+    pruned: list[str] = []  # models removed to make room under the size limit
 
-    def __init__(self, model_id: str, total: int, done: int, cb: ProgressCallback | None):
-        self.model_id, self.total, self.done, self.cb = model_id, total, done, cb
-        self.file = ""
-        self.meter = SpeedMeter()
-        self.meter.reset_base(done)
-        self._lock = threading.Lock()
-        self._last = 0.0
 
-    def add(self, n: int) -> None:
-        with self._lock:
-            self.done += n
-            now = time.monotonic()
-            if now - self._last < PROGRESS_INTERVAL_S:
-                return
-            self._last = now
-        self.emit("downloading")
-
-    def emit(self, state: ProgressState) -> None:
-        if self.cb is None:
-            return
-        rate = self.meter.update(self.done)
-        self.cb(
-            Progress(
-                model_id=self.model_id,
-                file=self.file,
-                downloaded_bytes=self.done,
-                total_bytes=self.total,
-                bytes_per_second=rate,
-                eta_seconds=0.0 if state == "done" else self.meter.eta(self.done, self.total),
-                state=state,
-            )
-        )
+def transfer_config(
+    settings: Settings, sleep: Callable[[float], None] = time.sleep
+) -> TransferConfig:
+    return TransferConfig(
+        connections=max(1, settings.download_connections),
+        block_size=max(64 * 1024, settings.download_block_size),
+        idle_timeout=settings.download_idle_timeout_s,
+        backoff_base=settings.download_retry_base_s,
+        sleep=sleep,
+    )
 
 
 class Downloader:
+    """Downloads models into one cache, one transfer per model across processes."""
+
     def __init__(
         self,
-        app: Vibrant,
+        paths: Paths,
+        cache: Cache,
+        config: TransferConfig,
         *,
         hub_factory: Callable[[], HubClient] = HubClient,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.app = app
-        self.paths = app.paths
-        s = app.settings
-        self.config = TransferConfig(
-            connections=max(1, s.download_connections),
-            block_size=max(64 * 1024, s.download_block_size),
-            idle_timeout=s.download_idle_timeout_s,
-            backoff_base=s.download_retry_base_s,
-            sleep=sleep,
-        )
-        self._hub_factory = hub_factory
-
-    # -- entry point ---------------------------------------------------------------------
+        self.paths = paths
+        self.cache = cache
+        self.config = config
+        self.hub_factory = hub_factory
 
     def download(
         self,
@@ -126,7 +104,7 @@ class Downloader:
         """Download ``model`` unless cached. With ``latest`` (an update), fetch the files the
         revision points to now, beside the cached ones, and swap only once verified."""
         cancel = cancel or threading.Event()
-        if not latest and (done := self._cached(model)) is not None:
+        if not latest and (done := self.cached(model)) is not None:
             return done
         if is_offline():
             raise OfflineError(
@@ -141,9 +119,9 @@ class Downloader:
         except Timeout:
             self._wait_for_other(lock, model, progress, cancel)
         try:
-            if not latest and (done := self._cached(model)) is not None:
+            if not latest and (done := self.cached(model)) is not None:
                 return done  # another process finished it while we waited
-            return self._download_locked(model, progress, cancel, latest)
+            return _Download(self, model, progress, cancel, latest).run()
         finally:
             lock.release()
 
@@ -158,7 +136,7 @@ class Downloader:
         last = 0.0
         while True:
             if cancel.is_set():
-                raise DownloadCancelledError(
+                raise Cancelled(
                     f"Stopped waiting for another process's download of {model.id}.",
                     modelId=model.id,
                 )
@@ -173,33 +151,96 @@ class Downloader:
                 progress(
                     Progress(
                         model_id=model.id,
-                        file="",
+                        state="waiting",
                         downloaded_bytes=state.downloaded_bytes if state else 0,
                         total_bytes=state.total_bytes if state else None,
-                        bytes_per_second=0.0,
-                        eta_seconds=None,
-                        state="waiting",
                     )
                 )
 
-    def _cached(self, model: ModelInfo) -> DownloadResult | None:
-        from .app import DownloadResult
-
-        entry = self.app.cache.get(model.id)
+    def cached(self, model: ModelInfo) -> DownloadResult | None:
+        entry = self.cache.get(model.id)
         if entry is None:
             return None
-        paths = self.app.cache.file_paths(entry)
         return DownloadResult(
             model_id=model.id,
-            paths=[str(p) for p in paths],
+            paths=[str(p) for p in self.cache.file_paths(entry)],
             size_bytes=entry.size_bytes,
             sha256=entry.files[0].sha256 or "",
             revision=entry.revision,
         )
 
+
+class _Download:
+    """One model's download, from resolving its files to installing them in the cache."""
+
+    def __init__(
+        self,
+        downloader: Downloader,
+        model: ModelInfo,
+        progress: ProgressCallback | None,
+        cancel: threading.Event,
+        latest: bool,
+    ) -> None:
+        self.owner = downloader
+        self.paths, self.cache, self.config = downloader.paths, downloader.cache, downloader.config
+        self.model = model
+        self.progress = progress
+        self.cancel = cancel
+        self.latest = latest
+        self.folder = self.paths.partial_dir(model.id)
+        self.hub = downloader.hub_factory()
+        self._revision_info: RevisionInfo | None = None
+        self.reporter = Reporter(model.id, None, 0, progress)
+
+    def run(self) -> DownloadResult:
+        model = self.model
+        try:
+            if self.progress:
+                self.progress(
+                    Progress(model_id=model.id, state="resolving", file=model.files[0].filename)
+                )
+            state, resolved = self._prepare()
+            if self.latest and (same := self._unchanged(state)) is not None:
+                shutil.rmtree(self.folder, ignore_errors=True)
+                return same
+            total = state.total_bytes or 0
+            remaining = total - state.downloaded_bytes
+            self._check_disk(remaining)
+            pruned = self.cache.make_room(model, total).removed
+            if pruned:
+                log.warning("removed %s to make room for %s", ", ".join(pruned), model.id)
+            self.reporter = Reporter(model.id, total, state.downloaded_bytes, self.progress)
+            for fp, res in zip(state.files, resolved, strict=True):
+                if fp.complete:
+                    continue
+                self.reporter.file = fp.remote_filename
+                self._fetch_verified(state, fp, res)
+            self.reporter.emit("verifying")
+            entry = self._install(state)
+            self.reporter.emit("done")
+            return DownloadResult(
+                model_id=model.id,
+                paths=[str(self.paths.models / f.path) for f in entry.files],
+                size_bytes=entry.size_bytes,
+                sha256=entry.files[0].sha256 or "",
+                revision=entry.revision,
+                pruned=pruned,
+            )
+        except Cancelled:
+            st = read_state(self.folder)
+            kept = st.downloaded_bytes if st else 0
+            raise Cancelled(
+                f"Download of {model.id} cancelled; {format_bytes(kept)} downloaded so far is "
+                "kept, and the next download resumes there.",
+                modelId=model.id,
+                keptBytes=kept,
+            ) from None
+        finally:
+            self.hub.close()
+
     # -- resolving ------------------------------------------------------------------------
 
-    def _retry(self, what: Callable[[], T], cancel: threading.Event) -> T:
+    def _retry(self, what: Callable[[], T]) -> T:
         """Retry transient failures of a metadata call (three attempts, backoff)."""
         attempt = 0
         while True:
@@ -213,22 +254,25 @@ class Downloader:
                         hint="Check your connection (and HF_ENDPOINT or proxy settings), "
                         "then try again.",
                     ) from None
-                if cancel.is_set():
+                if self.cancel.is_set():
                     raise Cancelled() from None
                 self.config.sleep(self.config.backoff(attempt, err.retry_after))
 
-    def _expected_sha(
-        self,
-        hub: HubClient,
-        model: ModelInfo,
-        index: int,
-        resolved: Resolved,
-        api: Callable[[], RevisionInfo],
-    ) -> str | None:
+    def _api(self) -> RevisionInfo:
+        """The revision API's file list, asked at most once per download."""
+        if self._revision_info is None:
+            revision = self.model.revision or "main"
+            self._revision_info = self._retry(
+                lambda: self.hub.revision_info(self.model.hf_repo, revision)
+            )
+        return self._revision_info
+
+    def _expected_sha(self, index: int, resolved: Resolved) -> str | None:
+        model = self.model
         registry_sha = model.files[index].sha256
         hub_sha = resolved.sha256
         if hub_sha is None:
-            hub_sha, _ = api().file_sha256(resolved.filename)
+            hub_sha, _ = self._api().file_sha256(resolved.filename)
         if registry_sha and hub_sha and registry_sha != hub_sha:
             raise ChecksumMismatchError(
                 f"{model.id}: the registry says {resolved.filename} has SHA-256 {registry_sha}, "
@@ -242,90 +286,15 @@ class Downloader:
             )
         return registry_sha or hub_sha
 
-    # -- the transfer -------------------------------------------------------------------
-
-    def _download_locked(
-        self,
-        model: ModelInfo,
-        progress: ProgressCallback | None,
-        cancel: threading.Event,
-        latest: bool = False,
-    ) -> DownloadResult:
-        from .app import DownloadResult
-
-        folder = self.paths.partial_dir(model.id)
-        hub = self._hub_factory()
-        try:
-            if progress:
-                progress(
-                    Progress(
-                        model_id=model.id,
-                        file=model.files[0].filename,
-                        downloaded_bytes=0,
-                        total_bytes=None,
-                        bytes_per_second=0.0,
-                        eta_seconds=None,
-                        state="resolving",
-                    )
-                )
-            state, resolved = self._prepare(hub, model, folder, cancel)
-            if latest and (same := self._unchanged(model, state)) is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-                return same
-            total = state.total_bytes or 0
-            remaining = total - state.downloaded_bytes
-            self._check_disk(model, remaining)
-            pruned = self.app.cache.make_room(model, total).removed
-            if pruned:
-                log.warning("removed %s to make room for %s", ", ".join(pruned), model.id)
-            reporter = _Reporter(model.id, total, state.downloaded_bytes, progress)
-            for fp, res in zip(state.files, resolved, strict=True):
-                if fp.complete:
-                    continue
-                reporter.file = fp.remote_filename
-                self._fetch_verified(hub, model, folder, state, fp, res, reporter, cancel)
-            reporter.emit("verifying")
-            entry = self._install(model, folder, state)
-            reporter.emit("done")
-            return DownloadResult(
-                model_id=model.id,
-                paths=[str(self.paths.models / f.path) for f in entry.files],
-                size_bytes=entry.size_bytes,
-                sha256=entry.files[0].sha256 or "",
-                revision=entry.revision,
-                pruned=pruned,
-            )
-        except Cancelled:
-            st = read_state(folder)
-            kept = st.downloaded_bytes if st else 0
-            raise DownloadCancelledError(
-                f"Download of {model.id} cancelled; {format_bytes(kept)} downloaded so far is "
-                "kept, and the next download resumes there.",
-                modelId=model.id,
-                keptBytes=kept,
-            ) from None
-        finally:
-            hub.close()
-
-    def _prepare(
-        self, hub: HubClient, model: ModelInfo, folder: Path, cancel: threading.Event
-    ) -> tuple[DownloadState, list[Resolved]]:
+    def _prepare(self) -> tuple[PartialState, list[Resolved]]:
         """Resolve every file (pinned to one commit) and line up any earlier partial data."""
+        model, folder = self.model, self.folder
         revision = model.revision or "main"
-        api_info: list[RevisionInfo] = []
-
-        def api() -> RevisionInfo:
-            if not api_info:
-                api_info.append(
-                    self._retry(lambda: hub.revision_info(model.hf_repo, revision), cancel)
-                )
-            return api_info[0]
-
         resolved: list[Resolved] = []
         commit: str | None = None
         for mf in model.files:
             rev = commit or revision
-            res = self._retry(partial(hub.resolve, model.hf_repo, rev, mf.filename), cancel)
+            res = self._retry(partial(self.hub.resolve, model.hf_repo, rev, mf.filename))
             commit = commit or res.commit
             resolved.append(res)
 
@@ -335,10 +304,10 @@ class Downloader:
         for i, (mf, res, name) in enumerate(
             zip(model.files, resolved, model.local_filenames(), strict=True)
         ):
-            sha = self._expected_sha(hub, model, i, res, api)
+            sha = self._expected_sha(i, res)
             size = res.size if res.size is not None else mf.size_bytes
             if size is None:
-                size = api().file_sha256(mf.filename)[1]
+                size = self._api().file_sha256(mf.filename)[1]
             if size is None:
                 raise DownloadFailedError(
                     f"The Hub did not say the size of {mf.filename} in {model.hf_repo}.",
@@ -348,7 +317,7 @@ class Downloader:
                 name=name, remote_filename=mf.filename, size_bytes=size, sha256=sha, etag=res.etag
             )
             prev = old.files[i] if old and i < len(old.files) else None
-            if prev is not None and self._same_file(prev, fp):
+            if prev is not None and _same_file(prev, fp):
                 fp.done, fp.complete = prev.done, prev.complete
                 if fp.complete and not (folder / f"{name}.part").is_file():
                     fp.done, fp.complete = [], False
@@ -357,7 +326,7 @@ class Downloader:
                 with contextlib.suppress(FileNotFoundError):
                     (folder / f"{name}.part").unlink()
             files.append(fp)
-        state = DownloadState(
+        state = PartialState(
             model_id=model.id,
             hf_repo=model.hf_repo,
             commit=commit,
@@ -369,43 +338,28 @@ class Downloader:
         write_state(folder, state)
         return state, resolved
 
-    @staticmethod
-    def _same_file(prev: FileProgress, new: FileProgress) -> bool:
-        """The partial bytes may be kept only if upstream is still the very same file."""
-        if prev.remote_filename != new.remote_filename or prev.size_bytes != new.size_bytes:
-            return False
-        if prev.sha256 and new.sha256:
-            return prev.sha256 == new.sha256
-        return prev.etag is not None and prev.etag == new.etag
-
-    def _check_disk(self, model: ModelInfo, remaining: int) -> None:
-        self.paths.models.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.paths.models).free
+    def _check_disk(self, remaining: int) -> None:
+        models = self.paths.models
+        models.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(models).free
         needed = remaining + disk_margin(remaining)
         if free < needed:
             raise DiskFullError(
-                f"Not enough disk space for {model.id}: {format_bytes(needed)} is needed in "
-                f"{self.paths.models} ({format_bytes(remaining)} left to download plus a margin), "
+                f"Not enough disk space for {self.model.id}: {format_bytes(needed)} is needed in "
+                f"{models} ({format_bytes(remaining)} left to download plus a margin), "
                 f"but only {format_bytes(free)} is free.",
                 hint="Free some space, remove models with `vibrant model remove <id>`, or move "
                 "the cache with VIBRANT_HOME.",
-                modelId=model.id,
+                modelId=self.model.id,
                 neededBytes=needed,
                 freeBytes=free,
-                path=str(self.paths.models),
+                path=str(models),
             )
 
-    def _fetch_verified(
-        self,
-        hub: HubClient,
-        model: ModelInfo,
-        folder: Path,
-        state: DownloadState,
-        fp: FileProgress,
-        res: Resolved,
-        reporter: _Reporter,
-        cancel: threading.Event,
-    ) -> None:
+    # -- the transfer -------------------------------------------------------------------
+
+    def _fetch_verified(self, state: PartialState, fp: FileProgress, res: Resolved) -> None:
+        model, folder, reporter = self.model, self.folder, self.reporter
         part = folder / f"{fp.name}.part"
         size = fp.size_bytes or 0
         mismatches = 0
@@ -414,8 +368,7 @@ class Downloader:
             if not refresh:
                 return res.url
             fresh = self._retry(
-                lambda: hub.resolve(model.hf_repo, state.commit or "main", fp.remote_filename),
-                cancel,
+                lambda: self.hub.resolve(model.hf_repo, state.commit or "main", fp.remote_filename)
             )
             if fresh.etag != res.etag or fresh.size != res.size:
                 raise RemoteChanged("the file changed upstream")
@@ -428,7 +381,7 @@ class Downloader:
         config = self.config
         while True:
             transfer = FileTransfer(
-                hub, url, part, fp, size, config, cancel, reporter.add, checkpoint
+                self.hub, url, part, fp, size, config, self.cancel, reporter.add, checkpoint
             )
             try:
                 digest = transfer.run()
@@ -466,26 +419,30 @@ class Downloader:
                 )
             log.warning("%s failed its checksum; downloading it once more", fp.remote_filename)
 
-    def _unchanged(self, model: ModelInfo, state: DownloadState) -> DownloadResult | None:
+    # -- installing ---------------------------------------------------------------------
+
+    def _unchanged(self, state: PartialState) -> DownloadResult | None:
         """An update whose files are the ones cached: only the recorded commit moves."""
-        entry = self.app.cache.get(model.id)
+        model_id = self.model.id
+        entry = self.cache.get(model_id)
         if entry is None or [f.sha256 for f in entry.files] != [f.sha256 for f in state.files]:
             return None
-        with self.app.cache.transaction() as manifest:
-            current = manifest.models.get(model.id)
+        with self.cache.transaction() as manifest:
+            current = manifest.models.get(model_id)
             if current is not None and current.revision != state.commit:
                 current.revision = state.commit
-        result = self._cached(model)
+        result = self.owner.cached(self.model)
         assert result is not None
         return result
 
-    def _install(self, model: ModelInfo, folder: Path, state: DownloadState) -> ManifestEntry:
+    def _install(self, state: PartialState) -> ManifestEntry:
         """Move the verified files into place, then record them in the manifest."""
-        previous = self.app.cache.get(model.id)  # before the files appear, or it adopts them
+        model, models = self.model, self.paths.models
+        previous = self.cache.get(model.id)  # before the files appear, or it adopts them
         files: list[ManifestFile] = []
         for fp in state.files:
-            target = self.paths.models / fp.name
-            os.replace(folder / f"{fp.name}.part", target)
+            target = models / fp.name
+            os.replace(self.folder / f"{fp.name}.part", target)
             files.append(
                 ManifestFile(
                     path=fp.name,
@@ -497,8 +454,8 @@ class Downloader:
             )
         if previous is not None:  # an update with fewer or renamed shards: drop the old ones
             for old in set(previous.paths) - {f.path for f in files}:
-                (self.paths.models / old).unlink(missing_ok=True)
-        fsync_dir(self.paths.models)
+                (models / old).unlink(missing_ok=True)
+        fsync_dir(models)
         now = utcnow()
         versions = [
             v for v in (previous.versions if previous else []) if v.revision != state.commit
@@ -521,6 +478,15 @@ class Downloader:
             use_count=previous.use_count if previous else 0,
             versions=versions,
         )
-        self.app.cache.record(entry)
-        shutil.rmtree(folder, ignore_errors=True)
+        self.cache.record(entry)
+        shutil.rmtree(self.folder, ignore_errors=True)
         return entry
+
+
+def _same_file(prev: FileProgress, new: FileProgress) -> bool:
+    """The partial bytes may be kept only if upstream is still the very same file."""
+    if prev.remote_filename != new.remote_filename or prev.size_bytes != new.size_bytes:
+        return False
+    if prev.sha256 and new.sha256:
+        return prev.sha256 == new.sha256
+    return prev.etag is not None and prev.etag == new.etag
