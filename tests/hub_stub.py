@@ -7,7 +7,7 @@ Standard library only.  Two real HTTP/1.1 servers:
 * the *CDN* on 127.0.0.2, which serves blobs by SHA-256 behind signed,
   expiring URLs, with byte ranges.
 
-See ``/work/shared/HUB.md`` for the behaviour this mirrors.  Use it in-process::
+See ``docs/hub-protocol.md`` for the behaviour this mirrors.  Use it in-process::
 
     with HubStub() as stub:
         commit = stub.add_repo("Qwen/X-GGUF", {"x.gguf": b"..."})

@@ -18,9 +18,9 @@ from vibrant_rpc.config import load_settings
 from vibrant_rpc.download.downloader import Downloader, transfer_config
 from vibrant_rpc.errors import (
     CacheFullError,
+    Cancelled,
     ChecksumMismatchError,
     DiskFullError,
-    Cancelled,
     DownloadFailedError,
     GatedRepoError,
     HubUnreachableError,

@@ -17,8 +17,7 @@ import pytest
 from tests.helpers import put_cached, tiny_model, write_registry
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.config import Settings
-from vibrant_rpc.errors import ModelLoadFailedError, NotCachedError
-from vibrant_rpc.errors import Cancelled
+from vibrant_rpc.errors import Cancelled, ModelLoadFailedError, NotCachedError
 from vibrant_rpc.lifecycle import Lifecycle, StateChange
 from vibrant_rpc.locks import is_in_use
 from vibrant_rpc.manifest import utcnow

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -75,8 +76,6 @@ async def test_check_and_update_with_progress(tmp_path: Path) -> None:
 
 
 async def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
     end = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < end, "timed out"
@@ -103,7 +102,7 @@ async def test_weekly_check_notifies_and_auto_updates(tmp_path: Path) -> None:
         latest = hub.publish("test/tiny-a", {"tiny-a.gguf": new})
         client, rec = await start_server(env, now)
         await call(client, "vibrant/status")
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         assert not [r for r in hub.requests if "/api/" in r.path]
         assert rec.of("vibrant/updateAvailable") == []
         await stop_server(client)
@@ -152,7 +151,7 @@ async def test_offline_server_never_touches_the_network(tmp_path: Path) -> None:
             assert code == -31009 and "HF_HUB_OFFLINE" in message
             code, _, _ = await call_error(client, "vibrant/checkUpdates", {})
             assert code == -31009
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
         finally:
             await stop_server(client)
         assert hub.requests == [] and rec.of("vibrant/updateAvailable") == []
@@ -169,7 +168,7 @@ async def test_the_check_waits_after_start_up(tmp_path: Path) -> None:
         client, _ = await start_server(env, {"updateCheckDelayS": 1.5})
         try:
             await call(client, "vibrant/status")
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
             # the editor's first requests don't share the machine with the check
             assert not state.exists() and not [r for r in hub.requests if "/api/" in r.path]
             await _wait(state.exists, timeout=15)

@@ -7,6 +7,8 @@ traceback), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,10 +47,27 @@ class Context:
         sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
         sys.stdout.flush()
 
+    def show(self, value: Any, for_people: Callable[[], object]) -> int:
+        """``value`` as JSON with ``--json``, else what ``for_people`` prints."""
+        if self.json:
+            self.emit_json(value)
+        else:
+            for_people()
+        return EXIT_OK
+
     def warn_all(self) -> None:
         if self._app is not None:
             for warning in self._app.warnings:
                 self.err.print(f"warning: {warning}", markup=False)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("vibrant_rpc")
+    ours.handlers[:] = [handler]
+    ours.setLevel(getattr(logging, level.upper(), logging.WARNING))
+    ours.propagate = False
 
 
 def _size(text: str) -> int:
@@ -71,85 +90,70 @@ def _duration(text: str) -> Any:
 def cmd_list(ctx: Context) -> int:
     scope: Scope = "cached" if ctx.args.cached else "all" if ctx.args.all else "default"
     models = ctx.app.list_models(scope)
-    if ctx.json:
-        ctx.emit_json(models)
-    else:
+
+    def for_people() -> None:
         render.model_table(ctx.out, models)
         try:
             selection = ctx.app.select()
             ctx.out.print(f"This machine: {selection.reason}.", markup=False)
         except VibrantError as err:
             ctx.out.print(f"This machine: {err.message}", markup=False)
-    return EXIT_OK
+
+    return ctx.show(models, for_people)
 
 
 def cmd_info(ctx: Context) -> int:
     status = ctx.app.model_info(ctx.args.model_id)
-    if ctx.json:
-        ctx.emit_json(status)
-    else:
-        render.model_info(ctx.out, status)
-    return EXIT_OK
+    return ctx.show(status, lambda: render.model_info(ctx.out, status))
 
 
 def cmd_select(ctx: Context) -> int:
     selection = ctx.app.select(ctx.args.ram)
-    if ctx.json:
-        ctx.emit_json(selection)
-    else:
+
+    def for_people() -> None:
         model = ctx.app.registry.get(selection.model_id)
         ctx.out.print(f"{selection.model_id}  ({model.name})", markup=False)
         ctx.out.print(f"Why: {selection.reason}.", markup=False)
         if selection.warning:
             ctx.err.print(f"warning: {selection.warning}", markup=False)
-    return EXIT_OK
+
+    return ctx.show(selection, for_people)
 
 
 def cmd_remove(ctx: Context) -> int:
-    freed = ctx.app.remove(ctx.args.model_id)
-    if ctx.json:
-        ctx.emit_json({"model_id": ctx.args.model_id, "freed_bytes": freed})
-    else:
-        ctx.out.print(f"Removed {ctx.args.model_id}, freed {render.size(freed)}.", markup=False)
-    return EXIT_OK
+    model_id = ctx.args.model_id
+    freed = ctx.app.remove(model_id)
+    return ctx.show(
+        {"model_id": model_id, "freed_bytes": freed},
+        lambda: ctx.out.print(f"Removed {model_id}, freed {render.size(freed)}.", markup=False),
+    )
 
 
 def cmd_verify(ctx: Context) -> int:
     entry = ctx.app.verify(ctx.args.model_id)
-    if ctx.json:
-        ctx.emit_json(entry)
-    else:
-        ctx.out.print(f"{entry.id}: OK ({entry.checksum}).", markup=False)
-    return EXIT_OK
+    return ctx.show(
+        entry, lambda: ctx.out.print(f"{entry.id}: OK ({entry.checksum}).", markup=False)
+    )
 
 
 def cmd_cache(ctx: Context) -> int:
     stats = ctx.app.cache_stats()
     entries = ctx.app.cache.entries()
     partials = ctx.app.cache.partials()
-    if ctx.json:
-        ctx.emit_json({"stats": stats, "models": entries, "partials": partials})
-    else:
-        render.cache(ctx.out, stats, entries, partials, usage=ctx.args.usage)
-    return EXIT_OK
+    return ctx.show(
+        {"stats": stats, "models": entries, "partials": partials},
+        lambda: render.cache(ctx.out, stats, entries, partials, usage=ctx.args.usage),
+    )
 
 
 def cmd_cache_clean(ctx: Context) -> int:
     result = ctx.app.clean(ctx.args.older_than)
-    if ctx.json:
-        ctx.emit_json(result)
-    else:
-        render.removal(ctx.out, result)
-    return EXIT_OK
+    return ctx.show(result, lambda: render.removal(ctx.out, result))
 
 
 def cmd_cache_prune(ctx: Context) -> int:
     result = ctx.app.prune(ctx.args.max_size)
-    if ctx.json:
-        ctx.emit_json(result)
-    else:
-        render.removal(ctx.out, result)
-    return EXIT_OK
+    return ctx.show(result, lambda: render.removal(ctx.out, result))
 
 
 def cmd_download(ctx: Context) -> int:
@@ -186,20 +190,14 @@ def cmd_update(ctx: Context) -> int:
     args = ctx.args
     ids = [ctx.app.resolve_id(args.model_id)] if args.model_id else None
     check = ctx.app.check_updates(ids)
-    if args.check or (ids is None and not args.all):
-        if ctx.json:
-            ctx.emit_json(check)
-        else:
+    if args.check or (ids is None and not args.all) or not check.updates:
+
+        def for_people() -> None:
             render.updates(ctx.out, check)
             if ids is None and not args.all and check.updates:
                 ctx.out.print("Run `vibrant model update --all` to update them.", markup=False)
-        return EXIT_OK
-    if not check.updates:
-        if ctx.json:
-            ctx.emit_json(check)
-        else:
-            render.updates(ctx.out, check)
-        return EXIT_OK
+
+        return ctx.show(check, for_people)
     for update in check.updates:
         if ctx.json:
             result = ctx.app.update_model(update.model_id, progress=render.JsonProgress(sys.stdout))
@@ -231,6 +229,13 @@ def cmd_update(ctx: Context) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument(
+        "--log-level",
+        default=os.environ.get("VIBRANT_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        type=str.lower,
+        help="what vibrant logs to stderr (default: $VIBRANT_LOG_LEVEL, else warning)",
+    )
 
     parser = argparse.ArgumentParser(prog="vibrant", description="Local GGUF models for vibrant.")
     top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
@@ -283,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.log_level)
     ctx = Context(args)
     try:
         code: int = args.func(ctx)
