@@ -187,6 +187,7 @@ class RawLsp:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+        self.seen: list[dict[str, Any]] = []  # every message received, in order
 
     @classmethod
     async def start(cls, env: dict[str, str], args: Iterable[str] = ()) -> RawLsp:
@@ -224,6 +225,7 @@ class RawLsp:
         assert length is not None
         data = await asyncio.wait_for(self.proc.stdout.readexactly(length), timeout)
         message: dict[str, Any] = json.loads(data)
+        self.seen.append(message)
         return message
 
     async def reply_to(self, msg_id: Any, timeout: float = 10) -> dict[str, Any]:

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 from lsprotocol import types
-from pygls.io_ import StdinAsyncReader
 from pygls.lsp.server import LanguageServer
 
 from .. import __version__
 from .. import protocol as p
-from .wire import RpcError, VibrantProtocol, Writer, read_messages
+from .wire import FrameReader, RpcError, VibrantProtocol, Writer, read_messages
 
 if TYPE_CHECKING:
     # The backend is imported after `initialize` is answered: an editor waits for that
@@ -87,7 +86,7 @@ class VibrantServer(LanguageServer):
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         """Like pygls' own, with our framing loop (error replies for malformed input)."""
-        reader = StdinAsyncReader(stdin or sys.stdin.buffer, self.thread_pool)
+        reader = FrameReader(stdin or sys.stdin.buffer, self.thread_pool)
         self.protocol.set_writer(Writer(stdout or sys.stdout.buffer))
 
         async def serve() -> None:

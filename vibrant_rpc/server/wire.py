@@ -7,6 +7,7 @@ wrong gets an error reply (when it has an id to answer) and the server reads on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -14,9 +15,7 @@ import re
 import threading
 from typing import Any
 
-from lsprotocol import types
 from pygls.exceptions import JsonRpcException
-from pygls.io_ import StdinAsyncReader
 from pygls.protocol import LanguageServerProtocol
 
 from .. import protocol as p
@@ -53,6 +52,10 @@ class DropExpectedErrors(logging.Filter):
         return not isinstance(exc, RpcError)
 
 
+# Request methods a notification must not run (LSP's own, and every vibrant/* method).
+_LSP_REQUESTS = {"initialize", "shutdown"}
+
+
 class VibrantProtocol(LanguageServerProtocol):
     """pygls' protocol, but params of ``vibrant/*`` stay raw JSON (we decode them with
     msgspec, naming bad fields) and malformed messages get error replies."""
@@ -72,18 +75,41 @@ class VibrantProtocol(LanguageServerProtocol):
             err.data = {"kind": "MethodNotFound", "method": feature_name}
             raise
 
-    def reply_error(self, msg_id: Any, code: int, message: str) -> None:
+    def _knows(self, method: str) -> bool:
+        try:
+            self._get_handler(method)
+        except JsonRpcException:
+            return False
+        return True
+
+    def reply_error(
+        self, msg_id: Any, code: int, message: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """An error reply written as JSON-RPC 2.0 has it: with ``"id": null`` when the
+        request's id is unknown (pygls' serialiser would leave the member out)."""
         kind = next((e.kind for e in p.ERROR_CODES if e.code == code), "Error")
-        self._send_response(
-            msg_id, error=types.ResponseError(code=code, message=message, data={"kind": kind})
-        )
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": msg_id,
+                "error": {"code": code, "message": message, "data": data or {"kind": kind}},
+            }
+        ).encode()
+        if self.writer is not None:
+            self.writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
     def handle_body(self, body: bytes) -> None:
         """One message body: parse, check the envelope, dispatch; never raises."""
         try:
             data = json.loads(body)
+        except UnicodeDecodeError as err:
+            self._not_utf8(body, err)
+            return
         except (ValueError, RecursionError) as err:
             self.reply_error(None, p.PARSE_ERROR, f"Parse error: {err}")
+            return
+        if isinstance(data, list):
+            self.reply_error(None, p.INVALID_REQUEST, "Batches are not supported.")
             return
         if not isinstance(data, dict):
             self.reply_error(None, p.INVALID_REQUEST, "A message must be a JSON object.")
@@ -92,12 +118,37 @@ class VibrantProtocol(LanguageServerProtocol):
         if msg_id is not None and (not isinstance(msg_id, int | str) or isinstance(msg_id, bool)):
             self.reply_error(None, p.INVALID_REQUEST, "`id` must be a string or an integer.")
             return
-        method = data.get("method")
-        is_request = "id" in data and "method" in data
-        if data.get("jsonrpc") != "2.0" or ("method" in data and not isinstance(method, str)):
-            if "id" in data:
-                self.reply_error(msg_id, p.INVALID_REQUEST, "Not a JSON-RPC 2.0 message.")
+        problem = _envelope_problem(data)
+        if problem is not None:
+            if "result" not in data and "error" not in data:  # never answer a response
+                self.reply_error(msg_id, p.INVALID_REQUEST, problem)
             return
+        method = data.get("method")
+        if method is None:  # a response to one of our requests
+            self._dispatch(data, None, False)
+            return
+        is_request = "id" in data
+        if is_request and self._shutdown and method != "exit":
+            self.reply_error(msg_id, p.INVALID_REQUEST, "The server is shutting down.")
+            return
+        if not self._knows(method):
+            if is_request:
+                self.reply_error(
+                    msg_id,
+                    p.METHOD_NOT_FOUND,
+                    f"Unhandled method {method}",
+                    {"kind": "MethodNotFound", "method": method},
+                )
+            elif not method.startswith("$/"):
+                log.info("ignoring notification of unknown method %s", method)
+            return
+        if not is_request and (method in p.METHOD_TABLE or method in _LSP_REQUESTS):
+            log.warning("%s is a request, sent as a notification: ignored", method)
+            return
+        self._dispatch(data, method, is_request)
+
+    def _dispatch(self, data: dict[str, Any], method: str | None, is_request: bool) -> None:
+        msg_id = data.get("id")
         try:
             message = self.structure_message(data)
         except Exception as err:  # lsprotocol could not structure an LSP message's params
@@ -113,9 +164,41 @@ class VibrantProtocol(LanguageServerProtocol):
         except SystemExit:
             raise  # the `exit` notification
         except Exception:
-            log.exception("failed to handle %s", method)
+            log.exception("failed to handle %s", method or "a response")
             if is_request:
                 self.reply_error(msg_id, p.INTERNAL_ERROR, f"Internal error in {method}.")
+
+    def _not_utf8(self, body: bytes, err: UnicodeDecodeError) -> None:
+        """A body that is not UTF-8 is a parse error; but when the rest parses, answer the
+        request by its id, so that the editor's request does not wait forever."""
+        reason = f"The message is not valid UTF-8 (byte {err.start} is {body[err.start]:#04x})."
+        try:
+            data = json.loads(body.decode("utf-8", errors="replace"))
+        except (ValueError, RecursionError):
+            data = None
+        msg_id = data.get("id") if isinstance(data, dict) else None
+        if isinstance(msg_id, int | str) and not isinstance(msg_id, bool):
+            self.reply_error(
+                msg_id,
+                InvalidParams.code,
+                f"Invalid params: {reason} Send text as UTF-8.",
+                {"kind": InvalidParams.kind, "field": "", "reason": reason},
+            )
+        else:
+            self.reply_error(None, p.PARSE_ERROR, f"Parse error: {reason}")
+
+
+def _envelope_problem(data: dict[str, Any]) -> str | None:
+    """Why ``data`` is not a JSON-RPC 2.0 request, notification or response (None: it is)."""
+    if data.get("jsonrpc") != "2.0":
+        return 'Not a JSON-RPC 2.0 message: `jsonrpc` must be "2.0".'
+    if "method" in data:
+        if not isinstance(data["method"], str):
+            return "`method` must be a string."
+        return None  # params that are not an object are the handler's -32602
+    if "id" in data and ("result" in data) != ("error" in data):
+        return None  # a response
+    return "A message needs a `method` (or, for a response, an `id` and a result or error)."
 
 
 class _RawRequest:
@@ -158,35 +241,115 @@ class Writer:
                 self._out.close()
 
 
-_CONTENT_LENGTH = re.compile(rb"^content-length:\s*(\d+)\s*$", re.IGNORECASE)
+_CONTENT_LENGTH = re.compile(rb"content-length:", re.IGNORECASE)
+_DIGITS = re.compile(rb"^[0-9]{1,19}$")
+MAX_HEADER_LINE = 64 * 1024  # a "header" longer than this is not one: resynchronise
+_CHUNK = 1 << 16
 
 
-async def read_messages(reader: StdinAsyncReader, protocol: VibrantProtocol) -> None:
-    """LSP framing (``Content-Length`` headers, then the body) until EOF or ``exit``."""
-    length: int | None = None
+class FrameReader:
+    """Buffered reads from stdin on a worker thread, with a way to resynchronise on the
+    next ``Content-Length`` header after garbage."""
+
+    def __init__(self, stdin: Any, executor: Any) -> None:
+        self._stdin, self._executor = stdin, executor
+        self._buf = bytearray()
+        self._eof = False
+
+    async def _fill(self) -> bool:
+        if self._eof:
+            return False
+        loop = asyncio.get_running_loop()
+        read = getattr(self._stdin, "read1", self._stdin.read)
+        chunk = await loop.run_in_executor(self._executor, read, _CHUNK)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    async def readline(self) -> bytes | None:
+        """One header line; None at EOF; b"" stands for a line too long to be a header."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[: end + 1])
+                del self._buf[: end + 1]
+                return line
+            if len(self._buf) > MAX_HEADER_LINE:
+                return b""
+            if not await self._fill():
+                if self._buf:  # a last line without its newline
+                    line = bytes(self._buf)
+                    self._buf.clear()
+                    return line
+                return None
+
+    async def readexactly(self, n: int) -> bytes | None:
+        while len(self._buf) < n:
+            if not await self._fill():
+                return None
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def skip_to_next_header(self) -> bool:
+        """Drop bytes up to the next ``Content-Length:``, in bounded memory; False at EOF."""
+        keep = len(b"content-length:") - 1
+        while True:
+            m = _CONTENT_LENGTH.search(self._buf)
+            if m is not None:
+                del self._buf[: m.start()]
+                return True
+            if len(self._buf) > keep:
+                del self._buf[: len(self._buf) - keep]
+            if not await self._fill():
+                return False
+
+
+async def read_messages(reader: FrameReader, protocol: VibrantProtocol) -> None:
+    """LSP framing (``Content-Length`` headers, then the body) until EOF or ``exit``.
+
+    A header block without a usable length, or announcing more than MAX_MESSAGE_BYTES, gets
+    an error reply; then the reader skips to the next ``Content-Length`` header. It never
+    stops reading while the editor is there.
+    """
     while True:
-        line = await reader.readline()
-        if not line:
-            return  # EOF: the editor went away
-        if m := _CONTENT_LENGTH.match(line.strip()):
-            length = int(m.group(1))
+        length: bytes | None = None
+        seen_header = False
+        while True:
+            line = await reader.readline()
+            if line is None:
+                return  # EOF: the editor went away
+            stripped = line.strip()
+            if not stripped:
+                if line == b"":  # a line too long to be a header: garbage
+                    seen_header = True
+                    length = b"(garbage)"
+                    break
+                if seen_header:
+                    break
+                continue  # blank lines between messages
+            seen_header = True
+            # Anywhere in the line: after a body whose length was wrong, the rest of that
+            # body comes first and the next message's header is glued to its end.
+            if (m := _CONTENT_LENGTH.search(stripped)) is not None:
+                length = stripped[m.end() :].strip()
+        if length is None or not _DIGITS.match(length):
+            what = "missing" if length is None else f"invalid ({length[:40]!r})"
+            protocol.reply_error(None, p.PARSE_ERROR, f"Parse error: Content-Length {what}.")
+            if not await reader.skip_to_next_header():
+                return
             continue
-        if line.strip():
-            continue  # another header (Content-Type): nothing to do
-        if length is None:
-            continue  # a blank line without a length: skip it
-        size, length = length, None
+        size = int(length)
         if size > MAX_MESSAGE_BYTES:
-            while size > 0:  # skip it in pieces rather than hold it in memory
-                chunk = await reader.readexactly(min(size, 1 << 20))
-                if not chunk:
-                    return
-                size -= len(chunk)
             protocol.reply_error(
                 None, p.INVALID_REQUEST, f"Message larger than {MAX_MESSAGE_BYTES} bytes."
             )
+            if not await reader.skip_to_next_header():
+                return
             continue
         body = await reader.readexactly(size)
-        if len(body) < size:
+        if body is None:
             return
         protocol.handle_body(body)
