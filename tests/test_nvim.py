@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.editor_window import check_window, natural_start, utf8_starts
 from tests.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.hub_stub import HubStub
 
@@ -348,11 +349,6 @@ DEFAULTS = {
 MIX = "é中文😀x"  # 2-, 3- and 4-byte characters
 
 
-def char_starts(b: bytes) -> list[int]:
-    """Byte offsets where a character of the (valid UTF-8) b begins, and len(b)."""
-    return [i for i in range(len(b)) if b[i] & 0xC0 != 0x80] + [len(b)]
-
-
 def run_window_cases(
     tmp_path: Path, docs: list[list[bytes]], cases: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -379,56 +375,11 @@ def run_window_cases(
     return out
 
 
-def natural_start(row: int, opts: dict[str, int]) -> int:
-    start = max(0, row - opts["prefix_lines"])
-    return start - start % opts["window_step"]
-
-
-def check_window(lines: list[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
-    """What the server receives: strict UTF-8, whole lines unless one line alone is over
-    the cap, as many as fit, the text right before and after the cursor."""
-    row, col, opts = case["row"], case["col"], {**DEFAULTS, **case["opts"]}
-    prompt, suffix = r["prompt"], r["suffix"]
-    what = (
-        f"row {row} col {col} opts {case['opts']}: rows {r['start_row']}..{r['end_row']}, "
-        f"prompt {len(prompt)} B, suffix {len(suffix)} B, cut {r['prompt_cut']}/{r['suffix_cut']}"
-    )
-    prompt.decode("utf-8"), suffix.decode("utf-8")  # raises on a broken character
-    head, tail = lines[row][:col], lines[row][col:]
-    pcap, scap, step = opts["max_prefix_chars"], opts["max_suffix_chars"], opts["window_step"]
-    nat, start = natural_start(row, opts), r["start_row"]
-    assert nat <= start <= row, what
-    assert len(prompt) <= pcap, what
-
-    def before(first: int) -> bytes:
-        return b"\n".join([*lines[first:row], head])
-
-    if r["prompt_cut"]:
-        # One line's head alone is over the cap: its longest tail that begins a character.
-        assert start == row and len(head) > pcap, what
-        assert head.endswith(prompt), what
-        cut = len(head) - len(prompt)
-        starts = char_starts(head)
-        assert cut in starts, what
-        assert len(head) - max(s for s in starts if s < cut) > pcap, what
-    else:
-        assert prompt == before(start), what
-        if start > nat:  # lines were dropped: one step more would not fit
-            assert len(before(max(nat, start - step))) > pcap, what
-            assert (start - nat) % step == 0 or row - start < step, what
-    end = r["end_row"]
-    assert row < end <= min(len(lines), row + 1 + opts["suffix_lines"]), what
-    assert len(suffix) <= scap, what
-    if r["suffix_cut"]:
-        assert end == row + 1 and len(tail) > scap, what
-        assert tail.startswith(suffix), what
-        starts = char_starts(tail)
-        assert len(suffix) in starts, what
-        assert min(s for s in starts if s > len(suffix)) > scap, what
-    else:
-        assert suffix == b"\n".join([tail, *lines[row + 1 : end]]), what
-        if end < min(len(lines), row + 1 + opts["suffix_lines"]):
-            assert len(b"\n".join([tail, *lines[row + 1 : end + 1]])) > scap, what
+def check(lines: list[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
+    """What the server receives: strict UTF-8, and the window tests.editor_window defines."""
+    r["prompt"].decode("utf-8"), r["suffix"].decode("utf-8")  # raises on a broken character
+    opts = {**DEFAULTS, **case["opts"]}
+    check_window(lines, case["row"], case["col"], opts, r, utf8_starts, b"\n")
 
 
 def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
@@ -439,7 +390,7 @@ def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
     cases: list[dict[str, Any]] = []
     long_line = doc[150]
     for cap in range(1, 61):
-        for col in char_starts(long_line)[::7]:
+        for col in utf8_starts(long_line)[::7]:
             cases.append(
                 {
                     "doc": 0,
@@ -451,7 +402,7 @@ def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
     for cap in (10, 50, 100, 333, 1000, 2000, 3000, 4000):
         for row in (0, 1, 31, 32, 149, 151, 257, 300, 399):
             col = len(doc[row]) // 2
-            col = min(s for s in char_starts(doc[row]) if s >= col)
+            col = min(s for s in utf8_starts(doc[row]) if s >= col)
             cases.append(
                 {
                     "doc": 0,
@@ -464,7 +415,7 @@ def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
         cases.append({"doc": 0, "row": row, "col": len(doc[row]), "opts": {}})
     results = run_window_cases(tmp_path, [doc], cases)
     for case, r in zip(cases, results, strict=True):
-        check_window(doc, case, r)
+        check(doc, case, r)
     assert sum(r["prompt_cut"] for r in results) > 100  # the caps did land inside the line
     assert sum(r["suffix_cut"] for r in results) > 100
     # Over the cap with many lines: the start dropped whole steps, not single lines.
@@ -505,7 +456,7 @@ def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
         cases.append({"doc": 0, "row": r, "col": 0, "opts": {"prefix_lines": 50}})
     results = run_window_cases(tmp_path, docs, cases)
     for case, r in zip(cases, results, strict=True):
-        check_window(docs[case["doc"]], case, r)
+        check(docs[case["doc"]], case, r)
     typing = results[: len(typed) - 1]
     assert {r["start_row"] for r in typing} == {natural_start(row, DEFAULTS)}
     for a, b, ch in zip(typing, typing[1:], typed[1:], strict=False):
@@ -531,3 +482,138 @@ def test_window_replaces_bytes_that_are_not_utf8(tmp_path: Path) -> None:
         suffix = r["suffix"].decode("utf-8")
         assert prompt.endswith("ok " + "\ufffd" * len(bad[case["row"] % len(bad)])), prompt
         assert suffix.startswith(" 中"), suffix
+
+
+# Typing in a real Neovim (tests/nvim/typing.lua), with the bytes the server received ------
+
+TYPING_SCRIPT = SCRIPT.with_name("typing.lua")
+TEE = Path(__file__).resolve().parent / "stdio_tee.py"
+
+
+def lsp_messages(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an LSP byte stream; each body must be strict UTF-8."""
+    out = []
+    while raw:
+        header, _, rest = raw.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", header, re.I)[1])  # type: ignore[index]
+        body, raw = rest[:length], rest[length:]
+        out.append(json.loads(body.decode("utf-8")))  # raises on a broken character
+    return out
+
+
+@pytest.fixture(scope="module")
+def typing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("nvim-typing")
+    home = tmp / "home"
+    home.mkdir()
+    registry = tmp / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "id": MODEL,
+                        "hf_repo": "test/gemma",
+                        "filename": "gemma.gguf",
+                        "ram_required_mb": 600,
+                        "recommended": True,
+                    }
+                ]
+            }
+        )
+    )
+    received = tmp / "received.bin"
+    with HubStub() as hub:
+        hub.add_repo("test/gemma", {"gemma.gguf": gemma_path()})
+        env = base_env(home, tmp / "result.json")
+        env.update(
+            VIBRANT_REGISTRY=str(registry),
+            HF_ENDPOINT=hub.endpoint,
+            VIBRANT_TEST_MODEL=MODEL,
+            VIBRANT_TEST_SERVER_CMD=json.dumps(
+                [sys.executable, str(TEE), str(received), "--", str(VENV_BIN / "vibrant-rpc")]
+            ),
+        )
+        data = run_nvim(TYPING_SCRIPT, env, tmp, timeout=240)
+    data["received"] = lsp_messages(received.read_bytes())
+    yield data
+
+
+def completes(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The vibrant/complete params the server received, in order."""
+    return [m["params"] for m in data["received"] if m.get("method") == "vibrant/complete"]
+
+
+def sent(record: dict[str, Any]) -> tuple[str, str]:
+    return bytes.fromhex(record["prompt"]).decode(), bytes.fromhex(record["suffix"]).decode()
+
+
+def test_typing_requests_arrive_whole_and_each_gets_an_answer(typing: dict[str, Any]) -> None:
+    """Everything the server received is strict UTF-8 (lsp_messages decodes it so), each
+    request is the one the plugin built, and every one was answered with a completion."""
+    records = [*typing["typing"], *typing["rows"]]
+    for c in typing["cuts"]:
+        records += [c["at_end"], c["at_start"]]
+    records.append(typing["ghost"]["suggestion"])
+    got = completes(typing)
+    assert len(got) >= len(records)
+    assert [(p["prompt"], p["suffix"]) for p in got[: len(records)]] == [sent(r) for r in records]
+    assert [r.get("err") for r in records] == [None] * len(records)
+    assert all(isinstance(r.get("text"), str) for r in records), records  # answered
+
+
+def test_typing_keeps_the_window_start(typing: dict[str, Any]) -> None:
+    lines: list[str] = typing["lines"]
+    first, *typed = typing["typing"]
+    assert first["start_row"] == 48  # (100 - 40) rounded down to a multiple of 16
+    prompt, suffix = sent(first)
+    assert prompt == "\n".join(lines[48:101])
+    assert suffix == "\n".join(["", *lines[101:109]])
+    for r in typed:
+        assert r["start_row"] == 48
+        new_prompt, _ = sent(r)
+        assert new_prompt == prompt + r["typed"]  # only appended: the cached start holds
+        prompt = new_prompt
+    assert [r["start_row"] for r in typing["rows"]] == [48, 64, 64, 64]
+    lines[100] += "".join(r["typed"] for r in typed)
+    for r in typing["rows"]:
+        p, _ = sent(r)
+        assert p == "\n".join([*lines[r["start_row"] : r["row"]], lines[r["row"]][:2]])
+
+
+def test_typing_caps_cut_between_characters(typing: dict[str, Any]) -> None:
+    """A cap one byte into é, 中 or 😀: ten whole characters are sent, not the broken one
+    (Neovim used to send it, and the request was never answered)."""
+    for c in typing["cuts"]:
+        ch, cap = c["char"], c["cap"]
+        prompt, _ = sent(c["at_end"])
+        _, suffix = sent(c["at_start"])
+        assert prompt == ch * 10, (ch, cap, prompt)
+        assert suffix == ch * 10, (ch, cap, suffix)
+        assert len(prompt.encode()) == cap - 1
+
+
+def test_typed_through_keeps_showing_the_rest(typing: dict[str, Any]) -> None:
+    g = typing["ghost"]
+    text = g["suggestion"]["shown"]
+    assert text and len(text) > 1, g  # Gemma suggested something to type through
+    assert g["shown_before"] == text
+    assert [m["text"] for m in g["marks_before"]] == [text]
+    rest = text[len(g["typed"]) :]
+    assert g["shown_after"] == rest
+    assert [m["text"] for m in g["marks_after"]] == [rest]
+    # Drawn at the cursor, which moved past the typed character.
+    assert g["marks_after"][0]["col"] == g["cursor"][1]
+    # No request was made for it: the record says typed through, and nothing was sent.
+    assert g["new_records"] == [{"typed_through": True, "shown": rest}]
+    print(f"ghost text followed the typing in {g['follow_ms']:.1f} ms")
+    assert "\n".join(g["accepted"]) == '    """Say hello to name."""\n    print('.join(
+        ["def greet(name):\n", text]
+    ), g["accepted"]
+    assert g["marks_after_accept"] == []
+
+
+def test_automatic_suggestion_after_a_pause(typing: dict[str, Any]) -> None:
+    auto = typing["auto"]
+    assert auto.get("err") is None
+    assert bytes.fromhex(auto["prompt"]).decode() == "def add(a, b):\n    return a"

@@ -170,7 +170,8 @@ local function run()
     local lines = { "# Add two numbers.", "def add(a, b):", "    return ", "", "", "print(add(1, 2))" }
     vim.api.nvim_buf_set_lines(0, 0, -1, false, lines)
     vim.api.nvim_win_set_cursor(0, { 3, #lines[3] })
-    R.complete_context = { select(4, require("vibrant.commands").context(0)) }
+    local _, _, _, prompt, suffix = require("vibrant.commands").context(0)
+    R.complete_context = { prompt, suffix }
     R.before = vim.api.nvim_buf_get_lines(0, 0, -1, false)
     local n = #R.notifications
     local done, err = false, nil

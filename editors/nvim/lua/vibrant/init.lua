@@ -12,10 +12,12 @@ local M = {}
 local config = require("vibrant.config")
 local client = require("vibrant.client")
 local commands = require("vibrant.commands")
+local ghost = require("vibrant.ghost")
 
 function M.setup(opts)
   config.set(opts)
   commands.define()
+  ghost.attach()
   return M
 end
 
@@ -33,6 +35,11 @@ M.status = commands.status
 M.complete = commands.complete
 M.update = commands.update
 M.statusline = commands.statusline
+-- Ghost text: suggest() shows one at the cursor, accept() inserts what is shown.
+M.suggest = ghost.suggest
+M.accept = ghost.accept
+M.dismiss = ghost.dismiss
+M.shown = ghost.shown
 
 --- The vim.lsp client, or nil before the first use.
 function M.client()

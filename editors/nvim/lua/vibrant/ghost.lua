@@ -1,0 +1,240 @@
+-- Suggestions shown as ghost text (virtual text) at the cursor in insert mode. Typing the
+-- start of a suggestion keeps showing its rest at once, without asking the server again;
+-- typing anything else drops it. With `complete.auto`, a pause in typing asks for one.
+local client = require("vibrant.client")
+local commands = require("vibrant.commands")
+local config = require("vibrant.config")
+local util = require("vibrant.util")
+
+local M = {}
+
+M.defaults = {
+  auto = false, -- suggest as you type (after debounce_ms without a keystroke)
+  debounce_ms = 150,
+}
+
+local ns = vim.api.nvim_create_namespace("vibrant.ghost")
+vim.api.nvim_set_hl(0, "VibrantGhost", { link = "Comment", default = true })
+
+--- What was sent and shown, newest last (tests read it): { prompt, suffix, start_row,
+--- text (the answer), shown, typed_through, err }.
+M.history = {}
+
+-- The suggestion shown: buf, anchor (extmark where it was asked; stays left of what is
+-- typed there), text (the whole completion), rest (what is shown now), mark (the display).
+local current
+local pending -- the request in flight: { request_id, buf, tick }
+local timer
+
+local function opts()
+  return vim.tbl_extend("keep", config.options.complete or {}, M.defaults)
+end
+
+local function remember(record)
+  M.history[#M.history + 1] = record
+  if #M.history > 50 then
+    table.remove(M.history, 1)
+  end
+end
+
+local function cursor_pos()
+  local r, c = unpack(vim.api.nvim_win_get_cursor(0))
+  return r - 1, c
+end
+
+--- Remove the ghost text (the suggestion is forgotten).
+function M.dismiss()
+  if current and vim.api.nvim_buf_is_valid(current.buf) then
+    vim.api.nvim_buf_clear_namespace(current.buf, ns, 0, -1)
+  end
+  current = nil
+end
+
+local function render(row, col)
+  local lines = vim.split(current.rest, "\n", { plain = true })
+  local virt_lines = {}
+  for i = 2, #lines do
+    virt_lines[#virt_lines + 1] = { { lines[i], "VibrantGhost" } }
+  end
+  current.mark = vim.api.nvim_buf_set_extmark(current.buf, ns, row, col, {
+    id = current.mark,
+    virt_text = { { lines[1], "VibrantGhost" } },
+    virt_text_pos = "inline",
+    virt_lines = #virt_lines > 0 and virt_lines or nil,
+    right_gravity = false,
+  })
+end
+
+--- The suggestion's rest now, after what was typed since it was shown; nil (and the
+--- ghost text gone) when what was typed is not its start.
+local function follow()
+  if not current then
+    return nil
+  end
+  local buf = vim.api.nvim_get_current_buf()
+  local ok, anchor = pcall(vim.api.nvim_buf_get_extmark_by_id, current.buf, ns, current.anchor, {})
+  if buf ~= current.buf or not ok or not anchor[1] then
+    M.dismiss()
+    return nil
+  end
+  local row, col = cursor_pos()
+  local arow, acol = anchor[1], anchor[2]
+  if row < arow or (row == arow and col < acol) then
+    M.dismiss()
+    return nil
+  end
+  local typed = table.concat(vim.api.nvim_buf_get_text(buf, arow, acol, row, col, {}), "\n")
+  if typed == "" then
+    current.rest = current.text
+  elseif #typed < #current.text and current.text:sub(1, #typed) == typed then
+    current.rest = current.text:sub(#typed + 1)
+  else
+    M.dismiss()
+    return nil
+  end
+  render(row, col)
+  return current.rest, typed
+end
+
+local function show(buf, row, col, text)
+  M.dismiss()
+  current = {
+    buf = buf,
+    anchor = vim.api.nvim_buf_set_extmark(buf, ns, row, col, { right_gravity = false }),
+    text = text,
+    rest = text,
+  }
+  render(row, col)
+end
+
+local attached = false
+
+--- Ask for a suggestion at the cursor and show it as ghost text. cb(err, record).
+function M.suggest(cb)
+  if not attached then
+    M.attach()
+  end
+  local o = opts()
+  local win = vim.api.nvim_get_current_win()
+  local buf, row, col, prompt, suffix, w = commands.context(win)
+  if pending then
+    client.cancel(pending.request_id)
+  end
+  local this = { buf = buf, tick = vim.api.nvim_buf_get_changedtick(buf) }
+  pending = this
+  local record = { prompt = prompt, suffix = suffix, start_row = w.start_row }
+  local params = {
+    prompt = prompt,
+    suffix = suffix,
+    maxTokens = o.max_tokens,
+    temperature = o.temperature,
+    stop = o.stop,
+    modelId = client.state.model,
+  }
+  client.request("vibrant/complete", params, function(err, result)
+    if pending == this then
+      pending = nil
+    end
+    record.err = err
+    remember(record)
+    if err then
+      if err.code ~= -32800 then
+        util.show_error(err, "completion")
+      end
+    else
+      client.state.last_completion = result
+      local text = result.text or ""
+      record.text = text
+      -- Shown only where it was asked: the buffer unchanged and the cursor still there.
+      local r, c = cursor_pos()
+      if
+        text ~= ""
+        and vim.api.nvim_get_current_buf() == buf
+        and vim.api.nvim_buf_get_changedtick(buf) == this.tick
+        and r == row
+        and c == col
+        and vim.api.nvim_get_mode().mode:match("^i")
+      then
+        show(buf, row, col, text)
+        record.shown = text
+      end
+    end
+    if cb then
+      cb(err, record)
+    end
+  end, {
+    on_id = function(id)
+      this.request_id = id
+    end,
+  })
+end
+
+--- Insert the suggestion's rest at the cursor. Returns whether there was one: a mapping
+--- can fall back to its key, e.g. <Tab>, when there was not.
+function M.accept()
+  local rest = follow()
+  if not rest then
+    return false
+  end
+  local buf = current.buf
+  local row, col = cursor_pos()
+  M.dismiss()
+  local lines = vim.split(rest, "\n", { plain = true })
+  vim.api.nvim_buf_set_text(buf, row, col, row, col, lines)
+  local end_row = row + #lines - 1
+  local end_col = (#lines == 1 and col or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { end_row + 1, end_col })
+  return true
+end
+
+--- What is shown now (nil: nothing).
+function M.shown()
+  return current and current.rest or nil
+end
+
+local function on_text_changed()
+  local rest, typed = follow()
+  if rest then
+    if typed ~= "" then
+      remember({ typed_through = true, shown = rest })
+    end
+    return
+  end
+  local o = opts()
+  if not o.auto then
+    return
+  end
+  if timer then
+    timer:stop()
+  end
+  timer = timer or vim.uv.new_timer()
+  timer:start(o.debounce_ms, 0, vim.schedule_wrap(function()
+    if vim.api.nvim_get_mode().mode:match("^i") and not current then
+      M.suggest()
+    end
+  end))
+end
+
+--- The autocmds that follow typing (created once; setup() calls it).
+function M.attach()
+  attached = true
+  local group = vim.api.nvim_create_augroup("vibrant.ghost", { clear = true })
+  vim.api.nvim_create_autocmd("TextChangedI", { group = group, callback = on_text_changed })
+  vim.api.nvim_create_autocmd("CursorMovedI", {
+    group = group,
+    callback = function()
+      follow()
+    end,
+  })
+  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
+    group = group,
+    callback = function()
+      if timer then
+        timer:stop()
+      end
+      M.dismiss()
+    end,
+  })
+end
+
+return M
