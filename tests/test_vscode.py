@@ -13,6 +13,7 @@ Set ``VIBRANT_SKIP_VSCODE=1`` to skip it (for a quick local run without Node).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -22,9 +23,17 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.editor_window import (
+    check_window,
+    natural_start,
+    to_units,
+    utf16_starts,
+    well_formed_units,
+)
 from tests.gguf_fixtures import GEMMA_SIZE, gemma_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -223,3 +232,153 @@ def test_vscode_extension(tmp_path: Path) -> None:
     assert "all " in suite and " tests passed" in suite
     shot = ARTIFACTS / "download-notification.png"
     assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot of the download"
+
+
+# The request's window (editors/vscode/src/window.ts) under Node, on cases judged here ----
+
+MIX = "é中文😀x"  # 1-unit, 1-unit and 2-unit (a surrogate pair) characters
+DEFAULTS = {
+    "prefix_lines": 256,
+    "suffix_lines": 64,
+    "window_step": 32,
+    "max_prefix_chars": 16000,
+    "max_suffix_chars": 4000,
+}
+TS_NAMES = {
+    "prefix_lines": "prefixLines",
+    "suffix_lines": "suffixLines",
+    "window_step": "windowStep",
+    "max_prefix_chars": "maxPrefixChars",
+    "max_suffix_chars": "maxSuffixChars",
+}
+
+
+def run_window_cases(
+    tmp_path: Path, docs: list[list[str]], cases: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Cases in code units (tests.editor_window.to_units); results likewise."""
+    if not (EXT / "node_modules" / "typescript").is_dir():
+        _run(["npm", "ci", "--loglevel=error"], EXT, timeout=600)
+    _run(["npx", "--no-install", "tsc", "-p", "."], EXT, timeout=300)
+    cases_file, result = tmp_path / "cases.json", tmp_path / "window.json"
+    ts_cases = [
+        {
+            "doc": c["doc"],
+            "line": c["row"],
+            "character": c["col"],
+            "opts": {TS_NAMES[k]: v for k, v in c["opts"].items()},
+        }
+        for c in cases
+    ]
+    # ensure_ascii: code units travel as \\uXXXX, so JavaScript gets exactly these units.
+    cases_file.write_text(json.dumps({"docs": docs, "cases": ts_cases}, ensure_ascii=True))
+    _run(["node", "out/test/window-cases.js", str(cases_file), str(result)], EXT, timeout=120)
+    out: list[dict[str, Any]] = json.loads(result.read_text(encoding="utf-8"))["results"]
+    assert len(out) == len(cases)
+    return [
+        {
+            "prompt": to_units(r["prompt"]),
+            "suffix": to_units(r["suffix"]),
+            "start_row": r["startLine"],
+            "end_row": r["endLine"],
+            "prompt_cut": r["promptCut"],
+            "suffix_cut": r["suffixCut"],
+        }
+        for r in out
+    ]
+
+
+def check(lines: list[str], case: dict[str, Any], r: dict[str, Any]) -> None:
+    """What the server receives: no lone surrogate, and the window editor_window defines."""
+    assert well_formed_units(r["prompt"]) and well_formed_units(r["suffix"]), r
+    opts = {**DEFAULTS, **case["opts"]}
+    check_window(lines, case["row"], case["col"], opts, r, utf16_starts, "\n")
+
+
+def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
+    """Every cap from 1 to 60 lands inside 😀's surrogate pair somewhere: the cut keeps
+    the pair whole; where lines fit, it is on line boundaries."""
+    doc = [to_units(f"l{i} {MIX * (i % 5)}") for i in range(400)]
+    doc[150] = to_units(MIX * 40)
+    long_line = doc[150]
+    cases: list[dict[str, Any]] = []
+    for cap in range(1, 61):
+        for col in utf16_starts(long_line)[::7]:
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": 150,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap},
+                }
+            )
+    for cap in (10, 50, 100, 333, 1000, 2000, 3000, 4000):
+        for row in (0, 1, 31, 32, 149, 151, 257, 300, 399):
+            col = min(s for s in utf16_starts(doc[row]) if s >= len(doc[row]) // 2)
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": row,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap, "prefix_lines": 64},
+                }
+            )
+    for row in range(0, 400, 13):
+        cases.append({"doc": 0, "row": row, "col": len(doc[row]), "opts": {}})
+    results = run_window_cases(tmp_path, [doc], cases)
+    for case, r in zip(cases, results, strict=True):
+        check(doc, case, r)
+    assert sum(r["prompt_cut"] for r in results) > 100
+    assert sum(r["suffix_cut"] for r in results) > 100
+    # The cap fell between the halves of a pair, and the cut moved off it, at both ends.
+    pair_cuts = [
+        (case, r)
+        for case, r in zip(cases, results, strict=True)
+        if r["prompt_cut"] and len(r["prompt"]) == case["opts"]["max_prefix_chars"] - 1
+    ]
+    assert pair_cuts, "no prefix cap landed inside a surrogate pair"
+    pair_cuts = [
+        (case, r)
+        for case, r in zip(cases, results, strict=True)
+        if r["suffix_cut"] and len(r["suffix"]) == case["opts"]["max_suffix_chars"] - 1
+    ]
+    assert pair_cuts, "no suffix cap landed inside a surrogate pair"
+    stepped = [
+        r
+        for case, r in zip(cases, results, strict=True)
+        if r["start_row"] - natural_start(case["row"], {**DEFAULTS, **case["opts"]}) >= 32
+        and case["row"] - r["start_row"] >= 32
+    ]
+    assert len(stepped) >= 3, len(stepped)
+
+
+def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
+    """Typing on a line only appends to the prompt; moving down moves the start only
+    every windowStep lines; a lone surrogate in the document is sent as U+FFFD."""
+    base = [to_units(f"line {i} {MIX}") for i in range(300)]
+    docs = [base]
+    cases: list[dict[str, Any]] = []
+    typed = to_units("é中😀 = x")
+    row = 200
+    starts = utf16_starts(typed)
+    for end in starts[1:]:
+        doc = [*base[:row], base[row] + typed[:end], *base[row + 1 :]]
+        docs.append(doc)
+        cases.append({"doc": len(docs) - 1, "row": row, "col": len(doc[row]), "opts": {}})
+    for r in range(100, 300):
+        cases.append({"doc": 0, "row": r, "col": 0, "opts": {"prefix_lines": 50}})
+    lone = [*base[:10], "a\ud83d b", "\ude00 c", *base[12:]]
+    docs.append(lone)
+    cases.append({"doc": len(docs) - 1, "row": 11, "col": 1, "opts": {}})
+    results = run_window_cases(tmp_path, docs, cases)
+    typing = results[: len(starts) - 1]
+    for case, r in zip(cases[:-1], results[:-1], strict=True):
+        check(docs[case["doc"]], case, r)
+    assert {r["start_row"] for r in typing} == {natural_start(row, DEFAULTS)}
+    for a, b, (i, j) in zip(typing, typing[1:], itertools.pairwise(starts[1:]), strict=False):
+        assert b["prompt"] == a["prompt"] + typed[i:j]
+    moved = [r["start_row"] for r in results[len(starts) - 1 : -1]]
+    assert moved == [max(0, r - 50) // 32 * 32 for r in range(100, 300)]
+    last = results[-1]
+    assert last["prompt"].endswith("a\ufffd b\n\ufffd"), last["prompt"][-10:]
+    assert last["suffix"].startswith(" c\n"), last["suffix"][:10]

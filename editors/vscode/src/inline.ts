@@ -4,14 +4,66 @@ import { ResponseError } from 'vscode-languageclient/node';
 import { currentModel } from './commands';
 import { CompleteParams, CompleteResult, ErrorCode } from './protocol';
 import { isCancelled, Vibrant } from './vibrant';
+import { computeWindow, ContextWindow, DEFAULT_WINDOW, WindowOptions } from './window';
 
 export interface CompletionRecord {
     uri: string;
     prompt: string;
     suffix: string;
+    /** The window's first line (it moves only every `windowStepLines` lines). */
+    startLine: number;
     result?: CompleteResult;
     error?: string;
     cancelled?: boolean;
+    /** Answered without a request: the user typed the start of the suggestion shown. */
+    typedThrough?: boolean;
+    /** What was shown (the completion, or the rest of it after typing through). */
+    shown?: string;
+    /** From the editor's call to the answer, in milliseconds. */
+    elapsedMs?: number;
+}
+
+/** The last completion shown, to keep showing its rest while the user types it. */
+interface Shown {
+    uri: string;
+    anchor: vscode.Position;
+    prompt: string;
+    suffix: string;
+    text: string;
+}
+
+function windowOptions(cfg: vscode.WorkspaceConfiguration): WindowOptions {
+    const d = DEFAULT_WINDOW;
+    return {
+        prefixLines: cfg.get<number>('inlineCompletions.prefixLines', d.prefixLines),
+        suffixLines: cfg.get<number>('inlineCompletions.suffixLines', d.suffixLines),
+        windowStep: cfg.get<number>('inlineCompletions.windowStepLines', d.windowStep),
+        maxPrefixChars: cfg.get<number>('inlineCompletions.maxPrefixChars', d.maxPrefixChars),
+        maxSuffixChars: cfg.get<number>('inlineCompletions.maxSuffixChars', d.maxSuffixChars),
+    };
+}
+
+/** The rest of the shown completion if, since it was shown, the user typed its start
+ * and changed nothing else around the cursor; else undefined. */
+function typedThrough(
+    shown: Shown | undefined,
+    document: vscode.TextDocument,
+    position: vscode.Position,
+    w: ContextWindow,
+): string | undefined {
+    if (!shown || shown.uri !== document.uri.toString() || position.isBeforeOrEqual(shown.anchor)) {
+        return undefined;
+    }
+    const typed = document.getText(new vscode.Range(shown.anchor, position));
+    if (typed.length >= shown.text.length || !shown.text.startsWith(typed)) {
+        return undefined;
+    }
+    // The windows may differ by whole lines at their far ends (the start moved a step,
+    // the suffix lost a line at its end): what is next to the cursor must be the same.
+    const before = shown.prompt + typed;
+    const sameBefore = before.endsWith(w.prompt) || w.prompt.endsWith(before);
+    const sameAfter = w.suffix.startsWith(shown.suffix) || shown.suffix.startsWith(w.suffix);
+    return sameBefore && sameAfter ? shown.text.slice(typed.length) : undefined;
 }
 
 function sleep(ms: number, token: vscode.CancellationToken): Promise<void> {
@@ -30,6 +82,7 @@ function sleep(ms: number, token: vscode.CancellationToken): Promise<void> {
 
 export class InlineProvider implements vscode.InlineCompletionItemProvider {
     private current: vscode.CancellationTokenSource | undefined;
+    private shown: Shown | undefined;
     /** The last few requests, newest last (tests read them). */
     readonly history: CompletionRecord[] = [];
     private readonly completed = new vscode.EventEmitter<CompletionRecord>();
@@ -52,19 +105,27 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
         const cts = new vscode.CancellationTokenSource();
         this.current = cts;
         const sub = token.onCancellationRequested(() => cts.cancel());
+        const started = Date.now();
         try {
+            const eol = document.eol === vscode.EndOfLine.CRLF ? '\r\n' : '\n';
+            const w = computeWindow(document, position.line, position.character, windowOptions(cfg), eol);
+            const { prompt, suffix } = w;
+            const uri = document.uri.toString();
+            const rest = typedThrough(this.shown, document, position, w);
+            if (rest !== undefined) {
+                // No request: the model's answer for here is the rest of the last one.
+                const elapsedMs = Date.now() - started;
+                this.remember({ uri, prompt, suffix, startLine: w.startLine, typedThrough: true, shown: rest, elapsedMs });
+                return new vscode.InlineCompletionList([
+                    new vscode.InlineCompletionItem(rest, new vscode.Range(position, position)),
+                ]);
+            }
             if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic) {
                 await sleep(cfg.get<number>('inlineCompletions.debounceMs', 150), cts.token);
             }
             if (cts.token.isCancellationRequested) {
                 return undefined;
             }
-            const chars = cfg.get<number>('inlineCompletions.contextChars', 6000);
-            const offset = document.offsetAt(position);
-            const start = document.positionAt(Math.max(0, offset - chars));
-            const end = document.positionAt(offset + chars);
-            const prompt = document.getText(new vscode.Range(start, position));
-            const suffix = document.getText(new vscode.Range(position, end));
             const params: CompleteParams = {
                 prompt,
                 suffix,
@@ -74,7 +135,7 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
             if (model) {
                 params.modelId = model;
             }
-            const record: CompletionRecord = { uri: document.uri.toString(), prompt, suffix };
+            const record: CompletionRecord = { uri, prompt, suffix, startLine: w.startLine };
             try {
                 record.result = await this.vibrant.request<CompleteResult>('vibrant/complete', params, cts.token);
             } catch (err) {
@@ -86,9 +147,15 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
                 }
                 return undefined;
             }
-            this.remember(record);
+            record.elapsedMs = Date.now() - started;
             const text = record.result.text;
-            if (!text.trim() || cts.token.isCancellationRequested) {
+            const show = text.trim() !== '' && !cts.token.isCancellationRequested;
+            if (show) {
+                record.shown = text;
+                this.shown = { uri, anchor: position, prompt, suffix, text };
+            }
+            this.remember(record);
+            if (!show) {
                 return undefined;
             }
             const item = new vscode.InlineCompletionItem(text, new vscode.Range(position, position));

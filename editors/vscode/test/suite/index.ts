@@ -21,6 +21,11 @@ function log(line: string): void {
     }
 }
 
+/** No lone surrogate: text a UTF-8 encoder (the server's) can write. */
+function wellFormed(s: string): boolean {
+    return !/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/.test(s);
+}
+
 function sleep(ms: number): Promise<void> {
     return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -184,7 +189,7 @@ const tests: Test[] = [
         const before = api.inline.history.length;
         const done = new Promise<CompletionRecord>((resolve) => {
             const sub = api.inline.onDidComplete((r) => {
-                if (r.result || !r.cancelled) {
+                if (r.result || (!r.cancelled && !r.typedThrough)) {
                     sub.dispose();
                     resolve(r);
                 }
@@ -241,6 +246,137 @@ const tests: Test[] = [
         assert.ok(r2 && r2.items.length === 1, 'the second request completed');
         const status = await api.vibrant.request<{ busy: boolean }>('vibrant/status');
         assert.strictEqual(status.busy, false, 'no completion is left running on the server');
+    }],
+
+    ['the request takes whole lines, never half a surrogate pair, and its start stays put while typing', async (api) => {
+        const cfg = vscode.workspace.getConfiguration('vibrant');
+        const set = (key: string, value: number | undefined) =>
+            cfg.update(`inlineCompletions.${key}`, value, vscode.ConfigurationTarget.Global);
+        await set('prefixLines', 40);
+        await set('suffixLines', 8);
+        await set('windowStepLines', 16);
+        const invoke: vscode.InlineCompletionContext = {
+            triggerKind: vscode.InlineCompletionTriggerKind.Invoke,
+            selectedCompletionInfo: undefined,
+        };
+        const ask = async (doc: vscode.TextDocument, pos: vscode.Position): Promise<CompletionRecord> => {
+            const before = api.inline.history.length;
+            const cts = new vscode.CancellationTokenSource();
+            await api.inline.provideInlineCompletionItems(doc, pos, invoke, cts.token);
+            const record = api.inline.history[api.inline.history.length - 1];
+            assert.ok(api.inline.history.length > before && record, 'no completion record');
+            assert.ok(wellFormed(record.prompt), `a lone surrogate in the prompt: ${JSON.stringify(record.prompt.slice(0, 8))}`);
+            assert.ok(wellFormed(record.suffix), `a lone surrogate in the suffix: ${JSON.stringify(record.suffix.slice(-8))}`);
+            return record;
+        };
+        try {
+            const lines = Array.from({ length: 120 }, (_, i) => `# ${i} é 中文 ${'😀'.repeat(i % 4)} x = ${i}`);
+            const doc = await vscode.workspace.openTextDocument({ language: 'python', content: lines.join('\n') + '\n' });
+            const editor = await vscode.window.showTextDocument(doc);
+            const row = 100;
+            let pos = new vscode.Position(row, lines[row].length);
+            editor.selection = new vscode.Selection(pos, pos);
+            const first = await ask(doc, pos);
+            assert.ok(first.result, `the completion failed: ${first.error}`);
+            assert.ok(first.result.usage.completionTokens > 0);
+            // Lines 48..100: (100 - 40) rounded down to a multiple of 16.
+            assert.strictEqual(first.startLine, 48);
+            assert.strictEqual(first.prompt, lines.slice(48, row + 1).join('\n'));
+            assert.strictEqual(first.suffix, ['', ...lines.slice(row + 1, row + 9)].join('\n'));
+            // Typing é, 中 and 😀 only appends to the prompt: its start (and the server's cache of it) stays.
+            let prompt = first.prompt;
+            for (const ch of ['é', '中', '😀', ' ']) {
+                await editor.edit((e) => e.insert(pos, ch));
+                pos = pos.translate(0, ch.length);
+                editor.selection = new vscode.Selection(pos, pos);
+                const r = await ask(doc, pos);
+                assert.ok(r.result || r.typedThrough, `the completion failed: ${r.error}`);
+                assert.strictEqual(r.startLine, 48);
+                assert.strictEqual(r.prompt, prompt + ch);
+                prompt = r.prompt;
+            }
+            // A new line within the block of 16: the same start; past it, 16 lines on.
+            const starts: number[] = [];
+            for (const line of [103, 111, 112, 119]) {
+                const p = new vscode.Position(line, 2);
+                editor.selection = new vscode.Selection(p, p);
+                starts.push((await ask(doc, p)).startLine);
+            }
+            assert.deepStrictEqual(starts, [48, 64, 64, 64]);
+            log(`window starts: ${starts.join(', ')}`);
+
+            // One long line: the caps land between the two halves of a 😀, and the cut steps off it.
+            await set('maxPrefixChars', 101);
+            await set('maxSuffixChars', 101);
+            const long = 'x' + '😀'.repeat(200);
+            const doc2 = await vscode.workspace.openTextDocument({ language: 'plaintext', content: `é 中文\n${long}\n${long}\n` });
+            await vscode.window.showTextDocument(doc2);
+            const atEnd = await ask(doc2, new vscode.Position(1, long.length));
+            assert.strictEqual(atEnd.prompt.length, 100, 'the prompt was cut inside a pair, or not at all');
+            assert.ok(long.endsWith(atEnd.prompt));
+            assert.ok(atEnd.result, `the server refused the cut prompt: ${atEnd.error}`);
+            const atStart = await ask(doc2, new vscode.Position(1, 1));
+            assert.strictEqual(atStart.suffix.length, 100, 'the suffix was cut inside a pair, or not at all');
+            assert.ok(long.slice(1).startsWith(atStart.suffix));
+            assert.ok(atStart.result, `the server refused the cut suffix: ${atStart.error}`);
+            log(`cut prompt ${atEnd.prompt.length} units, suffix ${atStart.suffix.length} units: both completed`);
+        } finally {
+            for (const key of ['prefixLines', 'suffixLines', 'windowStepLines', 'maxPrefixChars', 'maxSuffixChars']) {
+                await set(key, undefined);
+            }
+        }
+    }],
+
+    ['typing the start of the suggestion keeps showing the rest, without a request', async (api) => {
+        const doc = await vscode.workspace.openTextDocument({
+            language: 'python',
+            content: 'def greet(name):\n    """Say hello to name."""\n    print(\n',
+        });
+        const editor = await vscode.window.showTextDocument(doc);
+        const pos = new vscode.Position(2, 10);
+        editor.selection = new vscode.Selection(pos, pos);
+        const records = (since: number) => api.inline.history.slice(since);
+        // Typing a character inserts exactly it: no closing quote, indentation or word list.
+        const editorCfg = vscode.workspace.getConfiguration('editor');
+        const typing: [string, unknown][] = [
+            ['inlineSuggest.enabled', true], ['autoClosingBrackets', 'never'], ['autoClosingQuotes', 'never'],
+            ['autoIndent', 'none'], ['autoSurround', 'never'], ['quickSuggestions', false],
+            ['suggestOnTriggerCharacters', false],
+        ];
+        for (const [key, value] of typing) {
+            await editorCfg.update(key, value, vscode.ConfigurationTarget.Global);
+        }
+        try {
+            // The editor asks, shows the ghost text, and asks again on each keystroke.
+            let since = api.inline.history.length;
+            await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
+            const shown = await waitFor('a suggestion to show', () =>
+                records(since).find((r) => (r.shown?.length ?? 0) >= 3), 90000);
+            const text = shown.shown!;
+            log(`suggestion: ${JSON.stringify(text)}`);
+            await sleep(300);
+            const requestsBefore = api.inline.history.filter((r) => r.result).length;
+            since = api.inline.history.length;
+            const started = Date.now();
+            await vscode.commands.executeCommand('type', { text: text[0] });
+            const rest = await waitFor('the typed-through suggestion', () =>
+                records(since).find((r) => r.typedThrough), 5000);
+            log(`typed ${JSON.stringify(text[0])}: the editor asked after ${Date.now() - started} ms; the rest ${JSON.stringify(rest.shown)} answered in ${rest.elapsedMs} ms`);
+            assert.strictEqual(rest.shown, text.slice(1));
+            assert.strictEqual(api.inline.history.filter((r) => r.result).length, requestsBefore, 'a request went to the server');
+            await sleep(300);
+            // Tab: what is inserted is the whole suggestion, typed part included, once.
+            await vscode.commands.executeCommand('editor.action.inlineSuggest.commit');
+            await sleep(200);
+            const line = doc.lineAt(2).text;
+            log(`after commit: ${JSON.stringify(line)}`);
+            assert.ok(doc.getText().includes('    print(' + text.split('\n')[0]), `the line is ${JSON.stringify(line)}`);
+        } finally {
+            for (const [key] of typing) {
+                await editorCfg.update(key, undefined, vscode.ConfigurationTarget.Global);
+            }
+            await editorCfg.update('inlineSuggest.enabled', false, vscode.ConfigurationTarget.Global);
+        }
     }],
 
     ['Show Cache shows usage', async (api) => {
