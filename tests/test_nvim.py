@@ -574,6 +574,9 @@ def test_typing_keeps_the_window_start(typing: dict[str, Any]) -> None:
         new_prompt, _ = sent(r)
         assert new_prompt == prompt + r["typed"]  # only appended: the cached start holds
         prompt = new_prompt
+    ms = [round(r["total_ms"]) for r in typing["typing"]]
+    tokens = [r["prompt_tokens"] for r in typing["typing"]]
+    print(f"typing on line 100: {ms} ms per request, {tokens} prompt tokens")
     assert [r["start_row"] for r in typing["rows"]] == [48, 64, 64, 64]
     lines[100] += "".join(r["typed"] for r in typed)
     for r in typing["rows"]:

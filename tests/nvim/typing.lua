@@ -61,6 +61,8 @@ local function suggest()
     start_row = rec.start_row,
     err = rec.err,
     text = rec.text,
+    total_ms = rec.timings and rec.timings.totalMs,
+    prompt_tokens = rec.usage and rec.usage.promptTokens,
     shown = rec.shown,
   }
 end

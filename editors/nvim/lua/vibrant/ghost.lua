@@ -17,7 +17,7 @@ local ns = vim.api.nvim_create_namespace("vibrant.ghost")
 vim.api.nvim_set_hl(0, "VibrantGhost", { link = "Comment", default = true })
 
 --- What was sent and shown, newest last (tests read it): { prompt, suffix, start_row,
---- text (the answer), shown, typed_through, err }.
+--- text (the answer), usage, timings, shown, typed_through, err }.
 M.history = {}
 
 -- The suggestion shown: buf, anchor (extmark where it was asked; stays left of what is
@@ -145,6 +145,7 @@ function M.suggest(cb)
       client.state.last_completion = result
       local text = result.text or ""
       record.text = text
+      record.usage, record.timings = result.usage, result.timings
       -- Shown only where it was asked: the buffer unchanged and the cursor still there.
       local r, c = cursor_pos()
       if
