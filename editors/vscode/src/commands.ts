@@ -6,13 +6,13 @@ import {
     CacheStatsResult,
     CheckUpdatesResult,
     DownloadModelResult,
-    ErrorCode,
+    ErrorCodes as ErrorCode,
     ListModelsResult,
     ModelEntry,
-    ModelUpdate,
     RemovalResult,
     RemoveModelResult,
     UpdateAvailable,
+    UpdateEntry as ModelUpdate,
 } from './protocol';
 import { errorCode, isCancelled, Vibrant } from './vibrant';
 

@@ -2,7 +2,7 @@
 import * as vscode from 'vscode';
 import { ResponseError } from 'vscode-languageclient/node';
 import { currentModel } from './commands';
-import { CompleteParams, CompleteResult, ErrorCode } from './protocol';
+import { CompleteParams, CompleteResult, ErrorCodes as ErrorCode } from './protocol';
 import { isCancelled, Vibrant } from './vibrant';
 import { computeWindow, ContextWindow, DEFAULT_WINDOW, WindowOptions } from './window';
 

@@ -12,13 +12,14 @@ import {
 import { downloadLine, formatBytes, percentOf } from './format';
 import {
     DownloadProgress,
-    ErrorCode,
+    ErrorCodes as ErrorCode,
     ModelState,
     ModelStateChanged,
     StatusResult,
     UpdateAvailable,
 } from './protocol';
 import { INSTALL_HINT, locateServer, ServerCommand, ServerNotFoundError } from './serverLocator';
+import { SERVER_SETTING_OF } from './settings';
 
 /** What tests (and only tests) look at; kept small and read-only for everyone else. */
 export class TestHooks {
@@ -41,10 +42,8 @@ interface DownloadStatus {
     line: string;
 }
 
-const SERVER_SETTINGS = [
-    'model', 'contextSize', 'threads', 'gpuLayers', 'keepAliveSeconds', 'cacheSizeLimit',
-    'serverPath', 'pythonPath',
-];
+// The settings whose change needs a new server: what it is sent, and where to find it.
+const SERVER_SETTINGS = [...Object.keys(SERVER_SETTING_OF), 'serverPath', 'pythonPath'];
 
 export class Vibrant implements vscode.Disposable {
     readonly output: vscode.OutputChannel;
@@ -437,7 +436,7 @@ export class Vibrant implements vscode.Disposable {
 export function isCancelled(err: unknown): boolean {
     return (
         err instanceof vscode.CancellationError ||
-        (err instanceof ResponseError && err.code === ErrorCode.RequestCancelled)
+        (err instanceof ResponseError && err.code === ErrorCode.Cancelled)
     );
 }
 

@@ -1,20 +1,12 @@
 -- The plugin's options: defaults merged with what setup() was given.
 local M = {}
 
--- Server settings (initializationOptions). The server reads snake_case or camelCase.
-M.setting_names = {
-  "model",
-  "cache_size_limit",
-  "context_size",
-  "threads",
-  "batch_size",
-  "mmap",
-  "mlock",
-  "gpu_layers",
-  "keep_alive_s",
-  "auto_update",
-  "download_connections",
-}
+-- Server settings (initializationOptions), snake_case; the server reads snake_case or
+-- camelCase. settings.lua is generated from the server's own list.
+M.setting_names = {}
+for _, setting in ipairs(require("vibrant.settings")) do
+  table.insert(M.setting_names, setting.snake)
+end
 
 M.defaults = {
   -- The server command: a list (or a string, one executable). nil: `vibrant-rpc` on
