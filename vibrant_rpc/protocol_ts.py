@@ -202,7 +202,14 @@ def render_protocol_ts() -> str:
         "// The wire types of vibrant-rpc (protocol/README.md describes them).",
     ]
     for name, values in r.used_aliases.items():
-        out += ["", f"export type {name} = {literal_union(values)};"]
+        line = f"export type {name} = {literal_union(values)};"
+        if len(line) > _WIDTH:
+            line = (
+                f"export type {name} =\n"
+                + "\n".join(f"    | {json.dumps(v)}" for v in values)
+                + ";"
+            )
+        out += ["", line]
     out += body
 
     out += ["", "/** Each request: its params and its result. */", "export interface Methods {"]

@@ -3,7 +3,14 @@
 
 export type ModelState = "unloaded" | "loading" | "ready" | "failed";
 
-export type DownloadState = "waiting" | "resolving" | "downloading" | "verifying" | "done" | "failed" | "cancelled";
+export type DownloadState =
+    | "waiting"
+    | "resolving"
+    | "downloading"
+    | "verifying"
+    | "done"
+    | "failed"
+    | "cancelled";
 
 export type FinishReason = "stop" | "length" | "cancelled";
 
