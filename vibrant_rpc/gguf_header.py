@@ -1,0 +1,366 @@
+"""A GGUF file's header (metadata and tensor infos), read without touching the weights.
+
+The header is all the memory estimate needs: the architecture's numbers and the size
+of every tensor. It sits at the start of the file, before the tensor data, and can be
+parsed from a prefix of the file, which is what lets a Range request to the Hub read
+a model's needs before its weights move. A prefix that ends too early raises
+``NeedMoreBytes`` with the least total length that could get further; the caller
+fetches at least that much and tries again.
+
+Own reader, not ``gguf.GGUFReader``: that one memory-maps the whole file and builds a
+numpy view of every metadata item (Gemma's 262k-token vocabulary alone is three arrays
+of 262k items), needs the complete file, and is a development dependency only. This
+reader walks the arrays without keeping them and stops at the end of the tensor infos.
+
+Format (GGUF v2 and v3, little-endian): magic ``GGUF``, u32 version, u64 tensor count,
+u64 metadata count; each metadata item a string key, a u32 value type, the value; each
+tensor info a string name, u32 dimension count, u64 per dimension, u32 ggml type,
+u64 offset into the data section, which starts at the next multiple of
+``general.alignment`` (32 by default).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import msgspec
+
+from vibrant_rpc.errors import VibrantError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+# The first read of a file or of the Hub: most headers fit (Gemma's is about 6 MB).
+FIRST_READ_BYTES = 8 * 1024 * 1024
+
+# ggml type id -> (name, elements per block, bytes per block): ggml.c's type_traits.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+
+# Metadata value types: id -> struct format of a scalar (8 string, 9 array).
+_SCALARS: dict[int, str] = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+# Strings longer than this (chat templates) are not kept among the scalars.
+_MAX_KEPT_STRING = 256
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+Scalar = str | int | float | bool
+
+
+class GGUFFormatError(VibrantError):
+    """The bytes are not a GGUF header this reader understands."""
+
+
+class NeedMoreBytes(Exception):
+    """The prefix ended inside the header; ``needed`` is the least total length to try next."""
+
+    def __init__(self, needed: int, have: int) -> None:
+        super().__init__(f"GGUF header needs at least {needed} bytes, have {have}")
+        self.needed = needed
+        self.have = have
+
+
+class TensorInfo(msgspec.Struct, frozen=True):
+    name: str
+    type_name: str
+    shape: list[int]
+    nbytes: int
+
+
+class ModelHeader(msgspec.Struct, frozen=True, kw_only=True):
+    """What a GGUF header says about a model's size; JSON-serialisable for the cache."""
+
+    architecture: str
+    name: str | None = None
+    file_type: int | None = None
+    block_count: int
+    head_count: int
+    head_count_kv: int
+    embedding_length: int
+    # Per head; the architecture's default (embedding_length / head_count) when absent.
+    key_length: int
+    value_length: int
+    context_length: int
+    vocab_size: int
+    feed_forward_length: int | None = None
+    sliding_window: int | None = None
+    # Total bytes of every tensor's data (the weights), and where the data starts.
+    weight_bytes: int
+    header_bytes: int
+    # Bytes of blk.0 … blk.(block_count-1), in order.
+    layer_bytes: list[int]
+    token_embd_bytes: int
+    # output.weight plus output_norm; a model with tied embeddings has no output.weight.
+    output_bytes: int
+    tied_embeddings: bool
+    bytes_by_type: dict[str, int] = {}
+    tensor_count: int = 0
+    # The metadata's short scalar values (general.name, rope settings, token ids …).
+    scalars: dict[str, Scalar] = {}
+
+
+class _Cursor:
+    """Reads little-endian values from a prefix; raises NeedMoreBytes at its end."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.data):
+            raise NeedMoreBytes(self.pos + n, len(self.data))
+
+    def unpack(self, fmt: str) -> object:
+        size = struct.calcsize(fmt)
+        self._need(size)
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def u32(self) -> int:
+        value = self.unpack("<I")
+        assert isinstance(value, int)
+        return value
+
+    def u64(self) -> int:
+        value = self.unpack("<Q")
+        assert isinstance(value, int)
+        return value
+
+    def string(self) -> str:
+        n = self.u64()
+        self._need(n)
+        raw = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        n = self.u64()
+        self._need(n)
+        self.pos += n
+
+
+def _value(cur: _Cursor, vtype: int) -> Scalar | list[Scalar] | int:
+    """A metadata value; arrays of strings are walked and only their length returned."""
+    if vtype in _SCALARS:
+        value = cur.unpack(_SCALARS[vtype])
+        assert isinstance(value, int | float | bool)
+        return value
+    if vtype == _STRING:
+        return cur.string()
+    if vtype != _ARRAY:
+        raise GGUFFormatError(f"unknown GGUF metadata type {vtype} at byte {cur.pos}")
+    item_type = cur.u32()
+    count = cur.u64()
+    if item_type in _SCALARS:
+        size = struct.calcsize(_SCALARS[item_type])
+        # Short numeric arrays (per-layer head counts) are kept; long ones skipped.
+        if count <= 1024:
+            cur._need(size * count)
+            items = list(struct.unpack_from(f"<{count}{_SCALARS[item_type][1]}", cur.data, cur.pos))
+            cur.pos += size * count
+            return items
+        cur._need(size * count)
+        cur.pos += size * count
+        return count
+    if item_type == _STRING:
+        for _ in range(count):
+            cur.skip_string()
+        return count
+    raise GGUFFormatError(f"unsupported GGUF array of type {item_type} at byte {cur.pos}")
+
+
+def tensor_nbytes(type_id: int, shape: list[int]) -> int:
+    if type_id not in GGML_TYPES:
+        raise GGUFFormatError(f"unknown ggml tensor type {type_id}")
+    _, block, size = GGML_TYPES[type_id]
+    elements = 1
+    for d in shape:
+        elements *= d
+    return elements // block * size
+
+
+def _int(meta: dict[str, object], key: str) -> int | None:
+    value = meta.get(key)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    # Per-layer values (e.g. head_count_kv for hybrid models): the largest rules memory.
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return max(int(v) for v in value if isinstance(v, int))
+    return None
+
+
+def parse_header(data: bytes | memoryview) -> ModelHeader:
+    """Parse a GGUF header from a prefix of the file; NeedMoreBytes if it is too short."""
+    cur = _Cursor(data)
+    cur._need(4)
+    if bytes(cur.data[:4]) != GGUF_MAGIC:
+        raise GGUFFormatError("not a GGUF file (no GGUF magic at the start)")
+    cur.pos = 4
+    version = cur.u32()
+    if version not in (2, 3):
+        raise GGUFFormatError(f"GGUF version {version} is not supported (2 and 3 are)")
+    n_tensors = cur.u64()
+    n_kv = cur.u64()
+    meta: dict[str, object] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        meta[key] = _value(cur, cur.u32())
+    tensors: list[TensorInfo] = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        n_dims = cur.u32()
+        shape = [cur.u64() for _ in range(n_dims)]
+        type_id = cur.u32()
+        cur.u64()  # offset: sizes follow from shape and type
+        tensors.append(
+            TensorInfo(
+                name,
+                GGML_TYPES.get(type_id, (str(type_id),))[0],
+                shape,
+                tensor_nbytes(type_id, shape),
+            )
+        )
+    alignment = _int(meta, "general.alignment") or DEFAULT_ALIGNMENT
+    data_start = (cur.pos + alignment - 1) // alignment * alignment
+    return _header(meta, tensors, data_start)
+
+
+def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int) -> ModelHeader:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise GGUFFormatError("GGUF header has no general.architecture")
+
+    def need(key: str) -> int:
+        value = _int(meta, f"{arch}.{key}")
+        if value is None:
+            raise GGUFFormatError(f"GGUF header has no {arch}.{key}")
+        return value
+
+    blocks = need("block_count")
+    heads = need("attention.head_count")
+    embd = need("embedding_length")
+    kv_heads = _int(meta, f"{arch}.attention.head_count_kv") or heads
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = tokens if isinstance(tokens, int) else len(tokens) if isinstance(tokens, list) else 0
+    vocab = _int(meta, f"{arch}.vocab_size") or vocab
+    layer_bytes = [0] * blocks
+    by_type: dict[str, int] = {}
+    named: dict[str, int] = {}
+    for t in tensors:
+        by_type[t.type_name] = by_type.get(t.type_name, 0) + t.nbytes
+        m = _LAYER.match(t.name)
+        if m and int(m.group(1)) < blocks:
+            layer_bytes[int(m.group(1))] += t.nbytes
+        else:
+            named[t.name] = named.get(t.name, 0) + t.nbytes
+    token_embd = named.get("token_embd.weight", 0)
+    if not vocab and token_embd:
+        vocab = next(t.shape[-1] for t in tensors if t.name == "token_embd.weight")
+    tied = "output.weight" not in named
+    output = named.get("output_norm.weight", 0) + (token_embd if tied else named["output.weight"])
+    name = meta.get("general.name")
+    file_type = _int(meta, "general.file_type")
+    scalars: dict[str, Scalar] = {
+        k: v
+        for k, v in meta.items()
+        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= _MAX_KEPT_STRING)
+    }
+    return ModelHeader(
+        architecture=arch,
+        name=name if isinstance(name, str) else None,
+        file_type=file_type,
+        block_count=blocks,
+        head_count=heads,
+        head_count_kv=kv_heads,
+        embedding_length=embd,
+        key_length=_int(meta, f"{arch}.attention.key_length") or embd // heads,
+        value_length=_int(meta, f"{arch}.attention.value_length") or embd // heads,
+        context_length=_int(meta, f"{arch}.context_length") or 0,
+        vocab_size=vocab,
+        feed_forward_length=_int(meta, f"{arch}.feed_forward_length"),
+        sliding_window=_int(meta, f"{arch}.attention.sliding_window"),
+        weight_bytes=sum(t.nbytes for t in tensors),
+        header_bytes=data_start,
+        layer_bytes=layer_bytes,
+        token_embd_bytes=token_embd,
+        output_bytes=output,
+        tied_embeddings=tied,
+        bytes_by_type=by_type,
+        tensor_count=len(tensors),
+        scalars=scalars,
+    )
+
+
+def read_header(path: Path, first_read: int = FIRST_READ_BYTES) -> ModelHeader:
+    """The header of the GGUF file at ``path``, reading only as far as the header goes."""
+    with open(path, "rb") as f:
+        data = f.read(first_read)
+        while True:
+            try:
+                return parse_header(data)
+            except NeedMoreBytes as more:
+                # Doubling bounds the re-parses to a handful for any header size.
+                want = max(more.needed, 2 * len(data))
+                chunk = f.read(want - len(data))
+                if not chunk:
+                    raise GGUFFormatError(
+                        f"{path} ends inside its GGUF header ({len(data)} bytes)"
+                    ) from more
+                data += chunk
+
+
+def encode_header(header: ModelHeader) -> bytes:
+    """JSON for ``models/.headers/``."""
+    return msgspec.json.encode(header)
+
+
+def decode_header(raw: bytes) -> ModelHeader:
+    return msgspec.json.decode(raw, type=ModelHeader)
