@@ -16,7 +16,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("primitives", {"units", "paths", "fsutil", "locks", "offline", "memory", "states",
                     "errors", "__init__"}),
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
-                 "download", "updates", "runtime", "lifecycle"}),
+                 "download", "updates", "runtime", "lifecycle",
+                 "gguf_header", "estimate", "architectures", "gpu"}),
     ("service", {"app", "service", "protocol"}),
     ("front ends", {"server", "cli", "render", "protocol_docs", "__main__"}),
 ]  # fmt: skip

@@ -1,0 +1,94 @@
+"""A ModelHeader from an architecture's published numbers, for a model not downloaded yet.
+
+The estimate wants tensor sizes; before a download there is only the architecture
+(layers, heads, head dimension, embedding, feed-forward, vocabulary) and the file size.
+Weights are split in proportion to parameter counts: each layer's q, k, v, o and
+three feed-forward matrices, the token embedding and (unless tied) the output matrix.
+Quantisations give some tensors more bits than others (Q4_K_M keeps the output at
+Q6_K), so per-layer bytes are approximate; their total is the file less its header.
+The facts of the embedded models live in ``architectures.json``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import msgspec
+
+from vibrant_rpc.gguf_header import ModelHeader
+
+_FACTS = Path(__file__).with_name("architectures.json")
+# A GGUF header is mostly its vocabulary: token strings, scores, types and merges
+# (Gemma's 262k tokens: 6.5 MB, 25 bytes a token; BPE merges add about as much).
+HEADER_BYTES_PER_TOKEN = 40
+
+
+class ArchFacts(msgspec.Struct, frozen=True, kw_only=True):
+    architecture: str
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    head_dim: int
+    vocab: int
+    feed_forward: int
+    context_length: int
+    tied_embeddings: bool = False
+    sliding_window: int | None = None
+
+
+class _FactsFile(msgspec.Struct):
+    architectures: dict[str, ArchFacts]
+
+
+@cache
+def embedded_facts() -> dict[str, ArchFacts]:
+    """The embedded models' facts by key: ``<family>-<parameters>``, e.g. qwen2.5-coder-7b."""
+    return msgspec.json.decode(_FACTS.read_bytes(), type=_FactsFile).architectures
+
+
+def facts_for(family: str, parameters: str) -> ArchFacts | None:
+    """The facts of a registry model from its family and parameter label ("7B")."""
+    return embedded_facts().get(f"{family}-{parameters.lower()}")
+
+
+def header_from_arch(facts: ArchFacts, file_size: int, name: str | None = None) -> ModelHeader:
+    """A ModelHeader whose sizes add up to ``file_size`` (the sum of a split model's files)."""
+    q_dim = facts.heads * facts.head_dim
+    kv_dim = facts.kv_heads * facts.head_dim
+    layer_params = (
+        facts.hidden * (q_dim + 2 * kv_dim)
+        + q_dim * facts.hidden
+        + 3 * facts.hidden * facts.feed_forward
+        + 2 * facts.hidden  # the two norms
+    )
+    embd_params = facts.vocab * facts.hidden
+    output_params = (0 if facts.tied_embeddings else embd_params) + facts.hidden
+    total_params = facts.layers * layer_params + embd_params + output_params
+    header_bytes = HEADER_BYTES_PER_TOKEN * facts.vocab
+    weight_bytes = max(file_size - header_bytes, 0)
+    per_param = weight_bytes / total_params
+    layer = int(layer_params * per_param)
+    token_embd = int(embd_params * per_param)
+    output = int(output_params * per_param) + (token_embd if facts.tied_embeddings else 0)
+    return ModelHeader(
+        architecture=facts.architecture,
+        name=name,
+        block_count=facts.layers,
+        head_count=facts.heads,
+        head_count_kv=facts.kv_heads,
+        embedding_length=facts.hidden,
+        key_length=facts.head_dim,
+        value_length=facts.head_dim,
+        context_length=facts.context_length,
+        vocab_size=facts.vocab,
+        feed_forward_length=facts.feed_forward,
+        sliding_window=facts.sliding_window,
+        weight_bytes=weight_bytes,
+        header_bytes=header_bytes,
+        layer_bytes=[layer] * facts.layers,
+        token_embd_bytes=token_embd,
+        output_bytes=output,
+        tied_embeddings=facts.tied_embeddings,
+    )
