@@ -77,6 +77,7 @@ def probe(
     ubatch: int = 512,
     kv_type: str = "f16",
     flash: bool = False,
+    mmap: bool = True,
     fill: bool = True,
     threads: int = 2,
 ) -> Probe:
@@ -99,7 +100,7 @@ def probe(
         n_threads_batch=threads,
         n_batch=batch,
         n_ubatch=ubatch,
-        use_mmap=True,
+        use_mmap=mmap,
         n_gpu_layers=0,
         flash_attn=flash,
         type_k=_KV_TYPES[kv_type],
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ubatch", type=int, default=512)
     parser.add_argument("--kv-type", choices=sorted(_KV_TYPES), default="f16")
     parser.add_argument("--flash", action="store_true")
+    parser.add_argument("--no-mmap", action="store_true")
     parser.add_argument("--no-fill", action="store_true")
     args = parser.parse_args(argv)
     result = probe(
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         ubatch=args.ubatch,
         kv_type=args.kv_type,
         flash=args.flash,
+        mmap=not args.no_mmap,
         fill=not args.no_fill,
     )
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")

@@ -32,7 +32,7 @@ What the estimate does not count: the process itself before the load (the Python
 interpreter and the server: measured by the caller, e.g. the benchmark's baseline),
 and a GPU's own allocations when layers are offloaded (``gpu_bytes`` counts the
 offloaded weights, their KV cache and the reserved compute graph, which a GPU does
-allocate in full).
+allocate in full). The measurements and the benchmark: ``docs/memory-estimate.md``.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class EstimateOptions(msgspec.Struct, frozen=True, kw_only=True):
     ubatch: Annotated[int, msgspec.Meta(ge=1)] = 512
     kv_cache_type: KvCacheType = "f16"
     flash_attention: bool = False
+    # Changes where the weights live (page cache or anonymous memory), not how much.
     mmap: bool = True
     # Repeating layers on the GPU (llama.cpp's n_gpu_layers); above block_count the
     # output layer goes too; -1 offloads everything.
@@ -80,6 +81,10 @@ class MemoryEstimate(msgspec.Struct, frozen=True, kw_only=True):
     cpu_bytes: int
     gpu_bytes: int
     gpu_layers: int
+    # Of cpu_bytes, the weights mapped from the file (mmap): resident once loaded, but
+    # page cache the kernel may drop under pressure (and read again, slowly) rather
+    # than memory that runs out. 0 without mmap, where they are anonymous memory.
+    mapped_bytes: int = 0
 
     @property
     def buffers_bytes(self) -> int:
@@ -208,6 +213,7 @@ def estimate(header: ModelHeader, options: EstimateOptions) -> MemoryEstimate:
         cpu_bytes=cpu,
         gpu_bytes=gpu,
         gpu_layers=blocks_on + (1 if output_on else 0),
+        mapped_bytes=cpu_weights if options.mmap else 0,
     )
 
 
