@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -15,6 +16,7 @@ from vibrant_rpc.gguf_header import (
     NeedMoreBytes,
     decode_header,
     encode_header,
+    header_from_ranges,
     parse_header,
     read_header,
 )
@@ -137,3 +139,32 @@ def test_json_round_trip() -> None:
     raw = encode_header(h)
     assert decode_header(raw) == h
     assert len(raw) < 100_000  # the cached header is small: the vocabulary isn't kept
+
+
+def _ranges(path: Path, log: list[tuple[int, int]]) -> Callable[[int, int], bytes]:
+    def read_range(start: int, end: int) -> bytes:
+        log.append((start, end))
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+
+    return read_range
+
+
+def test_header_from_ranges_moves_at_most_twice_the_header() -> None:
+    path = gemma_path()
+    log: list[tuple[int, int]] = []
+    header = header_from_ranges(_ranges(path, log))
+    assert header == read_header(path)
+    moved = sum(end - start for start, end in log)
+    assert moved <= 2 * header.header_bytes
+    assert moved <= 16 * 2**20
+    # Each range starts where the last ended: no byte is fetched twice.
+    assert [s for s, _ in log] == [0, *[e for _, e in log[:-1]]]
+
+
+def test_header_from_ranges_stops_at_the_limit() -> None:
+    log: list[tuple[int, int]] = []
+    with pytest.raises(GGUFFormatError, match="longer than"):
+        header_from_ranges(_ranges(gemma_path(), log), first=1 << 20, limit=4 << 20)
+    assert log[-1][1] == 4 << 20

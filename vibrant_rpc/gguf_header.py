@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -31,8 +32,11 @@ from vibrant_rpc.errors import VibrantError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
-# The first read of a file or of the Hub: most headers fit (Gemma's is about 6 MB).
+# The first read of a file: most headers fit (Gemma's is 6.5 MB).
 FIRST_READ_BYTES = 8 * 1024 * 1024
+# Over the network: start small, grow by doubling; never move more than the limit.
+FIRST_RANGE_BYTES = 2 * 1024 * 1024
+RANGE_LIMIT_BYTES = 16 * 1024 * 1024
 
 # ggml type id -> (name, elements per block, bytes per block): ggml.c's type_traits.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -355,6 +359,34 @@ def read_header(path: Path, first_read: int = FIRST_READ_BYTES) -> ModelHeader:
                         f"{path} ends inside its GGUF header ({len(data)} bytes)"
                     ) from more
                 data += chunk
+
+
+def header_from_ranges(
+    read_range: Callable[[int, int], bytes],
+    *,
+    first: int = FIRST_RANGE_BYTES,
+    limit: int = RANGE_LIMIT_BYTES,
+) -> ModelHeader:
+    """Parse a header fetched piecewise: ``read_range(start, end)`` returns bytes
+    ``[start, end)`` of the file (an HTTP Range request, ``bytes=start-(end-1)``), or
+    fewer at its end. Each round asks only for the bytes not yet held, at least doubling
+    what is held, so at most twice the header moves (Gemma's 6.5 MB: 2 + 2 + 4 MiB)
+    and never more than ``limit`` bytes."""
+    data = b""
+    want = min(first, limit)
+    while True:
+        chunk = read_range(len(data), want)
+        if not chunk:
+            raise GGUFFormatError(f"the file ends inside its GGUF header ({len(data)} bytes)")
+        data += chunk
+        try:
+            return parse_header(data)
+        except NeedMoreBytes as more:
+            if len(data) >= limit:
+                raise GGUFFormatError(
+                    f"the GGUF header is longer than {limit} bytes; not fetched further"
+                ) from more
+            want = min(max(more.needed, 2 * len(data)), limit)
 
 
 def encode_header(header: ModelHeader) -> bytes:
