@@ -152,3 +152,17 @@ def test_estimate_against_a_real_load(path: object, context: int) -> None:
     added = measured.peak_rss_bytes - measured.rss_before_bytes
     assert abs(predicted.total_bytes - added) / added < 0.08, predicted.breakdown()
     assert measured.prompt_tokens == context - 1
+
+
+def test_largest_context_that_fits() -> None:
+    from vibrant_rpc.estimate import largest_context
+
+    h = gemma()
+    options = EstimateOptions()
+    at_8k = estimate(h, EstimateOptions(context=8192)).total_bytes
+    found = largest_context(h, options, at_8k)
+    assert found is not None and found >= 8192
+    assert estimate(h, EstimateOptions(context=found)).total_bytes <= at_8k
+    assert estimate(h, EstimateOptions(context=found + 256)).total_bytes > at_8k
+    assert largest_context(h, options, 10**12) == h.context_length
+    assert largest_context(h, options, 100 * MIB) is None

@@ -219,3 +219,28 @@ def estimate(header: ModelHeader, options: EstimateOptions) -> MemoryEstimate:
 
 def label_of(header: ModelHeader) -> str:
     return header.name or header.architecture
+
+
+def largest_context(
+    header: ModelHeader, options: EstimateOptions, budget_bytes: int, *, minimum: int = 512
+) -> int | None:
+    """The largest context, a multiple of 256 up to the model's own, whose estimate fits
+    ``budget_bytes`` (for ``context_size = "auto"``); None if not even ``minimum`` fits.
+    The estimate grows with the context, so a bisection finds it."""
+    top = header.context_length or 4096
+
+    def fits(n: int) -> bool:
+        return (
+            estimate(header, msgspec.structs.replace(options, context=n)).total_bytes
+            <= budget_bytes
+        )
+
+    if not fits(minimum):
+        return None
+    lo, hi = minimum // KV_PAD, top // KV_PAD  # in cells of 256
+    if fits(top):
+        return top
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid * KV_PAD) else (lo, mid)
+    return max(lo * KV_PAD, minimum)
