@@ -29,7 +29,7 @@ def cache(paths: Paths) -> Cache:
 def test_list_shows_registry_and_the_machine_choice() -> None:
     r = vibrant("model", "list")
     assert r.returncode == 0, r.stderr
-    for model_id in ("qwen2.5-coder-3b-q4_k_m", "qwen2.5-coder-14b-q8_0"):
+    for model_id in ("qwen2.5-coder-3b-q4", "qwen2.5-coder-14b-q8"):
         assert model_id in r.stdout
     assert "This machine:" in r.stdout and "usable" in r.stdout
     assert "* the model this machine gets" in r.stdout
@@ -48,7 +48,7 @@ def test_list_json_and_cached(cache: Cache) -> None:
 
 
 def test_info(cache: Cache) -> None:
-    r = vibrant("model", "info", "qwen2.5-coder-7b-q5_k_m")
+    r = vibrant("model", "info", "qwen2.5-coder-7b-q5")
     assert r.returncode == 0
     assert "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF" in r.stdout
     assert "qwen2.5-coder-7b-instruct-q5_k_m-00002-of-00002.gguf" in r.stdout
@@ -59,7 +59,7 @@ def test_unknown_model_exit_1_with_suggestion_no_traceback() -> None:
     r = vibrant("model", "info", "qwen2.5-coder-7b")
     assert r.returncode == 1
     assert "Unknown model 'qwen2.5-coder-7b'" in r.stderr
-    assert "Did you mean 'qwen2.5-coder-7b-q5_k_m'" in r.stderr
+    assert "Did you mean 'qwen2.5-coder-7b-q5'" in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
@@ -82,10 +82,10 @@ def test_bad_usage_exit_2(args: tuple[str, ...]) -> None:
 def test_select_with_ram() -> None:
     r = vibrant("model", "select", "--ram", "16GiB")
     assert r.returncode == 0
-    assert r.stdout.startswith("qwen2.5-coder-7b-q5_k_m")
+    assert r.stdout.startswith("qwen2.5-coder-7b-q5")
     assert "16.0 GiB total, 14.0 GiB usable; 14B Q5_K_M needs 17.6 GiB" in r.stdout
     data = json.loads(vibrant("model", "select", "--ram", "24GiB", "--json").stdout)
-    assert data["model_id"] == "qwen2.5-coder-14b-q8_0"
+    assert data["model_id"] == "qwen2.5-coder-14b-q8"
     r = vibrant("model", "select", "--ram", "5GiB")
     assert r.returncode == 1 and "Not enough memory" in r.stderr
 
@@ -132,7 +132,7 @@ def test_broken_user_registry_warns_but_works(paths: Paths) -> None:
     paths.user_registry.write_text("{oops")
     r = vibrant("model", "list")
     assert r.returncode == 0
-    assert "qwen2.5-coder-3b-q4_k_m" in r.stdout
+    assert "qwen2.5-coder-3b-q4" in r.stdout
     assert "warning:" in r.stderr and "not a registry file" in r.stderr
 
 
@@ -140,16 +140,16 @@ def test_stale_partials_go_at_start_up(paths: Paths) -> None:
     import os
     import time
 
-    stale = paths.partial_dir("qwen2.5-coder-3b-q4_k_m")
+    stale = paths.partial_dir("qwen2.5-coder-3b-q4")
     stale.mkdir(parents=True)
-    (stale / "qwen2.5-coder-3b-q4_k_m.gguf.part").write_bytes(b"x" * 100)
+    (stale / "qwen2.5-coder-3b-q4.gguf.part").write_bytes(b"x" * 100)
     old = time.time() - 25 * 3600
     for p in (stale, *stale.iterdir()):
         os.utime(p, (old, old))
-    fresh = paths.partial_dir("qwen2.5-coder-7b-q5_k_m")
+    fresh = paths.partial_dir("qwen2.5-coder-7b-q5")
     fresh.mkdir(parents=True)
     (fresh / "x.part").write_bytes(b"y")
     r = vibrant("model", "list")
     assert r.returncode == 0
-    assert "Removed a stale partial download of qwen2.5-coder-3b-q4_k_m" in r.stderr
+    assert "Removed a stale partial download of qwen2.5-coder-3b-q4" in r.stderr
     assert not stale.exists() and fresh.exists()

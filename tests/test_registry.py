@@ -14,19 +14,19 @@ def test_embedded_registry_has_the_real_file_layout() -> None:
     r = Registry.embedded()
     ids = [m.id for m in r]
     assert ids == [
-        "qwen2.5-coder-3b-q4_k_m",
-        "qwen2.5-coder-7b-q5_k_m",
-        "qwen2.5-coder-14b-q5_k_m",
-        "qwen2.5-coder-14b-q8_0",
+        "qwen2.5-coder-3b-q4",
+        "qwen2.5-coder-7b-q5",
+        "qwen2.5-coder-14b-q5",
+        "qwen2.5-coder-14b-q8",
     ]
-    three = r.get("qwen2.5-coder-3b-q4_k_m")
+    three = r.get("qwen2.5-coder-3b-q4")
     assert [f.filename for f in three.files] == ["qwen2.5-coder-3b-instruct-q4_k_m.gguf"]
     assert three.revision == "f74adce6aa16316c625447af059dbebe4983757c"
-    assert three.local_filenames() == ["qwen2.5-coder-3b-q4_k_m.gguf"]
-    seven = r.get("qwen2.5-coder-7b-q5_k_m")
+    assert three.local_filenames() == ["qwen2.5-coder-3b-q4.gguf"]
+    seven = r.get("qwen2.5-coder-7b-q5")
     assert seven.is_split and len(seven.files) == 2
-    assert seven.local_filenames()[1] == "qwen2.5-coder-7b-q5_k_m-00002-of-00002.gguf"
-    q8 = r.get("qwen2.5-coder-14b-q8_0")
+    assert seven.local_filenames()[1] == "qwen2.5-coder-7b-q5-00002-of-00002.gguf"
+    q8 = r.get("qwen2.5-coder-14b-q8")
     assert (q8.file_size_mb, q8.ram_required_mb) == (15700, 22000)
 
 
@@ -36,7 +36,7 @@ def test_user_entries_add_and_override(paths: Paths) -> None:
         [
             tiny_model("mine"),
             {
-                "id": "qwen2.5-coder-3b-q4_k_m",
+                "id": "qwen2.5-coder-3b-q4",
                 "hf_repo": "me/fork",
                 "filename": "x.gguf",
                 "ram_required_mb": 1,
@@ -45,7 +45,7 @@ def test_user_entries_add_and_override(paths: Paths) -> None:
     )
     r = Registry.load(paths.user_registry)
     assert r.get("mine").name == "Tiny mine"
-    assert r.get("qwen2.5-coder-3b-q4_k_m").hf_repo == "me/fork"
+    assert r.get("qwen2.5-coder-3b-q4").hf_repo == "me/fork"
     assert len(r) == 5 and not r.problems
 
 
@@ -100,7 +100,7 @@ def test_bad_entries_are_refused_naming_file_entry_field(
     assert f"field '{field}'" in msg
     assert words in msg
     # the good entry and the embedded ones survive
-    assert "fine" in r and "qwen2.5-coder-7b-q5_k_m" in r
+    assert "fine" in r and "qwen2.5-coder-7b-q5" in r
 
 
 def test_missing_required_field(paths: Paths) -> None:
@@ -135,6 +135,6 @@ def test_vibrant_registry_env_names_the_file(
 def test_unknown_id_suggests_nearest() -> None:
     with pytest.raises(ModelNotFoundError) as info:
         Registry.embedded().get("qwen2.5-coder-7b")
-    assert "qwen2.5-coder-7b-q5_k_m" in info.value.details["suggestions"]
+    assert "qwen2.5-coder-7b-q5" in info.value.details["suggestions"]
     assert info.value.code == -31001
     assert "Did you mean" in str(info.value)

@@ -14,13 +14,13 @@ from vibrant_rpc.units import GiB
 @pytest.mark.parametrize(
     ("ram_gib", "expected"),
     [
-        (6, "qwen2.5-coder-3b-q4_k_m"),
-        (10, "qwen2.5-coder-3b-q4_k_m"),
-        (12, "qwen2.5-coder-7b-q5_k_m"),
-        (16, "qwen2.5-coder-7b-q5_k_m"),
-        (20, "qwen2.5-coder-14b-q5_k_m"),
-        (24, "qwen2.5-coder-14b-q8_0"),
-        (64, "qwen2.5-coder-14b-q8_0"),
+        (6, "qwen2.5-coder-3b-q4"),
+        (10, "qwen2.5-coder-3b-q4"),
+        (12, "qwen2.5-coder-7b-q5"),
+        (16, "qwen2.5-coder-7b-q5"),
+        (20, "qwen2.5-coder-14b-q5"),
+        (24, "qwen2.5-coder-14b-q8"),
+        (64, "qwen2.5-coder-14b-q8"),
     ],
 )
 def test_tiers(ram_gib: int, expected: str) -> None:
@@ -33,7 +33,7 @@ def test_too_little_ram_says_what_the_smallest_needs() -> None:
     err = info.value
     assert "3.0 GiB usable" in err.message
     assert "3B Q4_K_M" in err.message and "needs 3.9 GiB" in err.message
-    assert err.details["smallestModelId"] == "qwen2.5-coder-3b-q4_k_m"
+    assert err.details["smallestModelId"] == "qwen2.5-coder-3b-q4"
     assert err.code == -31002
 
 
@@ -42,7 +42,7 @@ def test_reason_in_words_and_fits() -> None:
     assert s.reason == (
         "15.5 GiB total, 13.5 GiB usable; 14B Q5_K_M needs 17.6 GiB; chose 7B Q5_K_M"
     )
-    assert s.fits == ["qwen2.5-coder-7b-q5_k_m", "qwen2.5-coder-3b-q4_k_m"]
+    assert s.fits == ["qwen2.5-coder-7b-q5", "qwen2.5-coder-3b-q4"]
     assert s.usable_ram_bytes == int(13.5 * GiB)
 
 
@@ -53,9 +53,9 @@ def test_recommended_preferred_over_larger_unrecommended() -> None:
         b'{"models":[{"id":"big","hf_repo":"a/b","filename":"f","ram_required_mb":8000}]}', "x"
     )
     s = select_model([*Registry.embedded(), *big], 12 * GiB)
-    assert s.model_id == "qwen2.5-coder-7b-q5_k_m"
+    assert s.model_id == "qwen2.5-coder-7b-q5"
     s = select_model([*Registry.embedded(), *big], 10 * GiB)
-    assert s.model_id == "qwen2.5-coder-3b-q4_k_m"
+    assert s.model_id == "qwen2.5-coder-3b-q4"
 
 
 def test_warning_when_memory_free_now_is_short() -> None:
@@ -91,7 +91,7 @@ def test_cgroup_v2_limit_caps_total(tmp_path: Path) -> None:
     assert mem.total_bytes == 8 * GiB
     assert mem.available_bytes <= 7 * GiB
     s = select_model(Registry.embedded(), mem.total_bytes)
-    assert s.model_id == "qwen2.5-coder-3b-q4_k_m"
+    assert s.model_id == "qwen2.5-coder-3b-q4"
 
 
 def test_cgroup_v1_limit_and_unlimited(tmp_path: Path) -> None:

@@ -200,6 +200,6 @@ async def test_complete_with_a_model_that_is_not_cached(
 ) -> None:
     client, _ = server
     code, _, data = await call_error(
-        client, "vibrant/complete", {"prompt": "x", "modelId": "qwen2.5-coder-7b-q5_k_m"}
+        client, "vibrant/complete", {"prompt": "x", "modelId": "qwen2.5-coder-7b-q5"}
     )
     assert code == -31007 and data["kind"] == "NotCached" and data["downloadBytes"] > 0

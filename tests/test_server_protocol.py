@@ -77,11 +77,11 @@ async def test_list_and_info(server: tuple[LanguageClient, Recorder]) -> None:
     client, _ = server
     result = await call(client, "vibrant/listModels", {"scope": "all"})
     models = {m["id"]: m for m in result["models"]}
-    assert {"tiny-a", "tiny-b", "qwen2.5-coder-3b-q4_k_m"} <= set(models)
+    assert {"tiny-a", "tiny-b", "qwen2.5-coder-3b-q4"} <= set(models)
     a = models["tiny-a"]
     assert a["cached"] is True and a["sizeBytes"] == 1000 and a["lastUsed"] is not None
     assert a["hfRepo"] == "test/tiny" and a["ramRequiredMb"] == 100 and a["loaded"] is False
-    assert models["qwen2.5-coder-3b-q4_k_m"]["cached"] is False
+    assert models["qwen2.5-coder-3b-q4"]["cached"] is False
     assert result["recommended"] in models
     cached = await call(client, "vibrant/listModels", {"scope": "cached"})
     assert sorted(m["id"] for m in cached["models"]) == ["tiny-a", "tiny-b"]
@@ -147,10 +147,10 @@ async def test_model_errors_without_loading(server: tuple[LanguageClient, Record
     client, rec = server
     # Not downloaded: NotCached names the model and its size; nothing downloads.
     code, message, data = await call_error(
-        client, "vibrant/complete", {"prompt": "x", "modelId": "qwen2.5-coder-3b-q4_k_m"}
+        client, "vibrant/complete", {"prompt": "x", "modelId": "qwen2.5-coder-3b-q4"}
     )
-    assert code == -31007 and data["modelId"] == "qwen2.5-coder-3b-q4_k_m"
-    assert data["downloadBytes"] > 0 and "qwen2.5-coder-3b-q4_k_m" in message
+    assert code == -31007 and data["modelId"] == "qwen2.5-coder-3b-q4"
+    assert data["downloadBytes"] > 0 and "qwen2.5-coder-3b-q4" in message
     code, _, data = await call_error(client, "vibrant/loadModel", {"modelId": "nope"})
     assert code == -31001
     assert await call(client, "vibrant/unloadModel") == {"modelId": None, "unloaded": False}

@@ -95,7 +95,7 @@ class Cache:
 
     def _reconcile(self, manifest: Manifest, recording: str | None = None) -> bool:
         """Drop entries whose files are gone, adopt known models found on disk; True if any."""
-        changed = False
+        changed = self._rename_aliases(manifest)
         for model_id, entry in list(manifest.models.items()):
             missing = [f.path for f in entry.files if not (self.paths.models / f.path).is_file()]
             if missing:
@@ -105,7 +105,7 @@ class Cache:
         for model in self.registry:
             if model.id in manifest.models or model.id == recording:
                 continue
-            files = [self.paths.models / name for name in model.local_filenames()]
+            files = self._files_on_disk(model)
             if all(f.is_file() for f in files):
                 manifest.models[model.id] = self._adopt(model, files)
                 changed = True
@@ -137,15 +137,50 @@ class Cache:
         with self.transaction(read_only=True) as manifest:
             return msgspec.structs.replace(manifest, models=dict(manifest.models))
 
+    # -- aliases: a renamed model's earlier ids (issue 10) --------------------------------
+
+    def _rename_aliases(self, manifest: Manifest) -> bool:
+        """Entries written under an alias move to the id (their files keep their names);
+        a second entry for the same files is dropped. True if the manifest changed."""
+        changed = False
+        for key, entry in list(manifest.models.items()):
+            model_id = self.registry.canonical_id(key)
+            if model_id == key:
+                continue
+            current = manifest.models.get(model_id)
+            if current is None:
+                entry.id = model_id
+                manifest.models[model_id] = entry
+            elif current.paths == entry.paths:
+                current.use_count = max(current.use_count, entry.use_count)
+                used = [t for t in (current.last_used, entry.last_used) if t is not None]
+                current.last_used = max(used, default=None)
+            else:
+                continue  # another copy: kept under the alias until the id's copy is removed
+            del manifest.models[key]
+            changed = True
+            log.info("%s: cache entry renamed to %s, the model's id now", key, model_id)
+        return changed
+
+    def _files_on_disk(self, model: ModelInfo) -> list[Path]:
+        """The model's files under its id or, failing that, under an alias (named before
+        the rename); the id's names when neither is complete."""
+        for name in [model.id, *reversed(model.aliases)]:
+            files = [self.paths.models / n for n in model.local_filenames(name)]
+            if all(f.is_file() for f in files):
+                return files
+        return [self.paths.models / n for n in model.local_filenames()]
+
     # -- queries ---------------------------------------------------------------------
 
     def entries(self) -> list[ManifestEntry]:
         return list(self.snapshot().models.values())
 
     def get(self, model_id: str) -> ManifestEntry | None:
-        return self.snapshot().models.get(model_id)
+        return self.snapshot().models.get(self.registry.canonical_id(model_id))
 
     def require(self, model_id: str) -> ManifestEntry:
+        model_id = self.registry.canonical_id(model_id)
         entry = self.get(model_id)
         if entry is None:
             model = self.registry.get(model_id)
@@ -194,12 +229,13 @@ class Cache:
         )
 
     def in_use(self, model_id: str) -> bool:
-        return is_in_use(self.paths.locks, model_id)
+        return is_in_use(self.paths.locks, self.registry.canonical_id(model_id))
 
     # -- changes ---------------------------------------------------------------------
 
     def touch(self, model_id: str) -> ManifestEntry:
         """Record a use: last_used now, use_count + 1."""
+        model_id = self.registry.canonical_id(model_id)
         with self.transaction() as manifest:
             entry = manifest.models.get(model_id)
             if entry is None:
@@ -230,6 +266,7 @@ class Cache:
 
     def remove(self, model_id: str) -> int:
         """Delete a model's files (and any partial download of it); return bytes freed."""
+        model_id = self.registry.canonical_id(model_id)
         if model_id not in self.registry and self.get(model_id) is None:
             self.registry.get(model_id)  # raises ModelNotFoundError with suggestions
         if self.in_use(model_id):
@@ -337,6 +374,7 @@ class Cache:
     def verify(self, model_id: str, *, force: bool = True) -> ManifestEntry:
         """Check a cached model's files. Without ``force``, hash only files whose size or
         mtime changed since they were recorded (or that were never verified)."""
+        model_id = self.registry.canonical_id(model_id)
         entry = self.require(model_id)
         updated: list[ManifestFile] = []
         for index, (f, path) in enumerate(zip(entry.files, self.file_paths(entry), strict=True)):

@@ -4,12 +4,18 @@ Users add or override entries by id in ``~/.vibrant/registry.json`` (or the file
 named by ``VIBRANT_REGISTRY``). Entries are checked when read; a bad entry is
 refused with a message naming the file, the entry and the field, and never
 hides the rest of the registry.
+
+A model renamed keeps its earlier ids as ``aliases``: they are looked up like the id
+(``get``, ``find``, ``in``, ``canonical_id``), and files cached under an alias are
+still found (``local_filenames(alias)``), so caches and settings written before the
+rename keep working. An entry whose id is an alias replaces the model it names.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +60,12 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     tags: list[str] = []
     deprecated: bool = False
     replaced_by: str | None = None
+    aliases: list[str] = []  # earlier ids of this model, oldest first
+
+    @property
+    def names(self) -> list[str]:
+        """The id, then the aliases: every name the model is found by."""
+        return [self.id, *self.aliases]
 
     @property
     def is_split(self) -> bool:
@@ -70,12 +82,14 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
             return sum(f.size_bytes or 0 for f in self.files)
         return (self.file_size_mb or 0) * 1024 * 1024
 
-    def local_filenames(self) -> list[str]:
-        """Cache file names; a split model keeps llama.cpp's shard suffix on the id."""
+    def local_filenames(self, name: str | None = None) -> list[str]:
+        """Cache file names; a split model keeps llama.cpp's shard suffix on the id.
+        ``name``: one of the aliases, for the names files got before the model's rename."""
+        stem = name or self.id
         n = len(self.files)
         if n == 1:
-            return [f"{self.id}.gguf"]
-        return [f"{self.id}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+            return [f"{stem}.gguf"]
+        return [f"{stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
 
 
 class _RegistryFile(msgspec.Struct):
@@ -124,6 +138,10 @@ def _validate(info: ModelInfo) -> tuple[str, str] | None:
             return f"files[{i}].sha256", problem
     if info.revision is not None and (_CONTROL.search(info.revision) or not info.revision):
         return "revision", f"{info.revision!r} is not a valid revision"
+    for i, alias in enumerate(info.aliases):
+        # an alias names cache files too, so it must pass the id's checks
+        if problem := _check_name(alias, "alias"):
+            return f"aliases[{i}]", problem
     return None
 
 
@@ -137,7 +155,12 @@ def _normalise(info: ModelInfo) -> ModelInfo:
         files=files,
         filename=files[0].filename,
         sha256=files[0].sha256 if len(files) == 1 else info.sha256,
+        aliases=_unique(a for a in info.aliases if a != info.id),
     )
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))
 
 
 _FIELD_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
@@ -197,17 +220,42 @@ class Registry:
 
     def __init__(self, models: list[ModelInfo], problems: list[RegistryError] | None = None):
         self._models: dict[str, ModelInfo] = {}
-        for m in models:
-            self._models[m.id] = m
+        self._aliases: dict[str, str] = {}  # alias -> the id it stands for
         self.problems: list[RegistryError] = problems or []
+        for m in models:
+            self._add(m, "<registry>")
+
+    def _add(self, model: ModelInfo, source: str) -> None:
+        """Add or replace ``model``; an entry under an alias replaces the model it names,
+        and a replacement keeps the aliases of what it replaces (the old caches are its)."""
+        target = self._aliases.get(model.id, model.id)
+        before = self._models.get(target)
+        names = _unique([*(before.aliases if before else []), *model.names])
+        kept: list[str] = []
+        for alias in (n for n in names if n != target):
+            owner = alias if alias in self._models else self._aliases.get(alias, target)
+            if owner != target:
+                self.problems.append(
+                    RegistryError(
+                        f"{source}: model {target!r}: alias {alias!r} already names "
+                        f"{owner!r}; ignored.",
+                        file=source,
+                        field="aliases",
+                    )
+                )
+                continue
+            kept.append(alias)
+            self._aliases[alias] = target
+        self._models[target] = msgspec.structs.replace(model, id=target, aliases=kept)
 
     @classmethod
     def embedded(cls) -> Registry:
         data = resources.files("vibrant_rpc").joinpath("registry.json").read_bytes()
         models, problems = parse_entries(data, "<embedded registry>")
-        if problems:  # a packaging bug, not a user error
-            raise RuntimeError(str(problems[0]))
-        return cls(models)
+        registry = cls(models, problems)
+        if registry.problems:  # a packaging bug, not a user error
+            raise RuntimeError(str(registry.problems[0]))
+        return registry
 
     @classmethod
     def load(cls, user_file: Path | None) -> Registry:
@@ -222,28 +270,33 @@ class Registry:
             )
             return registry
         models, problems = parse_entries(data, str(user_file))
-        for m in models:
-            registry._models[m.id] = m
         registry.problems.extend(problems)
+        for m in models:
+            registry._add(m, str(user_file))
         return registry
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ModelInfo]:
         return iter(self._models.values())
 
     def __len__(self) -> int:
         return len(self._models)
 
     def __contains__(self, model_id: object) -> bool:
-        return model_id in self._models
+        return model_id in self._models or model_id in self._aliases
+
+    def canonical_id(self, model_id: str) -> str:
+        """The id for an alias; any other name unchanged (known or not)."""
+        return model_id if model_id in self._models else self._aliases.get(model_id, model_id)
 
     def find(self, model_id: str) -> ModelInfo | None:
-        return self._models.get(model_id)
+        return self._models.get(self.canonical_id(model_id))
 
     def get(self, model_id: str) -> ModelInfo:
-        try:
-            return self._models[model_id]
-        except KeyError:
-            close = difflib.get_close_matches(model_id, list(self._models), n=3, cutoff=0.4)
-            if not close:
-                close = [m for m in self._models if model_id.lower() in m.lower()][:3]
-            raise ModelNotFoundError(model_id, close) from None
+        model = self.find(model_id)
+        if model is not None:
+            return model
+        names = [*self._models, *self._aliases]
+        close = difflib.get_close_matches(model_id, names, n=6, cutoff=0.4)
+        if not close:
+            close = [n for n in names if model_id.lower() in n.lower()]
+        raise ModelNotFoundError(model_id, _unique(self.canonical_id(n) for n in close)[:3])
