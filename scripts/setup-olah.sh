@@ -11,8 +11,9 @@ DIR=${1:-${VIBRANT_OLAH_VENV:-$HOME/.cache/vibrant-tests/olah-venv}}
 PY=${PYTHON:-python3}
 mkdir -p "$(dirname "$DIR")"
 
+# Parallel test workers build it once: the others wait on the lock (where flock exists).
 exec 9>"$DIR.lock"
-flock 9
+if command -v flock >/dev/null; then flock 9; fi
 if [ ! -f "$DIR/.ok-$OLAH_VERSION" ]; then
     # A half-built venv from a killed run is thrown away, never patched up. The venv is
     # built in place: its scripts' shebangs name their folder, so it can't be moved after.
