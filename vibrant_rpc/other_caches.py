@@ -41,7 +41,8 @@ from .errors import VibrantError
 from .fsutil import HASH_CHUNK, fsync_dir, is_sha256
 from .registry import ModelInfo, Registry
 
-Tool = Literal["huggingface_hub", "llama.cpp", "lmstudio", "ollama"]
+# "file": a path the user named (`vibrant model import <path>`), adopted the same way.
+Tool = Literal["huggingface_hub", "llama.cpp", "lmstudio", "ollama", "file"]
 Method = Literal["reflink", "hardlink", "copy"]
 Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
 
