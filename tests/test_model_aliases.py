@@ -23,6 +23,7 @@ import pytest
 
 from tests.gguf_fixtures import tiny_fim_path
 from tests.helpers import tiny_model, write_registry
+from vibrant_rpc.app import Vibrant
 from vibrant_rpc.cache import Cache
 from vibrant_rpc.errors import ModelNotFoundError
 from vibrant_rpc.manifest import Manifest, ManifestEntry, ManifestFile
@@ -271,3 +272,22 @@ def test_remove_by_the_old_id(paths: Paths) -> None:
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["freed_bytes"] == size
     assert not (paths.models / name).exists() and read_manifest(paths) == {}
+
+
+def test_update_check_by_the_old_id(paths: Paths) -> None:
+    paths.models.mkdir(parents=True)
+    shutil.copyfile(tiny_fim_path(), paths.models / f"{OLD_3B}.gguf")
+    r = vibrant("model", "update", OLD_3B, "--check", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pinned"] == [NEW_3B]  # the 3B model is pinned to a commit
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="integration: Updates.check compares the ids as given with the cached ids; "
+    "vibrant/checkUpdates with an old id answers NotCached until it canonicalises them",
+)
+def test_the_servers_update_check_by_the_old_id(paths: Paths) -> None:
+    paths.models.mkdir(parents=True)
+    shutil.copyfile(tiny_fim_path(), paths.models / f"{OLD_3B}.gguf")
+    assert Vibrant(paths).check_updates([OLD_3B]).pinned == [NEW_3B]
