@@ -52,7 +52,8 @@ def put_cached(
     cache.paths.models.mkdir(parents=True, exist_ok=True)
     files = []
     for i, name in enumerate(model.local_filenames()):
-        data = bytes([(i + len(model_id)) % 256]) * size
+        # GGUF's magic first, as a real model file has it (the cache adopts nothing else)
+        data = (b"GGUF" + bytes([(i + len(model_id)) % 256]) * size)[:size]
         path = cache.paths.models / name
         path.write_bytes(data)
         files.append(

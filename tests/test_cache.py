@@ -213,8 +213,13 @@ def test_verify_catches_same_size_corruption_and_keeps_the_cache(
     with pytest.raises(ChecksumMismatchError) as info:
         cache.verify("m1")
     assert info.value.details["expected"] != info.value.details["actual"]
-    assert "vibrant model remove m1" in (info.value.hint or "")
-    assert cache.get("m1") is not None and path.exists()
+    assert "vibrant model download m1" in (info.value.hint or "")
+    # kept (a download renames a new file over it), but remembered as damaged: no load
+    entry = cache.get("m1")
+    assert entry is not None and path.exists() and entry.damaged
+    with pytest.raises(ChecksumMismatchError, match="damaged") as info:
+        cache.verify("m1", force=False)
+    assert "vibrant model download m1" in (info.value.hint or "")
 
 
 def test_changed_mtime_triggers_rehash(cache: Cache, paths: Paths) -> None:

@@ -34,7 +34,8 @@ KiB = 1024
 
 
 def blob(n: int, seed: int = 1) -> bytes:
-    return hashlib.shake_256(f"seed{seed}".encode()).digest(n)
+    """``n`` bytes that start as a GGUF file does (the cache keeps nothing else)."""
+    return (b"GGUF" + hashlib.shake_256(f"seed{seed}".encode()).digest(n))[:n]
 
 
 def sha(data: bytes) -> str:
@@ -469,7 +470,11 @@ def test_two_processes_one_transfer(hub: HubStub, paths: Paths) -> None:
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     results = [json.loads(o[0].splitlines()[-1]) for o in outs]
-    assert results[0] == results[1] and results[0]["sha256"] == sha(data)
+    same = ("paths", "sha256", "revision", "size_bytes")
+    assert [{k: r[k] for k in same} for r in results] == [{k: results[0][k] for k in same}] * 2
+    assert results[0]["sha256"] == sha(data)
+    # one transferred (and verified); the other waited and got the cached result
+    assert sorted(r["cached"] for r in results) == [False, True]
     assert hub.bytes_served == len(data)  # exactly one process transferred it
     states = [{json.loads(line).get("state") for line in o[0].splitlines()[:-1]} for o in outs]
     assert any("waiting" in s for s in states)  # the other one waited for it

@@ -13,8 +13,14 @@ from pathlib import Path
 import msgspec
 
 from .download.state import read_state
-from .errors import CacheFullError, ChecksumMismatchError, ModelInUseError, NotCachedError
-from .fsutil import dir_size, sha256_file
+from .errors import (
+    CacheFullError,
+    ChecksumMismatchError,
+    DiskFullError,
+    ModelInUseError,
+    NotCachedError,
+)
+from .fsutil import dir_size, freed_by_unlink, has_gguf_magic, is_regular, sha256_file
 from .locks import is_download_active, is_in_use
 from .manifest import Manifest, ManifestEntry, ManifestFile, ManifestStore, utcnow
 from .paths import Paths
@@ -24,6 +30,7 @@ from .units import format_bytes
 log = logging.getLogger(__name__)
 
 STALE_PARTIAL_AGE = timedelta(hours=24)
+MODIFIED = " was modified since it was recorded"  # the one problem a hash can clear
 
 
 class PartialDownload(msgspec.Struct, kw_only=True):
@@ -107,6 +114,10 @@ class Cache:
                 continue
             files = self._files_on_disk(model)
             if all(f.is_file() for f in files):
+                if foreign := [f.name for f in files if not _adoptable(f)]:
+                    # A link, or a file that is no GGUF: never trusted with a model's id.
+                    log.info("%s: not adopting %s (a link or not GGUF)", model.id, foreign[0])
+                    continue
                 manifest.models[model.id] = self._adopt(model, files)
                 changed = True
                 self._warn(f"{model.id}: found on disk and adopted into the manifest.")
@@ -197,6 +208,29 @@ class Cache:
     def file_paths(self, entry: ManifestEntry) -> list[Path]:
         return [self.paths.models / f.path for f in entry.files]
 
+    def problems(self, entry: ManifestEntry) -> list[str]:
+        """What is wrong with a cached model's files, found without hashing them: a mark
+        left by a failed verify, a link or other non-plain file, a size or modification
+        time other than recorded, no GGUF magic. Empty: as downloaded, as far as this sees."""
+        out: list[str] = []
+        if entry.damaged:
+            out.append(entry.damaged)
+        for f, path in zip(entry.files, self.file_paths(entry), strict=True):
+            try:
+                st = path.lstat()
+            except OSError:
+                out.append(f"{f.path} is missing")
+                continue
+            if not is_regular(path):
+                out.append(f"{f.path} is not a plain file")
+            elif st.st_size != f.size_bytes:
+                out.append(f"{f.path} has {st.st_size} bytes, not the {f.size_bytes} recorded")
+            elif not has_gguf_magic(path):
+                out.append(f"{f.path} does not start with GGUF's magic")
+            elif st.st_mtime_ns != f.mtime_ns:
+                out.append(f"{f.path}{MODIFIED}")
+        return out
+
     def partials(self) -> list[PartialDownload]:
         out: list[PartialDownload] = []
         if not self.paths.downloading.is_dir():
@@ -249,11 +283,13 @@ class Cache:
             manifest.models[entry.id] = entry
 
     def _delete_files(self, entry: ManifestEntry) -> int:
+        """Delete the entry's files; the bytes really freed (a link frees about nothing)."""
         freed = 0
         for path in self.file_paths(entry):
             with contextlib.suppress(FileNotFoundError):
-                freed += path.stat().st_size
+                size = freed_by_unlink(path)
                 path.unlink()
+                freed += size
         return freed
 
     def _delete_partial(self, model_id: str) -> int:
@@ -275,10 +311,14 @@ class Cache:
                 hint="Unload it in the editor (or stop the server) and try again.",
                 modelId=model_id,
             )
-        with self.transaction() as manifest:
+        # The partial first: on a full disk, its space is what lets the manifest be written.
+        freed = self._delete_partial(model_id)
+        cached = self.snapshot().models.get(model_id) is not None
+        entry = None
+        # read_only when there is no entry: removing only a partial writes nothing more.
+        with self.transaction(read_only=not cached) as manifest:
             entry = manifest.models.pop(model_id, None)
-            freed = self._delete_files(entry) if entry else 0
-        freed += self._delete_partial(model_id)
+            freed += self._delete_files(entry) if entry else 0
         if entry is None and freed == 0:
             raise NotCachedError(
                 f"{model_id} is not downloaded; nothing to remove.", modelId=model_id
@@ -376,6 +416,13 @@ class Cache:
         mtime changed since they were recorded (or that were never verified)."""
         model_id = self.registry.canonical_id(model_id)
         entry = self.require(model_id)
+        if entry.damaged and not force:
+            raise ChecksumMismatchError(
+                f"{model_id} is damaged ({entry.damaged}); it is not loaded.",
+                hint=repair_hint(model_id),
+                modelId=model_id,
+                file=entry.files[0].path,
+            )
         updated: list[ManifestFile] = []
         for index, (f, path) in enumerate(zip(entry.files, self.file_paths(entry), strict=True)):
             st = path.stat()
@@ -386,11 +433,11 @@ class Cache:
             actual = sha256_file(path)
             expected = self._expected_sha(model_id, index, f.sha256)
             if expected and actual != expected:
+                self._mark_damaged(model_id, f"{f.path} failed its checksum")
                 raise ChecksumMismatchError(
                     f"{model_id}: {f.path} is damaged: its SHA-256 is {actual}, "
                     f"expected {expected}.",
-                    hint=f"Remove it and download it again: `vibrant model remove {model_id}` "
-                    f"then `vibrant model download {model_id}`.",
+                    hint=repair_hint(model_id),
                     modelId=model_id,
                     file=f.path,
                     expected=expected,
@@ -401,13 +448,38 @@ class Cache:
                     f, sha256=actual, size_bytes=st.st_size, mtime_ns=st.st_mtime_ns
                 )
             )
-        if updated == entry.files:
+        if updated == entry.files and not entry.damaged:
             return entry
-        with self.transaction() as manifest:
-            current = manifest.models.get(model_id)
-            if current is None:
-                raise NotCachedError(f"{model_id} was removed while it was verified.")
-            current.files = updated
-            current.size_bytes = sum(f.size_bytes for f in updated)
-            current.checksum = f"sha256:{updated[0].sha256}"
-            return current
+        try:
+            with self.transaction() as manifest:
+                current = manifest.models.get(model_id)
+                if current is None:
+                    raise NotCachedError(f"{model_id} was removed while it was verified.")
+                current.files = updated
+                current.size_bytes = sum(f.size_bytes for f in updated)
+                current.checksum = f"sha256:{updated[0].sha256}"
+                current.damaged = None  # hashed whole now (a file put back by hand)
+                return current
+        except DiskFullError as err:
+            # The files are fine; only remembering their hashes failed: the next use
+            # hashes them again.
+            self._warn(f"{model_id}: verified, but the result could not be recorded: {err}")
+            return msgspec.structs.replace(entry, files=updated, damaged=None)
+
+    def _mark_damaged(self, model_id: str, why: str) -> None:
+        """Remember a failed check, so loads refuse the file until a download replaces it."""
+        try:
+            with self.transaction() as manifest:
+                current = manifest.models.get(model_id)
+                if current is not None:
+                    current.damaged = why
+        except DiskFullError as err:
+            self._warn(f"{model_id}: could not record that it is damaged: {err}")
+
+
+def repair_hint(model_id: str) -> str:
+    return f"Run `vibrant model download {model_id}`: it replaces the damaged file."
+
+
+def _adoptable(path: Path) -> bool:
+    return is_regular(path) and has_gguf_magic(path)

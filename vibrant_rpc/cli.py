@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.console import Console
@@ -20,6 +20,9 @@ from . import render
 from .app import Scope, Vibrant
 from .errors import VibrantError
 from .units import parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from .download.downloader import DownloadResult
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -178,12 +181,26 @@ def cmd_download(ctx: Context) -> int:
             return 130
     for pruned in result.pruned:
         ctx.out.print(f"Removed {pruned} to stay under the cache size limit.", markup=False)
-    ctx.out.print(
-        f"Downloaded {model_id} ({render.size(result.size_bytes)}), verified "
-        f"sha256:{result.sha256[:16]}…, at {result.paths[0]}",
-        markup=False,
-    )
+    ctx.out.print(download_message(model_id, result), markup=False)
     return EXIT_OK
+
+
+def download_message(model_id: str, result: DownloadResult) -> str:
+    """ "Verified" only for bytes hashed against a reference known before the download."""
+    size, where, digest = render.size(result.size_bytes), result.paths[0], result.sha256[:16]
+    if result.cached:
+        return (
+            f"{model_id} is already downloaded ({size}) at {where}; its files have the size, "
+            f"date and GGUF header recorded (`vibrant model verify {model_id}` hashes them)."
+        )
+    done = "Repaired" if result.repaired else "Downloaded"
+    why = f" ({'; '.join(result.repaired)})" if result.repaired else ""
+    check = (
+        f"verified sha256:{digest}…"
+        if result.verified
+        else f"sha256:{digest}… recorded, not checked (no reference hash is known for it)"
+    )
+    return f"{done} {model_id}{why} ({size}), {check}, at {where}"
 
 
 def cmd_update(ctx: Context) -> int:

@@ -327,7 +327,7 @@ class Lifecycle:
         self._model, self._options, self._mark = handle, options, mark
         try:
             self.app.cache.touch(model_id)
-        except VibrantError as err:  # bookkeeping must not fail a good load
+        except (VibrantError, OSError) as err:  # bookkeeping (a full disk) never fails a load
             log.warning("could not record the use of %s: %s", model_id, err)
         self._last_activity = self._clock()
         self._set_state("ready", model_id, reason)

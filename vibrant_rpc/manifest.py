@@ -56,6 +56,9 @@ class ManifestEntry(msgspec.Struct, kw_only=True):
     last_used: datetime | None = None
     use_count: int = 0
     versions: list[ModelVersion] = []
+    # Why a verify found it damaged (None: not known to be); loads refuse it, a download
+    # replaces it.
+    damaged: str | None = None
 
     @property
     def paths(self) -> list[str]:

@@ -24,7 +24,7 @@ from typing import TypeVar
 import msgspec
 from filelock import FileLock, Timeout
 
-from ..cache import Cache
+from ..cache import MODIFIED, Cache
 from ..config import Settings
 from ..errors import (
     Cancelled,
@@ -34,7 +34,7 @@ from ..errors import (
     HubUnreachableError,
     OfflineError,
 )
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, is_regular
 from ..locks import download_lock
 from ..manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
 from ..offline import is_offline
@@ -63,6 +63,11 @@ class DownloadResult(msgspec.Struct, kw_only=True):
     sha256: str  # of the first (or only) file
     revision: str | None
     pruned: list[str] = []  # models removed to make room under the size limit
+    # Every file's SHA-256 matched a reference known in advance (the registry's or the
+    # Hub's LFS oid); False: the hash was only recorded, or (cached) not read now.
+    verified: bool = False
+    cached: bool = False  # answered from the cache: nothing was downloaded
+    repaired: list[str] = []  # what was wrong with the cached files this download replaced
 
 
 def transfer_config(
@@ -104,7 +109,8 @@ class Downloader:
         """Download ``model`` unless cached. With ``latest`` (an update), fetch the files the
         revision points to now, beside the cached ones, and swap only once verified."""
         cancel = cancel or threading.Event()
-        if not latest and (done := self.cached(model)) is not None:
+        problems: list[str] = []
+        if not latest and (done := self.cached(model, problems)) is not None:
             return done
         if is_offline():
             raise OfflineError(
@@ -119,9 +125,11 @@ class Downloader:
         except Timeout:
             self._wait_for_other(lock, model, progress, cancel)
         try:
-            if not latest and (done := self.cached(model)) is not None:
+            if not latest and (done := self.cached(model, problems)) is not None:
                 return done  # another process finished it while we waited
-            return _Download(self, model, progress, cancel, latest).run()
+            result = _Download(self, model, progress, cancel, latest).run()
+            result.repaired = problems
+            return result
         finally:
             lock.release()
 
@@ -157,9 +165,25 @@ class Downloader:
                     )
                 )
 
-    def cached(self, model: ModelInfo) -> DownloadResult | None:
+    def cached(self, model: ModelInfo, problems: list[str] | None = None) -> DownloadResult | None:
+        """The cached model, if its files are whole: the size and mtime recorded, GGUF's
+        magic, plain files, not marked damaged (checks that read 4 bytes a file, not GBs).
+        What is wrong goes into ``problems`` and the model downloads again, renamed over."""
         entry = self.cache.get(model.id)
         if entry is None:
+            return None
+        wrong = self.cache.problems(entry)
+        if wrong and all(w.endswith(MODIFIED) for w in wrong):
+            # Only the mtime moved (a copy, a touch): hashing tells, not a download.
+            try:
+                entry = self.cache.verify(model.id, force=False)
+                wrong = []
+            except ChecksumMismatchError as err:
+                wrong = [err.message]
+        if wrong:
+            log.warning("%s: %s; downloading it again", model.id, "; ".join(wrong))
+            if problems is not None:
+                problems[:] = wrong
             return None
         return DownloadResult(
             model_id=model.id,
@@ -167,6 +191,7 @@ class Downloader:
             size_bytes=entry.size_bytes,
             sha256=entry.files[0].sha256 or "",
             revision=entry.revision,
+            cached=True,
         )
 
 
@@ -209,6 +234,10 @@ class _Download:
             pruned = self.cache.make_room(model, total).removed
             if pruned:
                 log.warning("removed %s to make room for %s", ", ".join(pruned), model.id)
+            # Only now, once there is room: a download refused for space leaves no state
+            # file behind (it would be listed as a 0 % partial).
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_state(self.folder, state)
             self.reporter = Reporter(model.id, total, state.downloaded_bytes, self.progress)
             for fp, res in zip(state.files, resolved, strict=True):
                 if fp.complete:
@@ -225,6 +254,7 @@ class _Download:
                 sha256=entry.files[0].sha256 or "",
                 revision=entry.revision,
                 pruned=pruned,
+                verified=all(fp.verified for fp in state.files),
             )
         except Cancelled:
             st = read_state(self.folder)
@@ -317,10 +347,18 @@ class _Download:
                 name=name, remote_filename=mf.filename, size_bytes=size, sha256=sha, etag=res.etag
             )
             prev = old.files[i] if old and i < len(old.files) else None
+            part = folder / f"{name}.part"
+            if part.is_symlink() or (part.exists() and not part.is_dir() and not is_regular(part)):
+                # Planted, not ours: never written through (only the link itself goes).
+                log.warning("%s is not a plain file; removed, not followed", part)
+                part.unlink()
+                prev = None
             if prev is not None and _same_file(prev, fp):
                 fp.done, fp.complete = prev.done, prev.complete
-                if fp.complete and not (folder / f"{name}.part").is_file():
-                    fp.done, fp.complete = [], False
+                if fp.complete:
+                    fp.sha256, fp.verified = fp.sha256 or prev.sha256, prev.verified
+                if (fp.complete or fp.done) and not part.is_file():
+                    fp.done, fp.complete, fp.verified = [], False, False
             elif prev is not None and prev.done:
                 log.warning("%s changed upstream; starting it over", mf.filename)
                 with contextlib.suppress(FileNotFoundError):
@@ -334,8 +372,6 @@ class _Download:
             started_at=old.started_at if old else now,
             updated_at=now,
         )
-        folder.mkdir(parents=True, exist_ok=True)
-        write_state(folder, state)
         return state, resolved
 
     def _check_disk(self, remaining: int) -> None:
@@ -398,6 +434,7 @@ class _Download:
                     modelId=model.id,
                 ) from None
             if fp.sha256 is None or digest == fp.sha256:
+                fp.verified = fp.sha256 is not None  # None: recorded, nothing to check it by
                 fp.sha256 = digest
                 fp.complete = True
                 checkpoint()
@@ -427,6 +464,8 @@ class _Download:
         entry = self.cache.get(model_id)
         if entry is None or [f.sha256 for f in entry.files] != [f.sha256 for f in state.files]:
             return None
+        if self.cache.problems(entry):
+            return None  # the same files upstream, but ours are damaged: fetch them again
         with self.cache.transaction() as manifest:
             current = manifest.models.get(model_id)
             if current is not None and current.revision != state.commit:

@@ -24,7 +24,8 @@ class FileProgress(msgspec.Struct, kw_only=True):
     sha256: str | None = None  # the digest it must have, when known
     etag: str | None = None  # the Hub's validator for this file
     done: list[tuple[int, int]] = []  # complete [start, end) ranges, merged and sorted
-    complete: bool = False  # verified and fsynced
+    complete: bool = False  # hashed (and checked, where a reference is known) and fsynced
+    verified: bool = False  # its SHA-256 matched a reference known before the download
 
     @property
     def done_bytes(self) -> int:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import queue
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import Cancelled, DiskFullError, DownloadFailedError, HubUnreachableError
+from ..errors import Cancelled, DownloadFailedError, HubUnreachableError, VibrantError
+from ..fsutil import disk_full, is_no_space
 from .hub import HubClient, TransientError, retry_after_seconds
 from .state import FileProgress
 
+log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 
@@ -397,14 +401,25 @@ class FileTransfer:
             while written < len(chunk):
                 written += os.pwrite(self._fd, chunk[written:], pos + written)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"The disk holding {self.part.parent} is full.",
-                    hint="Free some space (or remove models with `vibrant model remove`), "
-                    "then download again: the partial download is kept.",
-                    path=str(self.part.parent),
+            if is_no_space(err):
+                raise disk_full(
+                    self.part.parent,
+                    self.size - self.fp.done_bytes,
+                    f"the rest of {self.fp.remote_filename}",
+                    kept="then download again: the partial download is kept and resumes",
                 ) from None
             raise
+
+    def _final_checkpoint(self) -> None:
+        """Record what arrived. If the transfer already failed (a full disk, most often, which
+        fails this write too), that first error is the one reported; the state file on disk
+        then still holds the last checkpoint, which resumes safely (it only lags)."""
+        try:
+            self._checkpoint(force=True)
+        except (OSError, VibrantError) as err:
+            if self._error is None and not self.cancel.is_set():
+                raise
+            log.warning("could not record the progress of %s: %s", self.part.name, err)
 
     # -- the whole file ----------------------------------------------------------------------
 
@@ -438,7 +453,22 @@ class FileTransfer:
 
     def run(self) -> str:
         self.part.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # O_NOFOLLOW: a link planted at the partial's name is never written through.
+            self._fd = os.open(self.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise DownloadFailedError(
+                f"{self.part} is a symbolic link; vibrant never writes through one.",
+                hint=f"Remove it (`rm {self.part}`) and download again.",
+                path=str(self.part),
+            ) from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise DownloadFailedError(
+                f"{self.part} is not a plain file.", hint="Remove it and download again."
+            )
         self._hasher = OrderedHasher(self._fd)
         try:
             if os.fstat(self._fd).st_size != self.size:
@@ -467,7 +497,7 @@ class FileTransfer:
                     t.join(10)
                 raise
             finally:
-                self._checkpoint(force=True)
+                self._final_checkpoint()
             if self._error is not None:
                 raise self._error
             if self.cancel.is_set():
