@@ -2,7 +2,7 @@
 
 Each case runs ``bench.memory_probe`` in a fresh process: llama-cpp-python loads the
 model as vibrant does (2 threads, mmap, CPU only), a real prompt fills the context,
-and the process reports its peak RSS (``ru_maxrss``) and its RSS before the load. The
+and the process reports its peak RSS (VmHWM) and its RSS before the load. The
 prediction is ``estimate(read_header(file), options).total_bytes`` plus that measured
 baseline (the interpreter is not the model's). The bar: every case within ±15 %.
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.results import write_section
 
         intro = (
-            "Peak RSS (`ru_maxrss`) of a fresh process that loads the model in "
+            "Peak RSS (VmHWM) of a fresh process that loads the model in "
             "llama-cpp-python 0.3.36 (2 threads, mmap, CPU only) and fills its context "
             "with a real prompt, against `estimate()` from the file's header plus the "
             "process's RSS before the load (the interpreter, about 19 MB). The last "

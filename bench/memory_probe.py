@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import resource
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,16 @@ def _rss_split() -> tuple[int, int]:
             elif line.startswith("RssFile:"):
                 file = int(line.split()[1])
     return anon, file
+
+
+def _peak_rss() -> int:
+    """VmHWM: this address space's peak RSS. Not ru_maxrss, which a child inherits
+    from its parent at fork (a test runner's 700 MB would read as the model's)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 class _Collect(logging.Handler):
@@ -117,7 +126,7 @@ def probe(
     fill_seconds = time.perf_counter() - started
     rss_filled = proc.memory_info().rss
     split.append(_rss_split())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     buffers: dict[str, float] = {}
     for line in collect.lines:
         for dev, what, mib in _BUFFER.findall(line):

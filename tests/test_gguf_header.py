@@ -8,7 +8,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from tests.gguf_fixtures import gemma_path, tiny_fim_path
+from tests.gguf_fixtures import gemma_path, gemma_split_paths, tiny_fim_path
 from tests.qwen2_fixtures import QWEN2_7B_HEADS, QWEN_7B_LAYOUT, tiny_qwen2_path
 from vibrant_rpc.gguf_header import (
     GGML_TYPES,
@@ -168,3 +168,34 @@ def test_header_from_ranges_stops_at_the_limit() -> None:
     with pytest.raises(GGUFFormatError, match="longer than"):
         header_from_ranges(_ranges(gemma_path(), log), first=1 << 20, limit=4 << 20)
     assert log[-1][1] == 4 << 20
+
+
+def test_split_model_header_covers_every_shard() -> None:
+    whole = read_header(gemma_path())
+    first, second = gemma_split_paths(2)
+    split = read_header(first)
+    for field in (
+        "weight_bytes",
+        "layer_bytes",
+        "token_embd_bytes",
+        "output_bytes",
+        "bytes_by_type",
+        "tensor_count",
+        "block_count",
+        "vocab_size",
+    ):
+        assert getattr(split, field) == getattr(whole, field), field
+    # The first shard alone is refused, not silently half a model.
+    with pytest.raises(GGUFFormatError, match="first of 2 shards"):
+        parse_header(first.read_bytes()[: split.header_bytes])
+    # Over ranges: one reader per shard.
+    log: list[tuple[int, int]] = []
+    assert header_from_ranges(_ranges(first, log), _ranges(second, log)) == split
+
+
+def test_split_model_with_a_shard_missing(tmp_path: Path) -> None:
+    first, _ = gemma_split_paths(2)
+    lone = tmp_path / first.name
+    lone.symlink_to(first)
+    with pytest.raises(GGUFFormatError, match="missing"):
+        read_header(lone)

@@ -241,8 +241,34 @@ def _int(meta: dict[str, object], key: str) -> int | None:
     return None
 
 
+_Parsed = tuple[dict[str, object], list[TensorInfo], int]
+
+
 def parse_header(data: bytes | memoryview) -> ModelHeader:
-    """Parse a GGUF header from a prefix of the file; NeedMoreBytes if it is too short."""
+    """Parse a GGUF header from a prefix of the file; NeedMoreBytes if it is too short.
+
+    A split model's first shard has the metadata but only its own tensors: use
+    ``read_header`` (which finds the other shards) or ``header_from_ranges`` with one
+    reader per shard."""
+    meta, tensors, data_start = _parse(data)
+    _refuse_split(meta, 1)
+    return _header(meta, tensors, data_start)
+
+
+def _split_count(meta: dict[str, object]) -> int:
+    return _int(meta, "split.count") or 1
+
+
+def _refuse_split(meta: dict[str, object], shards: int) -> None:
+    count = _split_count(meta)
+    if count != shards:
+        raise GGUFFormatError(
+            f"this GGUF file is the first of {count} shards; "
+            f"its header covers only its own tensors ({shards} given)"
+        )
+
+
+def _parse(data: bytes | memoryview) -> _Parsed:
     cur = _Cursor(data)
     cur._need(4)
     if bytes(cur.data[:4]) != GGUF_MAGIC:
@@ -274,7 +300,14 @@ def parse_header(data: bytes | memoryview) -> ModelHeader:
         )
     alignment = _int(meta, "general.alignment") or DEFAULT_ALIGNMENT
     data_start = (cur.pos + alignment - 1) // alignment * alignment
-    return _header(meta, tensors, data_start)
+    return meta, tensors, data_start
+
+
+def _combine(parts: list[_Parsed]) -> ModelHeader:
+    """One header over a model's shards: the first's metadata, every shard's tensors."""
+    meta, _, data_start = parts[0]
+    _refuse_split(meta, len(parts))
+    return _header(meta, [t for _, tensors, _ in parts for t in tensors], data_start)
 
 
 def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int) -> ModelHeader:
@@ -343,13 +376,27 @@ def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int)
     )
 
 
-def read_header(path: Path, first_read: int = FIRST_READ_BYTES) -> ModelHeader:
-    """The header of the GGUF file at ``path``, reading only as far as the header goes."""
+_SHARD = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def shard_paths(first: Path, count: int) -> list[Path]:
+    """llama.cpp's names for the shards beside a first shard ``<prefix>-00001-of-0000N.gguf``."""
+    m = _SHARD.match(first.name)
+    if not m or int(m["no"]) != 1 or int(m["count"]) != count:
+        raise GGUFFormatError(f"{first.name} is not named as the first of {count} shards")
+    return [
+        first.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)
+    ]
+
+
+def _read_file(path: Path, first_read: int) -> _Parsed:
+    if not path.is_file():
+        raise GGUFFormatError(f"{path} is missing")
     with open(path, "rb") as f:
         data = f.read(first_read)
         while True:
             try:
-                return parse_header(data)
+                return _parse(data)
             except NeedMoreBytes as more:
                 # Doubling bounds the re-parses to a handful for any header size.
                 want = max(more.needed, 2 * len(data))
@@ -361,17 +408,39 @@ def read_header(path: Path, first_read: int = FIRST_READ_BYTES) -> ModelHeader:
                 data += chunk
 
 
+def read_header(path: Path, first_read: int = FIRST_READ_BYTES) -> ModelHeader:
+    """The header of the GGUF file at ``path``, reading only as far as the header goes.
+
+    For the first shard of a split model, the other shards' headers (their tensor
+    infos) are read from beside it, named as llama.cpp names them."""
+    first = _read_file(path, first_read)
+    count = _split_count(first[0])
+    if count == 1:
+        return _combine([first])
+    rest = [_read_file(p, first_read) for p in shard_paths(path, count)[1:]]
+    return _combine([first, *rest])
+
+
+RangeReader = Callable[[int, int], bytes]
+
+
 def header_from_ranges(
-    read_range: Callable[[int, int], bytes],
-    *,
+    read_range: RangeReader,
+    *other_shards: RangeReader,
     first: int = FIRST_RANGE_BYTES,
     limit: int = RANGE_LIMIT_BYTES,
 ) -> ModelHeader:
     """Parse a header fetched piecewise: ``read_range(start, end)`` returns bytes
     ``[start, end)`` of the file (an HTTP Range request, ``bytes=start-(end-1)``), or
-    fewer at its end. Each round asks only for the bytes not yet held, at least doubling
-    what is held, so at most twice the header moves (Gemma's 6.5 MB: 2 + 2 + 4 MiB)
-    and never more than ``limit`` bytes."""
+    fewer at its end; a split model passes one reader per shard, first shard first.
+    Each round asks only for the bytes not yet held, at least doubling what is held,
+    so at most twice the header moves (Gemma's 6.5 MB: 2 + 2 + 4 MiB) and never more
+    than ``limit`` bytes a file."""
+    parts = [_fetch(r, first, limit) for r in (read_range, *other_shards)]
+    return _combine(parts)
+
+
+def _fetch(read_range: RangeReader, first: int, limit: int) -> _Parsed:
     data = b""
     want = min(first, limit)
     while True:
@@ -380,7 +449,7 @@ def header_from_ranges(
             raise GGUFFormatError(f"the file ends inside its GGUF header ({len(data)} bytes)")
         data += chunk
         try:
-            return parse_header(data)
+            return _parse(data)
         except NeedMoreBytes as more:
             if len(data) >= limit:
                 raise GGUFFormatError(
