@@ -45,7 +45,7 @@ def disk_full(folder: Path, needed: int, what: str, *, kept: str | None = None) 
     free = free_bytes(folder)
     hint = (
         "Free some space (remove models with `vibrant model remove <id>`, or partial "
-        "downloads with `vibrant cache clean`), or move the cache with VIBRANT_HOME"
+        "downloads with `vibrant model cache clean`), or move the cache with VIBRANT_HOME"
     )
     hint += f"; {kept}." if kept else "."
     return DiskFullError(
