@@ -236,7 +236,12 @@ def cmd_update(ctx: Context) -> int:
                     markup=False,
                 )
                 return 130
-        ctx.out.print(f"Updated {update.model_id} (sha256:{result.sha256[:16]}…).", markup=False)
+        how = "verified" if result.verified else "recorded, not checked:"
+        ctx.out.print(
+            f"Updated {update.model_id} ({how} sha256:{result.sha256[:16]}…); the new file "
+            "was renamed over the old one, never written in place.",
+            markup=False,
+        )
     return EXIT_OK
 
 

@@ -506,8 +506,18 @@ class FileTransfer:
                 raise DownloadFailedError(
                     f"Internal error: hashed {self._hpos} of {self.size} bytes of {self.part.name}."
                 )
-            digest = self._hasher.finish()
-            os.fsync(self._fd)
+            try:
+                digest = self._hasher.finish()
+                os.fsync(self._fd)  # a filesystem that allocates late says ENOSPC only here
+            except OSError as err:
+                if not is_no_space(err):
+                    raise
+                raise disk_full(
+                    self.part.parent,
+                    self.size,
+                    f"{self.fp.remote_filename}",
+                    kept="then download again: the partial download is kept and resumes",
+                ) from None
             return digest
         finally:
             self._hasher.stop()
