@@ -131,7 +131,9 @@ class VibrantProtocol(LanguageServerProtocol):
         if is_request and self._shutdown and method != "exit":
             self.reply_error(msg_id, p.INVALID_REQUEST, "The server is shutting down.")
             return
-        if not self._knows(method):
+        # pygls answers `$/cancelRequest` (and ignores other `$/` notifications) itself,
+        # without a registered handler: pass them on.
+        if not method.startswith("$/") and not self._knows(method):
             if is_request:
                 self.reply_error(
                     msg_id,
@@ -139,7 +141,7 @@ class VibrantProtocol(LanguageServerProtocol):
                     f"Unhandled method {method}",
                     {"kind": "MethodNotFound", "method": method},
                 )
-            elif not method.startswith("$/"):
+            else:
                 log.info("ignoring notification of unknown method %s", method)
             return
         if not is_request and (method in p.METHOD_TABLE or method in _LSP_REQUESTS):
