@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
+from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -45,6 +46,11 @@ log = logging.getLogger(__name__)
 llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+# Shortest run of cached tokens moved into place rather than evaluated again. Shorter
+# runs are mostly re-tokenised text near the cursor, and the shorter a chunk, the more
+# likely it matches code elsewhere whose keys were computed in another context.
+REUSE_MIN_CHUNK = 32
 
 
 class LoadOptions(msgspec.Struct, kw_only=True, frozen=True):
@@ -75,6 +81,11 @@ class CompletionResult(msgspec.Struct, kw_only=True, frozen=True):
     completion_tokens: int
     fim: bool
     total_ms: float
+    # Of prompt_tokens: how many were run through the model, and how many the KV
+    # cache already held (at their place, or shifted there). They add up to
+    # prompt_tokens, except when a cancel stopped the prompt part way.
+    prompt_evaluated: int = 0
+    prompt_cached: int = 0
 
 
 class FimTokens(msgspec.Struct, frozen=True):
@@ -293,6 +304,24 @@ class LoadedModel:
             llama_cpp.llama_model_is_recurrent(llm.model)
             or llama_cpp.llama_model_is_hybrid(llm.model)
         )
+        # Moving cached chunks needs memory that can shift positions (RoPE models in a
+        # plain KV cache; Gemma 3's full-size SWA cache can here).
+        ctx: Any = llm._ctx
+        self._memory: Any = ctx.memory
+        self.can_shift: bool = self._reuse_kv and bool(
+            llama_cpp.llama_memory_can_shift(self._memory)
+        )
+        self.reuse_min_chunk = REUSE_MIN_CHUNK
+        # A cancel stops llama_decode between graph nodes, not only between batches: a
+        # 512-token prompt batch takes a second or more on a small CPU. The callback is
+        # kept on self (ctypes callbacks must outlive their use from C).
+        self._should_stop: Callable[[], bool] | None = None
+        self._abort_cb = llama_cpp.ggml_abort_callback(self._abort_requested)
+        llama_cpp.llama_set_abort_callback(ctx.ctx, self._abort_cb, None)
+
+    def _abort_requested(self, _data: Any) -> bool:
+        should_stop = self._should_stop
+        return should_stop is not None and should_stop()
 
     @classmethod
     def load(cls, model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
@@ -391,30 +420,97 @@ class LoadedModel:
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
-    def _prefill(self, llm: Llama, tokens: list[int], stop: Callable[[], bool]) -> bool:
-        """Evaluate the prompt batch by batch (so that a cancel lands between batches).
+    def _plan(self, llm: Llama, tokens: list[int]) -> ReusePlan:
+        cached: list[int] = llm.input_ids[: llm.n_tokens].tolist() if self._reuse_kv else []
+        if self.can_shift:
+            return plan_reuse(cached, tokens, self.reuse_min_chunk)
+        return plan_prefix(cached, tokens)
 
-        The KV cache of the start this prompt shares with the previous one is kept,
-        as ``Llama.generate`` would do; it would then evaluate the rest in one call.
-        Returns False when stopped before the end.
-        """
-        keep = 0
-        if self._reuse_kv and llm.n_tokens > 0:
-            for a, b in zip(llm.input_ids[: llm.n_tokens].tolist(), tokens, strict=False):
-                if a != b:
-                    break
-                keep += 1
-            # At least one token is evaluated, so that the logits are this prompt's.
-            keep = min(keep, len(tokens) - 1)
-        if keep == 0:
-            llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama_cpp
-        else:
-            llm.n_tokens = keep  # eval() drops the KV cells from n_tokens on
-        for start in range(keep, len(tokens), llm.n_batch):
-            if stop():
+    def _rearrange(self, plan: ReusePlan) -> bool:
+        """Drop the cells the plan doesn't keep and shift the moved chunks into place."""
+        import llama_cpp
+
+        for start, end in removed_ranges(plan.prefix, plan.moves):
+            if not llama_cpp.llama_memory_seq_rm(self._memory, 0, start, end):
                 return False
-            llm.eval(tokens[start : start + llm.n_batch])
+        for m in shift_order(plan.moves):
+            llama_cpp.llama_memory_seq_add(self._memory, 0, m.src, m.src + m.length, m.dst - m.src)
         return True
+
+    def _decode_at(self, llm: Llama, positions: list[int], tokens: list[int]) -> None:
+        """One llama_decode of tokens at the given positions; logits for the last only."""
+        handle: Any = llm._batch
+        batch = handle.batch
+        batch.n_tokens = len(tokens)
+        for i, (pos, tok) in enumerate(zip(positions, tokens, strict=True)):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.seq_id[i][0] = 0
+            batch.n_seq_id[i] = 1
+            batch.logits[i] = False
+        batch.logits[len(tokens) - 1] = True
+        ctx: Any = llm._ctx
+        ctx.decode(handle)
+
+    def _prefill(
+        self, llm: Llama, tokens: list[int], stop: Callable[[], bool]
+    ) -> tuple[bool, int, int]:
+        """Bring the KV cache to ``tokens``, batch by batch (so that a cancel lands
+        between batches), keeping what it can of the previous prompt (``kv_reuse``).
+
+        Leaves ``llm.input_ids[:n_tokens]`` equal to the prompt, so that
+        ``Llama.generate`` samples at once. Returns (finished, evaluated, cached).
+        """
+        try:
+            return self._prefill_plan(llm, tokens, stop)
+        except RuntimeError:
+            if not stop():
+                raise
+            # llama_decode aborted part way: the cache holds what input_ids says, no more.
+            self._drop_after(llm, min(llm.n_tokens, len(tokens)))
+            return False, 0, 0
+
+    def _prefill_plan(
+        self, llm: Llama, tokens: list[int], stop: Callable[[], bool]
+    ) -> tuple[bool, int, int]:
+        plan = self._plan(llm, tokens)
+        if (plan.prefix > 0 or plan.moves) and not self._rearrange(plan):
+            plan = plan_prefix([], tokens)
+        if plan.prefix == 0 and not plan.moves:
+            llm.reset()  # type: ignore[no-untyped-call]  # unannotated in llama_cpp
+        if not plan.moves:
+            # Only a tail to evaluate: llama-cpp-python's own path.
+            llm.n_tokens = plan.prefix  # eval() drops the KV cells from n_tokens on
+            done = 0
+            for start in range(plan.prefix, len(tokens), llm.n_batch):
+                if stop():
+                    return False, done, plan.prefix
+                llm.eval(tokens[start : start + llm.n_batch])
+                done += len(tokens[start : start + llm.n_batch])
+            return True, done, plan.prefix
+        # The input_ids the cache will hold; until the gaps are decoded, n_tokens stays at
+        # the prefix, so that a cancel leaves a state the next plan reads correctly.
+        positions = [p for start, end in plan.evaluate for p in range(start, end)]
+        llm.n_tokens = plan.prefix
+        done = 0
+        for i in range(0, len(positions), llm.n_batch):
+            if stop():
+                # The moved chunks are now in the cache, but not in input_ids: drop them.
+                self._drop_after(llm, plan.prefix)
+                return False, done, plan.prefix
+            chunk = positions[i : i + llm.n_batch]
+            self._decode_at(llm, chunk, [tokens[p] for p in chunk])
+            done += len(chunk)
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        llm._requires_eval = False  # the last decode's logits are this prompt's
+        return True, done, plan.cached
+
+    def _drop_after(self, llm: Llama, keep: int) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        llm.n_tokens = keep
 
     def complete(
         self,
@@ -444,8 +540,11 @@ class LoadedModel:
             hit_stop = False
             n_out = 0
             generator = None
+            evaluated = cached = 0
+            self._should_stop = stopped
             try:
-                if not self._prefill(llm, prompt.tokens, stopped):
+                finished, evaluated, cached = self._prefill(llm, prompt.tokens, stopped)
+                if not finished:
                     finish = "cancelled"
                 else:
                     # The prompt is all in the cache now, so generate() samples at once.
@@ -458,7 +557,13 @@ class LoadedModel:
                         if stopped():
                             finish = "cancelled"
                             break
-                        token = next(generator)
+                        try:
+                            token = next(generator)
+                        except RuntimeError:
+                            if not stopped():
+                                raise
+                            finish = "cancelled"  # llama_decode aborted (see __init__)
+                            break
                         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                             finish = "stop"
                             break
@@ -467,6 +572,7 @@ class LoadedModel:
                             finish, hit_stop = "stop", True
                             break
             finally:
+                self._should_stop = None
                 if generator is not None:
                     generator.close()
             text = stream.finish(hit_stop)
@@ -477,6 +583,8 @@ class LoadedModel:
                 completion_tokens=n_out,
                 fim=prompt.fim,
                 total_ms=(time.perf_counter() - started) * 1000,
+                prompt_evaluated=evaluated,
+                prompt_cached=cached,
             )
 
     def close(self) -> None:
