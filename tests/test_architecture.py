@@ -17,9 +17,10 @@ LAYERS: list[tuple[str, set[str]]] = [
                     "errors", "__init__"}),
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
                  "download", "updates", "runtime", "lifecycle",
-                 "gguf_header", "estimate", "architectures", "gpu"}),
+                 "gguf_header", "estimate", "architectures", "gpu", "kv_reuse",
+                 "typed_through", "other_caches"}),
     ("service", {"app", "service", "protocol"}),
-    ("front ends", {"server", "cli", "render", "protocol_docs", "__main__"}),
+    ("front ends", {"server", "cli", "render", "protocol_docs", "protocol_ts", "__main__"}),
 ]  # fmt: skip
 
 

@@ -507,7 +507,7 @@ def test_ctrl_c_says_it_will_resume_and_keeps_the_partial(hub: HubStub, paths: P
 
 
 def test_batched_hands_over_what_arrived_before_an_error() -> None:
-    from vibrant_rpc.download.transfer import batched
+    from vibrant_rpc.download.blocks import batched
 
     def reads():  # type: ignore[no-untyped-def]
         yield b"a" * 10

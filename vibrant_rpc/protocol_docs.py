@@ -357,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args[0]) if args else DEFAULT_OUT
     for path in write(out):
         print(path)
+    if not args:  # the editors' copies of the same types, beside protocol/
+        from . import protocol_ts
+
+        for path, text in protocol_ts.render_ts().items():
+            path.write_text(text)
+            print(path)
     return 0
 
 

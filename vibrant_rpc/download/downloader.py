@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import shutil
 import threading
 import time
@@ -34,15 +33,16 @@ from ..errors import (
     HubUnreachableError,
     OfflineError,
 )
-from ..fsutil import fsync_dir, is_regular
+from ..fsutil import is_regular
 from ..locks import download_lock
-from ..manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
+from ..manifest import ManifestEntry, utcnow
 from ..offline import is_offline
 from ..paths import Paths
 from ..progress import Progress, ProgressCallback, Reporter
 from ..registry import ModelInfo
 from ..units import format_bytes
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
+from .install import install
 from .state import FileProgress, PartialState, read_state, write_state
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
@@ -475,51 +475,7 @@ class _Download:
         return result
 
     def _install(self, state: PartialState) -> ManifestEntry:
-        """Move the verified files into place, then record them in the manifest."""
-        model, models = self.model, self.paths.models
-        previous = self.cache.get(model.id)  # before the files appear, or it adopts them
-        files: list[ManifestFile] = []
-        for fp in state.files:
-            target = models / fp.name
-            os.replace(self.folder / f"{fp.name}.part", target)
-            files.append(
-                ManifestFile(
-                    path=fp.name,
-                    size_bytes=fp.size_bytes or 0,
-                    sha256=fp.sha256,
-                    mtime_ns=target.stat().st_mtime_ns,
-                    remote_filename=fp.remote_filename,
-                )
-            )
-        if previous is not None:  # an update with fewer or renamed shards: drop the old ones
-            for old in set(previous.paths) - {f.path for f in files}:
-                (models / old).unlink(missing_ok=True)
-        fsync_dir(models)
-        now = utcnow()
-        versions = [
-            v for v in (previous.versions if previous else []) if v.revision != state.commit
-        ]
-        size = sum(f.size_bytes for f in files)
-        versions.append(
-            ModelVersion(
-                revision=state.commit, seen_at=now, size_bytes=size, sha256=files[0].sha256
-            )
-        )
-        entry = ManifestEntry(
-            id=model.id,
-            files=files,
-            size_bytes=size,
-            checksum=f"sha256:{files[0].sha256}",
-            downloaded_at=now,
-            hf_repo=model.hf_repo,
-            revision=state.commit,
-            last_used=previous.last_used if previous else None,
-            use_count=previous.use_count if previous else 0,
-            versions=versions,
-        )
-        self.cache.record(entry)
-        shutil.rmtree(self.folder, ignore_errors=True)
-        return entry
+        return install(self.cache, self.paths.models, self.model, self.folder, state)
 
 
 def _same_file(prev: FileProgress, new: FileProgress) -> bool:

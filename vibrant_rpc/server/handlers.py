@@ -21,6 +21,7 @@ from lsprotocol import types
 
 from .. import protocol as p
 from ..errors import Cancelled
+from . import codec
 from .language_server import VibrantServer
 from .progress import WorkDone
 from .wire import to_rpc_error
@@ -48,7 +49,7 @@ def rpc(method: str) -> Callable[[Callable[[VibrantServer, P], Awaitable[R]]], H
         @functools.wraps(fn)
         async def handler(ls: VibrantServer, raw: Any) -> Any:
             try:
-                params: Any = p.decode_params(method, raw, params_type)
+                params: Any = codec.decode_params(method, raw, params_type)
                 result = await fn(ls, params)
             except asyncio.CancelledError:
                 # $/cancelRequest: the work has stopped (see `stoppable`); answer -32800
@@ -58,7 +59,7 @@ def rpc(method: str) -> Callable[[Callable[[VibrantServer, P], Awaitable[R]]], H
                 rpc_err = to_rpc_error(err)
                 log.info("%s: error %s: %s", method, rpc_err.code, rpc_err.message)
                 raise rpc_err from None
-            return p.encode(result)
+            return codec.encode(result)
 
         HANDLERS[method] = handler
         return handler
@@ -256,7 +257,7 @@ async def complete(ls: VibrantServer, params: p.CompleteParams) -> p.CompleteRes
     if (partial := params.partial_result_token) is not None:
 
         def on_text(text: str) -> None:  # the completion thread, once per piece
-            value = p.encode(p.CompletionChunk(text=text))
+            value = codec.encode(p.CompletionChunk(text=text))
             ls.soon(ls.protocol.notify, types.PROGRESS, types.ProgressParams(partial, value))
 
     try:

@@ -25,6 +25,7 @@ from pygls.lsp.server import LanguageServer
 
 from .. import __version__
 from .. import protocol as p
+from . import codec
 from .wire import FrameReader, RpcError, VibrantProtocol, Writer, read_messages
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class VibrantServer(LanguageServer):
                 loop.call_soon_threadsafe(fn, *args)
 
     def notify(self, method: str, params: msgspec.Struct) -> None:
-        self.protocol.notify(method, p.encode(params))
+        self.protocol.notify(method, codec.encode(params))
 
     async def blocking(self, fn: Callable[[], T], cancel: threading.Event | None = None) -> T:
         """Run ``fn`` on the worker pool; see ``stoppable``."""
