@@ -282,11 +282,6 @@ def test_update_check_by_the_old_id(paths: Paths) -> None:
     assert json.loads(r.stdout)["pinned"] == [NEW_3B]  # the 3B model is pinned to a commit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integration: Updates.check compares the ids as given with the cached ids; "
-    "vibrant/checkUpdates with an old id answers NotCached until it canonicalises them",
-)
 def test_the_servers_update_check_by_the_old_id(paths: Paths) -> None:
     paths.models.mkdir(parents=True)
     shutil.copyfile(tiny_fim_path(), paths.models / f"{OLD_3B}.gguf")

@@ -58,11 +58,6 @@ async def test_a_file_named_after_the_old_id_loads_by_either_name(
     assert list(manifest) == [NEW] and manifest[NEW]["files"][0]["path"] == old_file.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integration: lifecycle.choose compares settings.model with the cached ids "
-    "as written; it needs registry.canonical_id(settings.model) (see the report)",
-)
 @pytest.mark.parametrize("where", ["config.toml", "initializationOptions"])
 async def test_a_model_setting_naming_the_old_id_picks_the_model(
     paths: Paths, old_file: Path, where: str

@@ -92,11 +92,6 @@ def test_every_cli_command_works_and_warns_naming_the_file_and_setting(
         json.loads(r.stdout)  # warnings stay off stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found here: hub.TransientError escapes updates.check as a traceback; "
-    "the CLI should answer a HubUnreachable error (exit 1)",
-)
 def test_update_check_with_the_hub_unreachable_is_an_error_not_a_traceback(
     bad_config: Path,
 ) -> None:

@@ -55,6 +55,9 @@ class Vibrant:
             settings, self._setting_warnings = read_settings(self.paths.config)
         self.settings = settings
         self.registry = Registry.load(self.paths.user_registry)
+        if self.settings.model:  # an old id (an alias) names the model it is now
+            canonical = self.registry.canonical_id(self.settings.model)
+            self.settings = msgspec.structs.replace(self.settings, model=canonical)
         self.cache = Cache(self.paths, self.registry, max_bytes=self.settings.cache_size_limit)
 
     @property

@@ -124,7 +124,7 @@ def cmd_select(ctx: Context) -> int:
 
 
 def cmd_remove(ctx: Context) -> int:
-    model_id = ctx.args.model_id
+    model_id = ctx.app.registry.canonical_id(ctx.args.model_id)
     freed = ctx.app.remove(model_id)
     return ctx.show(
         {"model_id": model_id, "freed_bytes": freed},

@@ -290,20 +290,21 @@ class Service:
         return p.UpdateAvailable(**entry, auto_update=auto_update)
 
     def cancel_download(self, params: p.CancelDownloadParams) -> p.CancelDownloadResult:
-        model_id = params.model_id
-        if model_id == "auto":
-            model_id = self.app.resolve_id(model_id)
+        given = params.model_id  # "auto", an id, or an old id (an alias)
+        app = self.app
+        model_id = app.resolve_id(given) if given == "auto" else app.registry.canonical_id(given)
         return p.CancelDownloadResult(model_id=model_id, cancelled=self.downloads.cancel(model_id))
 
     # -- cache -------------------------------------------------------------------------
 
     def remove_model(self, params: p.RemoveModelParams) -> p.RemoveModelResult:
-        if self.lifecycle.loaded_model_id == params.model_id:
+        model_id = self.app.registry.canonical_id(params.model_id)
+        if self.lifecycle.loaded_model_id == model_id:
             # This server's own in-use mark would refuse the removal: the editor asked, so
             # unload first.
-            self.lifecycle.unload(f"{params.model_id} is being removed")
-        freed = self.app.remove(params.model_id)
-        return p.RemoveModelResult(model_id=params.model_id, freed_bytes=freed)
+            self.lifecycle.unload(f"{model_id} is being removed")
+        freed = self.app.remove(model_id)
+        return p.RemoveModelResult(model_id=model_id, freed_bytes=freed)
 
     def cache_stats(self, params: p.NoParams) -> p.CacheStatsResult:
         return wire(self.app.cache_stats(), p.CacheStatsResult)

@@ -19,8 +19,8 @@ import msgspec
 
 from .cache import Cache
 from .download.downloader import Downloader, DownloadResult
-from .download.hub import HubClient, Refs, RevisionInfo
-from .errors import NotCachedError, VibrantError
+from .download.hub import HubClient, Refs, RevisionInfo, TransientError
+from .errors import HubUnreachableError, NotCachedError, VibrantError
 from .fsutil import atomic_write
 from .manifest import ManifestEntry, ModelVersion, utcnow
 from .offline import is_offline
@@ -173,6 +173,8 @@ class Updates:
         """Check the cached models (or ``model_ids``) against the Hub; persist what was found."""
         entries = self.cache.entries()
         if model_ids is not None:
+            # An old id (an alias) names the model it is now.
+            model_ids = [self.registry.canonical_id(m) for m in model_ids]
             for model_id in model_ids:
                 self.registry.get(model_id)
                 if model_id not in {e.id for e in entries}:
@@ -196,6 +198,12 @@ class Updates:
                 view = views.setdefault(model.hf_repo, _RepoView(hub, model.hf_repo))
                 try:
                     info = self.check_model(entry, view)
+                except TransientError as err:  # no answer: the rest would fare no better
+                    raise HubUnreachableError(
+                        f"The Hub at {hub.endpoint} could not be reached: {err}",
+                        hint="Check your connection (and HF_ENDPOINT or proxy settings), "
+                        "then try again.",
+                    ) from None
                 except VibrantError as err:
                     result.errors.append(f"{entry.id}: {err.message}")
                     continue
@@ -220,6 +228,7 @@ class Updates:
     ) -> DownloadResult:
         """Fetch the model's latest files beside the old ones; swap only once verified."""
         model = self.registry.get(model_id)
+        model_id = model.id  # an alias names the model it is now
         self.cache.require(model_id)
         if is_pinned(model):
             raise VibrantError(
