@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vibrant_rpc"
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS: list[tuple[str, set[str]]] = [
     ("primitives", {"units", "paths", "fsutil", "locks", "offline", "memory", "states",
-                    "errors", "__init__"}),
+                    "errors", "redact", "__init__"}),
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
                  "download", "updates", "runtime", "lifecycle",
                  "gguf_header", "estimate", "architectures", "gpu", "kv_reuse",

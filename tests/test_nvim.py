@@ -270,8 +270,6 @@ def test_update_notice_offers_update(run: dict[str, Any]) -> None:
 
 def test_update_command_checks_and_updates(run: dict[str, Any]) -> None:
     u = run["update_run"]
-    if any("Method Not Found: vibrant/checkUpdates" in n["msg"] for n in u["notifications"]):
-        pytest.skip("this vibrant-rpc has no vibrant/checkUpdates yet (issue 6)")
     errors = [n["msg"] for n in u["notifications"] if n["level"] == ERROR]
     assert not errors, errors
     picker = u["picker"]

@@ -19,6 +19,7 @@ from rich.console import Console
 from . import render
 from .app import Scope, Vibrant
 from .errors import VibrantError
+from .redact import RedactingFilter
 from .units import parse_duration, parse_size
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Context:
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
     ours = logging.getLogger("vibrant_rpc")
     ours.handlers[:] = [handler]
     ours.setLevel(getattr(logging, level.upper(), logging.WARNING))

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .redact import redact, redact_value
+
 
 class VibrantException(Exception):
     """Base of every error that is reported to the user as it is (no traceback)."""
@@ -42,10 +44,12 @@ class VibrantException(Exception):
     kind: ClassVar[str]
 
     def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        # Credentials in a URL (HF_ENDPOINT=http://user:token@host) never reach a person.
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
-        self.details: dict[str, Any] = details
+        self.hint = redact(hint) if hint else hint
+        self.details: dict[str, Any] = redact_value(details)
 
     def data(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, **self.details}

@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import __version__
+from ..redact import RedactingFilter
 from .handlers import register
 from .language_server import ClientLogHandler, VibrantServer
 from .wire import DropExpectedErrors
@@ -24,6 +25,7 @@ def create_server() -> VibrantServer:
 def configure_logging(level: str, ls: VibrantServer) -> None:
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    stderr.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [stderr]
     root.setLevel(logging.WARNING)
@@ -31,6 +33,7 @@ def configure_logging(level: str, ls: VibrantServer) -> None:
     ours.setLevel(getattr(logging, level.upper(), logging.INFO))
     client = ClientLogHandler(ls)
     client.setFormatter(logging.Formatter("%(message)s"))
+    client.addFilter(RedactingFilter())
     ours.addHandler(client)
     logging.getLogger("pygls.protocol.json_rpc").addFilter(DropExpectedErrors())
 

@@ -20,6 +20,7 @@ from pygls.protocol import LanguageServerProtocol
 
 from .. import protocol as p
 from ..errors import InvalidParams, VibrantException
+from ..redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def to_rpc_error(err: BaseException) -> JsonRpcException:
         return RpcError(err.message, err.code, err.data())
     log.error("internal error", exc_info=(type(err), err, err.__traceback__))
     return RpcError(
-        f"Internal error: {type(err).__name__}: {err}",
+        redact(f"Internal error: {type(err).__name__}: {err}"),
         p.INTERNAL_ERROR,
         {"kind": "InternalError", "type": type(err).__name__},
     )
