@@ -12,12 +12,14 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .app import ModelStatus
 from .cache import CacheStats, PartialDownload, RemovalResult
@@ -193,6 +195,15 @@ def removal(console: Console, result: RemovalResult) -> None:
     console.print(f"Freed {size(result.freed_bytes)}.", markup=False)
 
 
+class _SpeedColumn(ProgressColumn):
+    """The download's own smoothed speed, in the same binary units as the byte counts
+    (rich's TransferSpeedColumn says MB/s beside MiB)."""
+
+    def render(self, task: Task) -> Text:
+        rate = float(task.fields.get("rate") or 0.0)
+        return Text(f"{format_bytes(rate)}/s" if rate > 0 else "?/s", style="progress.data.speed")
+
+
 class DownloadBar:
     """A terminal progress bar: bytes, speed and time left, fed by download callbacks."""
 
@@ -202,7 +213,7 @@ class DownloadBar:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _SpeedColumn(),
             TimeRemainingColumn(),
             console=console,
             transient=False,
@@ -234,6 +245,7 @@ class DownloadBar:
             completed=p.downloaded_bytes,
             total=p.total_bytes,
             description=self.model_id + labels.get(p.state, ""),
+            rate=p.bytes_per_second,
         )
 
 
