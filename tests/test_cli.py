@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,20 @@ def test_stale_partials_go_at_start_up(paths: Paths) -> None:
     assert r.returncode == 0
     assert "Removed a stale partial download of qwen2.5-coder-3b-q4" in r.stderr
     assert not stale.exists() and fresh.exists()
+
+
+def test_log_level_flag_and_environment(cache: Cache, paths: Paths) -> None:
+    # A foreign file where a model's file would be: the cache says so at level info.
+    paths.models.mkdir(parents=True, exist_ok=True)
+    (paths.models / "tiny-a.gguf").write_text("not a model")
+    quiet = vibrant("model", "list")
+    assert quiet.returncode == 0 and "not adopting" not in quiet.stderr
+    loud = vibrant("model", "list", "--log-level", "info")
+    assert loud.returncode == 0 and "not adopting" in loud.stderr, loud.stderr
+    env = {**os.environ, "VIBRANT_LOG_LEVEL": "INFO"}
+    exe = shutil.which("vibrant", path=str(Path(sys.executable).parent))
+    assert exe
+    by_env = subprocess.run([exe, "model", "list"], capture_output=True, text=True, env=env)
+    assert "not adopting" in by_env.stderr, by_env.stderr
+    bad = vibrant("model", "list", "--log-level", "loud")
+    assert bad.returncode == 2 and "--log-level" in bad.stderr
