@@ -146,6 +146,11 @@ class DownloadModelResult(Wire):
     sha256: str  # of the first (or only) file
     revision: str | None  # the Hub commit the files came from
     pruned: list[str]  # models removed to stay under the cache size limit
+    # Every file's SHA-256 matched a reference known in advance (the registry's or the
+    # Hub's LFS oid); false: the hash was only recorded (say "verified" only when true).
+    verified: bool
+    cached: bool  # it was downloaded already: nothing moved
+    repaired: list[str]  # what was wrong with the cached files this download replaced
 
 
 # -- updates -----------------------------------------------------------------------------

@@ -162,6 +162,9 @@ export interface DownloadModelResult {
     sha256: string;
     revision: string | null;
     pruned: string[];
+    verified: boolean;
+    cached: boolean;
+    repaired: string[];
 }
 
 export interface CheckUpdatesResult {
