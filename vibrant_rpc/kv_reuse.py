@@ -7,9 +7,11 @@ for chunks of at least N tokens that continue the new prompt exactly where it is
 and shifts them into place. Its prompt side never skips a token, so one token
 typed before the cursor in a fill-in-the-middle prompt makes it evaluate the
 whole suffix again. This plan also lets the prompt skip tokens: a token the cache
-doesn't have is a gap to evaluate at its position, and the chunks after it are
-shifted forward or back around it. The last prompt token is always evaluated,
-so that the logits the first sample reads belong to this prompt.
+doesn't have is a gap to evaluate, and the chunks after it are shifted forward or
+back around it. (llama_decode only takes tokens right after a sequence's last
+position, so the runtime decodes a gap there and shifts it into its hole.)
+The last prompt token is always evaluated, so that the logits the first sample
+reads belong to this prompt.
 
 A shifted chunk keeps the keys and values computed beside its old neighbours,
 so the model sees an approximation of the new prompt, as with llama-server.

@@ -473,6 +473,8 @@ class LoadedModel:
     def _prefill_plan(
         self, llm: Llama, tokens: list[int], stop: Callable[[], bool]
     ) -> tuple[bool, int, int]:
+        import llama_cpp
+
         plan = self._plan(llm, tokens)
         if (plan.prefix > 0 or plan.moves) and not self._rearrange(plan):
             plan = plan_prefix([], tokens)
@@ -488,19 +490,29 @@ class LoadedModel:
                 llm.eval(tokens[start : start + llm.n_batch])
                 done += len(tokens[start : start + llm.n_batch])
             return True, done, plan.prefix
-        # The input_ids the cache will hold; until the gaps are decoded, n_tokens stays at
-        # the prefix, so that a cancel leaves a state the next plan reads correctly.
-        positions = [p for start, end in plan.evaluate for p in range(start, end)]
+        # Until all is decoded, n_tokens stays at the prefix, so that a cancel leaves a
+        # state the next plan reads correctly.
         llm.n_tokens = plan.prefix
+        # llama_decode takes a sequence's tokens only right after its last position
+        # (llama-batch.cpp: "Y = X + 1"), so a gap between moved chunks is decoded after
+        # the last chunk and then shifted into its hole. Its tokens see the chunks after
+        # the hole as if they came first: one more approximation, for a few tokens.
+        end = plan.moves[-1].dst + plan.moves[-1].length
         done = 0
-        for i in range(0, len(positions), llm.n_batch):
-            if stop():
-                # The moved chunks are now in the cache, but not in input_ids: drop them.
-                self._drop_after(llm, plan.prefix)
-                return False, done, plan.prefix
-            chunk = positions[i : i + llm.n_batch]
-            self._decode_at(llm, chunk, [tokens[p] for p in chunk])
-            done += len(chunk)
+        for start, stop_at in plan.evaluate:
+            for b in range(start, stop_at, llm.n_batch):
+                if stop():
+                    # The moved chunks are in the cache, but not in input_ids: drop them.
+                    self._drop_after(llm, plan.prefix)
+                    return False, done, plan.prefix
+                chunk = list(range(b, min(b + llm.n_batch, stop_at)))
+                at = chunk[0] if chunk[0] >= end else end
+                self._decode_at(llm, list(range(at, at + len(chunk))), [tokens[p] for p in chunk])
+                if at != chunk[0]:
+                    llama_cpp.llama_memory_seq_add(
+                        self._memory, 0, at, at + len(chunk), chunk[0] - at
+                    )
+                done += len(chunk)
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
         llm._requires_eval = False  # the last decode's logits are this prompt's
