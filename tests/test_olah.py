@@ -170,25 +170,39 @@ def test_small_non_lfs_file_from_the_mirror(olah: OlahPair, paths: Paths) -> Non
     assert vibrant(olah.a.endpoint, "model", "verify", "small").returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: olah's proxy answers the revision API with 401 RepoNotFound, and a "
-    "non-LFS file (ETag a git SHA-1) sends the downloader to that API; it must fall back "
-    "to the HEAD's X-Repo-Commit and hash what it receives",
-)
 def test_small_non_lfs_file_through_the_caching_proxy(olah: OlahPair, paths: Paths) -> None:
     f = olah.files["small-b.gguf"]
     setup_home(paths, model("small-b", f.name))
     r = vibrant(olah.b.endpoint, "model", "download", "small-b", "--json")
     assert r.returncode == 0, r.stderr
     assert (paths.models / "small-b.gguf").read_bytes() == f.data
+    # B's revision API refuses (401): no reference, so the hash is recorded, never "verified"
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["sha256"] == f.sha256 and last["verified"] is False
+    r = vibrant(olah.b.endpoint, "model", "download", "small-b")
+    assert r.returncode == 0 and "already downloaded" in r.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: olah answers a missing file with 401 X-Error-Code RepoNotFound (the Hub "
-    "answers 404 EntryNotFound); the hub client reports the whole repository missing",
-)
+@pytest.mark.parametrize("server", ["a", "b"])
+def test_missing_repository_and_revision_on_that_mirror(
+    olah: OlahPair, paths: Paths, server: str
+) -> None:
+    endpoint = olah.a.endpoint if server == "a" else olah.b.endpoint
+    where = endpoint.removeprefix("http://")
+    f = olah.files["plain.gguf"]
+    setup_home(
+        paths,
+        tiny_model("norepo", hf_repo="test/not-mirrored", filename=f.name),
+        tiny_model("norev", hf_repo=REPO, filename=f.name, revision="no-such-branch"),
+    )
+    r = vibrant(endpoint, "model", "download", "norepo")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"repository test/not-mirrored does not exist on {where}" in r.stderr
+    r = vibrant(endpoint, "model", "download", "norev")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"revision 'no-such-branch' does not exist in {REPO} on {where}" in r.stderr
+
+
 @pytest.mark.parametrize("server", ["a", "b"])
 def test_missing_file_is_named_as_missing_on_that_mirror(
     olah: OlahPair, paths: Paths, server: str
@@ -197,7 +211,6 @@ def test_missing_file_is_named_as_missing_on_that_mirror(
     setup_home(paths, model("gone", "not-on-the-mirror.gguf"))
     r = vibrant(endpoint, "model", "download", "gone")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    # today: "The repository test/olah-tiny does not exist (or is private)."
     assert "not-on-the-mirror.gguf" in r.stderr
     assert endpoint.removeprefix("http://") in r.stderr
     assert "repository" not in r.stderr.lower().split("not-on-the-mirror.gguf")[0]

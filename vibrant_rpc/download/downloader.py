@@ -30,6 +30,7 @@ from ..errors import (
     ChecksumMismatchError,
     DiskFullError,
     DownloadFailedError,
+    GatedRepoError,
     HubUnreachableError,
     OfflineError,
 )
@@ -289,12 +290,22 @@ class _Download:
                 self.config.sleep(self.config.backoff(attempt, err.retry_after))
 
     def _api(self) -> RevisionInfo:
-        """The revision API's file list, asked at most once per download."""
+        """The revision API's file list, asked once. A non-gated 4xx (olah's proxy: 401
+        RepoNotFound) is no reference: what arrives is hashed and recorded, not checked."""
         if self._revision_info is None:
             revision = self.model.revision or "main"
-            self._revision_info = self._retry(
-                lambda: self.hub.revision_info(self.model.hf_repo, revision)
-            )
+            try:
+                self._revision_info = self._retry(
+                    lambda: self.hub.revision_info(self.model.hf_repo, revision)
+                )
+            except DownloadFailedError as err:
+                status = err.details.get("status")
+                if isinstance(err, GatedRepoError) or not (
+                    isinstance(status, int) and 400 <= status < 500
+                ):
+                    raise
+                log.info("%s gave no file list (%s); no reference hash", self.hub.source, status)
+                self._revision_info = RevisionInfo()
         return self._revision_info
 
     def _expected_sha(self, index: int, resolved: Resolved) -> str | None:

@@ -22,6 +22,8 @@ from ..fsutil import is_sha256
 from ..offline import is_offline
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+GITATTRIBUTES = ".gitattributes"
+_MISSING_CODES = ("RepoNotFound", "RevisionNotFound", "EntryNotFound")
 
 
 class TransientError(Exception):
@@ -119,12 +121,23 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
     return None
 
 
-def check_status(response: httpx.Response, *, what: str, repo: str, revision: str) -> None:
-    """Turn a Hub error answer into the error type the user can act on."""
+def check_status(
+    response: httpx.Response,
+    *,
+    what: str,
+    repo: str,
+    revision: str,
+    source: str = "",
+    code: str | None = None,
+) -> None:
+    """Turn a Hub error answer into the error type the user can act on. ``source`` (the
+    endpoint's host:port) is named in every "missing" message: with several mirrors, the
+    user must know which one lacks the file. ``code`` overrides the ``X-Error-Code``."""
     status = response.status_code
     if status < 400:
         return
-    code = response.headers.get("x-error-code", "")
+    if code is None:
+        code = response.headers.get("x-error-code", "")
     hub_words = response.headers.get("x-error-message") or ""
     if not hub_words:
         try:
@@ -136,7 +149,7 @@ def check_status(response: httpx.Response, *, what: str, repo: str, revision: st
         raise TransientError(
             f"the Hub answered {status} for {what}.{said}", retry_after_seconds(response.headers)
         )
-    if code == "GatedRepo" or (status in (401, 403) and code != "RepoNotFound"):
+    if code == "GatedRepo" or (status in (401, 403) and code not in _MISSING_CODES):
         raise GatedRepoError(
             f"Access to {repo} was refused ({status}).{said}",
             hint="This model is gated or private: accept its terms on the Hub, then set "
@@ -145,10 +158,11 @@ def check_status(response: httpx.Response, *, what: str, repo: str, revision: st
             status=status,
             hubErrorCode=code or None,
         )
+    on = f" on {source}" if source else ""
     missing = {
-        "RepoNotFound": f"The repository {repo} does not exist (or is private).",
-        "RevisionNotFound": f"The revision {revision!r} does not exist in {repo}.",
-        "EntryNotFound": f"{what} does not exist in {repo} at revision {revision!r}.",
+        "RepoNotFound": f"The repository {repo} does not exist{on} (or is private).",
+        "RevisionNotFound": f"The revision {revision!r} does not exist in {repo}{on}.",
+        "EntryNotFound": f"{what} does not exist in {repo} at revision {revision!r}{on}.",
     }
     if status in (401, 404) and code in missing:
         raise DownloadFailedError(
@@ -160,7 +174,7 @@ def check_status(response: httpx.Response, *, what: str, repo: str, revision: st
             hubErrorCode=code,
         )
     raise DownloadFailedError(
-        f"The Hub answered {status} for {what} in {repo}.{said}",
+        f"The Hub answered {status} for {what} in {repo}{on}.{said}",
         repo=repo,
         revision=revision,
         status=status,
@@ -196,6 +210,11 @@ class HubClient:
             headers={"user-agent": "vibrant-rpc/0.1"},
         )
 
+    @property
+    def source(self) -> str:
+        """The endpoint as errors name it: host:port, never the credentials in the URL."""
+        return self._endpoint_host.rpartition("@")[2]
+
     def close(self) -> None:
         self.client.close()
 
@@ -220,7 +239,10 @@ class HubClient:
     def resolve(self, repo: str, revision: str, filename: str) -> Resolved:
         url = self.resolve_url(repo, revision, filename)
         r = self._request("HEAD", url, headers={"accept-encoding": "identity"})
-        check_status(r, what=filename, repo=repo, revision=revision)
+        code = None
+        if r.status_code in (401, 404) and r.headers.get("x-error-code") == "RepoNotFound":
+            code = self._what_is_missing(repo, revision, filename)
+        check_status(r, what=filename, repo=repo, revision=revision, source=self.source, code=code)
         linked = (r.headers.get("x-linked-etag") or r.headers.get("etag") or "").strip()
         linked = linked.removeprefix("W/").strip('"')
         size_text = r.headers.get("x-linked-size") or (
@@ -237,15 +259,33 @@ class HubClient:
             url=urljoin(url, location) if r.is_redirect and location else url,
         )
 
+    def _exists(self, repo: str, revision: str, filename: str) -> bool:
+        url = self.resolve_url(repo, revision, filename)
+        return self._request("HEAD", url, headers={"accept-encoding": "identity"}).status_code < 400
+
+    def _what_is_missing(self, repo: str, revision: str, filename: str) -> str:
+        """Some mirrors (olah) answer a missing file or revision with 401 RepoNotFound, where
+        the Hub says 404 EntryNotFound or RevisionNotFound. Every Hub repository has a
+        ``.gitattributes``: whether it resolves tells which of the three is missing."""
+        if filename == GITATTRIBUTES:
+            return "RepoNotFound"
+        if self._exists(repo, revision, GITATTRIBUTES):
+            return "EntryNotFound"
+        if revision != "main" and self._exists(repo, "main", GITATTRIBUTES):
+            return "RevisionNotFound"
+        return "RepoNotFound"
+
     def revision_info(self, repo: str, revision: str) -> RevisionInfo:
         url = f"{self.endpoint}/api/models/{repo}/revision/{quote(revision, safe='')}"
         r = self._request("GET", url, params={"blobs": "true"})
-        check_status(r, what=f"revision {revision}", repo=repo, revision=revision)
+        check_status(
+            r, what=f"revision {revision}", repo=repo, revision=revision, source=self.source
+        )
         return msgspec.json.decode(r.content, type=RevisionInfo)
 
     def refs(self, repo: str) -> Refs:
         r = self._request("GET", f"{self.endpoint}/api/models/{repo}/refs")
-        check_status(r, what="refs", repo=repo, revision="-")
+        check_status(r, what="refs", repo=repo, revision="-", source=self.source)
         return msgspec.json.decode(r.content, type=Refs)
 
     def stream(self, url: str, start: int, end: int | None, *, idle_timeout: float) -> Any:
