@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -25,6 +26,7 @@ from .selection import Selection, select_model
 
 if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
+    from .other_caches import Found
     from .updates import UpdateCheck, Updates
 
 
@@ -142,8 +144,12 @@ class Vibrant:
     @cached_property
     def downloader(self) -> Downloader:
         from .download.downloader import Downloader, transfer_config
+        from .download.reuse import Reuse
+        from .other_caches import default_roots
 
-        return Downloader(self.paths, self.cache, transfer_config(self.settings))
+        roots = default_roots() if self.settings.use_other_caches else None
+        config = transfer_config(self.settings)
+        return Downloader(self.paths, self.cache, config, reuse=Reuse(roots=roots))
 
     @cached_property
     def updates(self) -> Updates:
@@ -164,6 +170,23 @@ class Vibrant:
         """Download (or resume) a model; blocking. ``cancel`` set stops it, keeping the partial."""
         model = self.registry.get(self.resolve_id(model_id))
         return self.downloader.download(model, progress=progress, cancel=cancel)
+
+    def import_file(
+        self, model_id: str, path: Path, progress: ProgressCallback | None = None
+    ) -> DownloadResult:
+        """Adopt a file the user has (``vibrant model import``) as one of ``model_id``'s files,
+        if its SHA-256 is the reference (the registry's, else the Hub's); nothing downloads."""
+        from .download.reuse import Reuse, named_file
+
+        model = self.registry.get(self.resolve_id(model_id))
+        reuse = Reuse(files=[named_file(path)], only=True)
+        return self.downloader.download(model, progress=progress, reuse=reuse)
+
+    def scan_other_caches(self) -> list[Found]:
+        """What other tools downloaded that registry models not cached here could take."""
+        from .other_caches import default_roots, scan
+
+        return scan(self.registry, default_roots(), skip=lambda m: self.cache.get(m.id) is not None)
 
     def check_updates(self, model_ids: list[str] | None = None) -> UpdateCheck:
         return self.updates.check(model_ids)

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -187,6 +188,23 @@ def cmd_download(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_import(ctx: Context) -> int:
+    args = ctx.args
+    if args.scan:
+        found = ctx.app.scan_other_caches()
+        saved = sum(f.saves_bytes for f in found)
+        return ctx.show(
+            {"found": found, "saves_bytes": saved}, lambda: render.found_elsewhere(ctx.out, found)
+        )
+    if not args.path or not args.model:
+        ctx.err.print("usage: vibrant model import PATH --model ID, or --scan", markup=False)
+        return EXIT_USAGE
+    result = ctx.app.import_file(args.model, Path(args.path))
+    return ctx.show(
+        result, lambda: ctx.out.print(download_message(args.model, result), markup=False)
+    )
+
+
 def download_message(model_id: str, result: DownloadResult) -> str:
     """ "Verified" only for bytes hashed against a reference known before the download."""
     size, where, digest = render.size(result.size_bytes), result.paths[0], result.sha256[:16]
@@ -195,14 +213,19 @@ def download_message(model_id: str, result: DownloadResult) -> str:
             f"{model_id} is already downloaded ({size}) at {where}; its files have the size, "
             f"date and GGUF header recorded (`vibrant model verify {model_id}` hashes them)."
         )
-    done = "Repaired" if result.repaired else "Downloaded"
+    whole = len(result.adopted) == len(result.paths)  # nothing came from the network
+    done = "Repaired" if result.repaired else "Installed" if whole else "Downloaded"
     why = f" ({'; '.join(result.repaired)})" if result.repaired else ""
     check = (
         f"verified sha256:{digest}…"
         if result.verified
         else f"sha256:{digest}… recorded, not checked (no reference hash is known for it)"
     )
-    return f"{done} {model_id}{why} ({size}), {check}, at {where}"
+    taken = "".join(
+        f"; {a.filename} taken from {a.path} ({a.tool}, {a.method}), not downloaded"
+        for a in result.adopted
+    )
+    return f"{done} {model_id}{why} ({size}), {check}, at {where}{taken}"
 
 
 def cmd_update(ctx: Context) -> int:
@@ -303,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("model_id", nargs="?", help="one model (default: every cached model)")
     target.add_argument("--all", action="store_true", help="update every model that has one")
     p.add_argument("--check", action="store_true", help="only list the updates, with sizes")
+
+    p = add("import", cmd_import, "take a model file you already have instead of downloading it")
+    p.add_argument("path", nargs="?", help="a GGUF file (it is hashed; yours is left as it is)")
+    p.add_argument("--model", help="the model the file belongs to")
+    p.add_argument(
+        "--scan", action="store_true", help="list files other tools downloaded, and the saving"
+    )
 
     p = add("download", cmd_download, "download (or resume) a model from the Hub")
     p.add_argument("model_id", help="a model id, or 'auto' for the model this machine gets")

@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     download_block_size: int = 16 * 1024 * 1024  # bytes per ranged request
     download_idle_timeout_s: float = 30.0  # a read that stalls this long is cut and resumed
     download_retry_base_s: float = 1.0  # first backoff; doubles, with jitter
+    # Before downloading a file, look for it in huggingface_hub's, llama.cpp's, LM Studio's
+    # and Ollama's caches; one with the reference SHA-256 is linked (or copied), not fetched.
+    use_other_caches: bool = True
 
 
 _FIELDS = {f.name for f in msgspec.structs.fields(Settings)}

@@ -37,7 +37,7 @@ from typing import Literal
 
 import msgspec
 
-from .errors import VibrantError
+from .errors import ChecksumMismatchError
 from .fsutil import HASH_CHUNK, fsync_dir, is_sha256
 from .registry import ModelInfo, Registry
 
@@ -64,12 +64,9 @@ _CANNOT_SHARE = {
 }
 
 
-class OtherCacheChecksumError(VibrantError):
-    """A file in another tool's cache is not the file the reference names: it is refused."""
-
-    # The same wire identity as the downloader's checksum error: a client sees one kind.
-    code = -31004
-    kind = "ChecksumMismatch"
+# A file in another tool's cache that is not the file the reference names is refused with
+# the downloader's own checksum error: one kind for a client to match, one place in the tree.
+OtherCacheChecksumError = ChecksumMismatchError
 
 
 class Roots(msgspec.Struct, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ from .units import format_bytes
 if TYPE_CHECKING:
     # Only a type here: the updates module brings the HTTP client, which costs a sixth
     # of a second that commands without the network needn't pay.
+    from .other_caches import Found
     from .updates import UpdateCheck
 
 INTERRUPTED_DOWNLOAD = (
@@ -184,6 +185,29 @@ def updates(console: Console, check: UpdateCheck) -> None:
             u.model_id, short(u.current_revision), short(u.latest_revision), size(u.size_bytes)
         )
     console.print(table)
+
+
+def found_elsewhere(console: Console, found: list[Found]) -> None:
+    """What `vibrant model import --scan` found in other tools' caches."""
+    if not found:
+        console.print("No other tool's cache holds a file of a model not downloaded here.")
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "FILE", "TOOL", "SIZE", "MATCH"):
+        table.add_column(col)
+    for f in found:
+        c = f.candidate
+        match = "sha256" if f.verified_by_name else "name (hashed on import)"
+        table.add_row(f.model_id, f.filename, c.tool, size(c.size), match)
+    console.print(table)
+    for f in found:  # whole, on lines of their own: a path cut short can't be pasted
+        console.print(f"{f.model_id}: {f.candidate.path}", markup=False, soft_wrap=True)
+    saved = sum(f.saves_bytes for f in found)
+    console.print(
+        f"Downloads would take these {size(saved)} from disk instead (with use_other_caches "
+        "on, `vibrant model download <id>` does; each file is hashed first).",
+        markup=False,
+    )
 
 
 def removal(console: Console, result: RemovalResult) -> None:

@@ -28,7 +28,6 @@ from ..config import Settings
 from ..errors import (
     Cancelled,
     ChecksumMismatchError,
-    DiskFullError,
     DownloadFailedError,
     GatedRepoError,
     HubUnreachableError,
@@ -43,7 +42,8 @@ from ..progress import Progress, ProgressCallback, Reporter
 from ..registry import ModelInfo
 from ..units import format_bytes
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
-from .install import install
+from .install import check_disk, install
+from .reuse import Adopted, Reuse, check_imported, take
 from .state import FileProgress, PartialState, read_state, write_state
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
@@ -51,10 +51,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MiB = 1024 * 1024
-
-
-def disk_margin(remaining: int) -> int:
-    return max(64 * MiB, remaining // 50)
 
 
 class DownloadResult(msgspec.Struct, kw_only=True):
@@ -69,6 +65,7 @@ class DownloadResult(msgspec.Struct, kw_only=True):
     verified: bool = False
     cached: bool = False  # answered from the cache: nothing was downloaded
     repaired: list[str] = []  # what was wrong with the cached files this download replaced
+    adopted: list[Adopted] = []  # files taken from other tools' caches, not downloaded
 
 
 def transfer_config(
@@ -93,7 +90,9 @@ class Downloader:
         config: TransferConfig,
         *,
         hub_factory: Callable[[], HubClient] = HubClient,
+        reuse: Reuse | None = None,
     ) -> None:
+        self.reuse = reuse or Reuse()  # the default looks nowhere
         self.paths = paths
         self.cache = cache
         self.config = config
@@ -106,6 +105,7 @@ class Downloader:
         cancel: threading.Event | None = None,
         *,
         latest: bool = False,
+        reuse: Reuse | None = None,
     ) -> DownloadResult:
         """Download ``model`` unless cached. With ``latest`` (an update), fetch the files the
         revision points to now, beside the cached ones, and swap only once verified."""
@@ -128,7 +128,7 @@ class Downloader:
         try:
             if not latest and (done := self.cached(model, problems)) is not None:
                 return done  # another process finished it while we waited
-            result = _Download(self, model, progress, cancel, latest).run()
+            result = _Download(self, model, progress, cancel, latest, reuse or self.reuse).run()
             result.repaired = problems
             return result
         finally:
@@ -206,8 +206,9 @@ class _Download:
         progress: ProgressCallback | None,
         cancel: threading.Event,
         latest: bool,
+        reuse: Reuse,
     ) -> None:
-        self.owner = downloader
+        self.owner, self.reuse, self.adopted = downloader, reuse, list[Adopted]()
         self.paths, self.cache, self.config = downloader.paths, downloader.cache, downloader.config
         self.model = model
         self.progress = progress
@@ -231,7 +232,7 @@ class _Download:
                 return same
             total = state.total_bytes or 0
             remaining = total - state.downloaded_bytes
-            self._check_disk(remaining)
+            check_disk(self.paths.models, model.id, remaining)
             pruned = self.cache.make_room(model, total).removed
             if pruned:
                 log.warning("removed %s to make room for %s", ", ".join(pruned), model.id)
@@ -244,7 +245,14 @@ class _Download:
                 if fp.complete:
                     continue
                 self.reporter.file = fp.remote_filename
-                self._fetch_verified(state, fp, res)
+                part = self.folder / f"{fp.name}.part"
+                if got := take(self.reuse, model.hf_repo, fp, part, self.reporter.add):
+                    self.adopted.append(got)
+                    write_state(self.folder, state)
+                elif not self.reuse.only:
+                    self._fetch_verified(state, fp, res)
+            if self.reuse.only:
+                check_imported(model.id, state, self.reuse, len(self.adopted), self.folder)
             self.reporter.emit("verifying")
             entry = self._install(state)
             self.reporter.emit("done")
@@ -256,6 +264,7 @@ class _Download:
                 revision=entry.revision,
                 pruned=pruned,
                 verified=all(fp.verified for fp in state.files),
+                adopted=self.adopted,
             )
         except Cancelled:
             st = read_state(self.folder)
@@ -384,24 +393,6 @@ class _Download:
             updated_at=now,
         )
         return state, resolved
-
-    def _check_disk(self, remaining: int) -> None:
-        models = self.paths.models
-        models.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(models).free
-        needed = remaining + disk_margin(remaining)
-        if free < needed:
-            raise DiskFullError(
-                f"Not enough disk space for {self.model.id}: {format_bytes(needed)} is needed in "
-                f"{models} ({format_bytes(remaining)} left to download plus a margin), "
-                f"but only {format_bytes(free)} is free.",
-                hint="Free some space, remove models with `vibrant model remove <id>`, or move "
-                "the cache with VIBRANT_HOME.",
-                modelId=self.model.id,
-                neededBytes=needed,
-                freeBytes=free,
-                path=str(models),
-            )
 
     # -- the transfer -------------------------------------------------------------------
 

@@ -9,10 +9,37 @@ import shutil
 from pathlib import Path
 
 from ..cache import Cache
+from ..errors import DiskFullError
 from ..fsutil import fsync_dir
 from ..manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
 from ..registry import ModelInfo
+from ..units import format_bytes
 from .state import PartialState
+
+MiB = 1024 * 1024
+
+
+def disk_margin(remaining: int) -> int:
+    return max(64 * MiB, remaining // 50)
+
+
+def check_disk(models: Path, model_id: str, remaining: int) -> None:
+    """Room for what is left to download (plus a margin) where the model will live."""
+    models.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(models).free
+    needed = remaining + disk_margin(remaining)
+    if free < needed:
+        raise DiskFullError(
+            f"Not enough disk space for {model_id}: {format_bytes(needed)} is needed in "
+            f"{models} ({format_bytes(remaining)} left to download plus a margin), "
+            f"but only {format_bytes(free)} is free.",
+            hint="Free some space, remove models with `vibrant model remove <id>`, or move "
+            "the cache with VIBRANT_HOME.",
+            modelId=model_id,
+            neededBytes=needed,
+            freeBytes=free,
+            path=str(models),
+        )
 
 
 def install(

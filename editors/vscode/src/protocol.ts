@@ -434,6 +434,7 @@ export const SERVER_SETTINGS = [
     "downloadBlockSize",
     "downloadIdleTimeoutS",
     "downloadRetryBaseS",
+    "useOtherCaches",
 ] as const;
 
 export type ServerSetting = (typeof SERVER_SETTINGS)[number];

@@ -17,4 +17,5 @@ return {
   { snake = "download_block_size", camel = "downloadBlockSize" },
   { snake = "download_idle_timeout_s", camel = "downloadIdleTimeoutS" },
   { snake = "download_retry_base_s", camel = "downloadRetryBaseS" },
+  { snake = "use_other_caches", camel = "useOtherCaches" },
 }
