@@ -145,17 +145,30 @@ class Vibrant:
     def downloader(self) -> Downloader:
         from .download.downloader import Downloader, transfer_config
         from .download.reuse import Reuse
+        from .download.sources import open_hub
         from .other_caches import default_roots
 
         roots = default_roots() if self.settings.use_other_caches else None
-        config = transfer_config(self.settings)
-        return Downloader(self.paths, self.cache, config, reuse=Reuse(roots=roots))
+        s = self.settings
+        return Downloader(
+            self.paths,
+            self.cache,
+            transfer_config(s),
+            hub_factory=lambda: open_hub(s.sources, s.token_sources),
+            reuse=Reuse(roots=roots),
+        )
 
     @cached_property
     def updates(self) -> Updates:
         from .updates import Updates
 
-        return Updates(self.registry, self.cache, self.downloader, self.paths.state)
+        return Updates(
+            self.registry,
+            self.cache,
+            self.downloader,
+            self.paths.state,
+            hub_factory=self.downloader.hub_factory,
+        )
 
     def resolve_id(self, model_id: str) -> str:
         """``auto`` is the selection's choice for this machine."""

@@ -37,6 +37,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Before downloading a file, look for it in huggingface_hub's, llama.cpp's, LM Studio's
     # and Ollama's caches; one with the reference SHA-256 is linked (or copied), not fetched.
     use_other_caches: bool = True
+    # Endpoints to download from, in order (a team mirror first, the Hub last); empty: the
+    # one endpoint HF_ENDPOINT names, else the Hub. The token goes to huggingface.co and to
+    # the sources named in token_sources only.
+    sources: list[str] = []
+    token_sources: list[str] = []
 
 
 _FIELDS = {f.name for f in msgspec.structs.fields(Settings)}

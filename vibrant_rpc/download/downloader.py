@@ -44,6 +44,7 @@ from ..units import format_bytes
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
 from .install import check_disk, install
 from .reuse import Adopted, Reuse, check_imported, take
+from .sources import fail_over
 from .state import FileProgress, PartialState, read_state, write_state
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
@@ -428,6 +429,12 @@ class _Download:
                 reporter.done -= fp.done_bytes
                 fp.done = []
                 config = dataclasses.replace(config, connections=1)
+                continue
+            except HubUnreachableError:
+                revisions = [state.commit or "", self.model.revision or "main"]
+                if (fresh := fail_over(self.hub, self.model.hf_repo, revisions, fp)) is None:
+                    raise
+                res = fresh  # url() reads it: the rest comes from the next source
                 continue
             except RemoteChanged as err:
                 raise DownloadFailedError(

@@ -435,6 +435,8 @@ export const SERVER_SETTINGS = [
     "downloadIdleTimeoutS",
     "downloadRetryBaseS",
     "useOtherCaches",
+    "sources",
+    "tokenSources",
 ] as const;
 
 export type ServerSetting = (typeof SERVER_SETTINGS)[number];

@@ -18,4 +18,6 @@ return {
   { snake = "download_idle_timeout_s", camel = "downloadIdleTimeoutS" },
   { snake = "download_retry_base_s", camel = "downloadRetryBaseS" },
   { snake = "use_other_caches", camel = "useOtherCaches" },
+  { snake = "sources", camel = "sources" },
+  { snake = "token_sources", camel = "tokenSources" },
 }
