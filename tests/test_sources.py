@@ -89,6 +89,8 @@ def test_a_mirror_that_is_down_falls_back_and_the_file_verifies(
     assert result["verified"] is True and result["sha256"] == ON_MIRROR.sha256
     assert (paths.models / "mirrored.gguf").read_bytes() == ON_MIRROR.data
     assert hub.bytes_served == 0
+    mirror = olah.a.endpoint.removeprefix("http://")
+    assert result["served_by"] == {ON_MIRROR.name: mirror}
 
     # the mirror lacks this repository (olah: 401 RepoNotFound): the hub, last, serves it
     r = vibrant("model", "download", "hubonly", "--json")
@@ -97,6 +99,7 @@ def test_a_mirror_that_is_down_falls_back_and_the_file_verifies(
     assert result["verified"] is True
     assert result["sha256"] == hashlib.sha256(ON_HUB).hexdigest()
     assert hub.bytes_served == len(ON_HUB)
+    assert result["served_by"] == {"hub-q4_k_m.gguf": hub.endpoint.removeprefix("http://")}
     # the token goes to no source but huggingface.co and the marked ones
     assert all("authorization" not in q.headers for q in hub.requests)
 
@@ -158,6 +161,7 @@ def test_a_source_that_fails_mid_file_hands_the_rest_to_the_next(paths: Paths) -
         result = downloader.download(app.registry.get("hubonly"), progress=on_progress)
         assert broke.is_set()
         assert result.verified and (paths.models / "hubonly.gguf").read_bytes() == data
+        assert result.served_by == {"hub-q4_k_m.gguf": second.endpoint.removeprefix("http://")}
         assert first.bytes_served == MB and second.bytes_served > 0
         # the second source sent the rest, not the whole file again
         assert second.bytes_served == len(data) - MB

@@ -225,7 +225,9 @@ def download_message(model_id: str, result: DownloadResult) -> str:
         f"; {a.filename} taken from {a.path} ({a.tool}, {a.method}), not downloaded"
         for a in result.adopted
     )
-    return f"{done} {model_id}{why} ({size}), {check}, at {where}{taken}"
+    hosts = sorted(set(result.served_by.values()))
+    origin = f", from {', '.join(hosts)}" if hosts else ""
+    return f"{done} {model_id}{why} ({size}){origin}, {check}, at {where}{taken}"
 
 
 def cmd_update(ctx: Context) -> int:

@@ -67,6 +67,7 @@ class DownloadResult(msgspec.Struct, kw_only=True):
     cached: bool = False  # answered from the cache: nothing was downloaded
     repaired: list[str] = []  # what was wrong with the cached files this download replaced
     adopted: list[Adopted] = []  # files taken from other tools' caches, not downloaded
+    served_by: dict[str, str] = {}  # Hub file name -> the source (host:port) that sent it
 
 
 def transfer_config(
@@ -210,6 +211,7 @@ class _Download:
         reuse: Reuse,
     ) -> None:
         self.owner, self.reuse, self.adopted = downloader, reuse, list[Adopted]()
+        self.served_by: dict[str, str] = {}
         self.paths, self.cache, self.config = downloader.paths, downloader.cache, downloader.config
         self.model = model
         self.progress = progress
@@ -252,6 +254,7 @@ class _Download:
                     write_state(self.folder, state)
                 elif not self.reuse.only:
                     self._fetch_verified(state, fp, res)
+                    self.served_by[fp.remote_filename] = self.hub.source
             if self.reuse.only:
                 check_imported(model.id, state, self.reuse, len(self.adopted), self.folder)
             self.reporter.emit("verifying")
@@ -266,6 +269,7 @@ class _Download:
                 pruned=pruned,
                 verified=all(fp.verified for fp in state.files),
                 adopted=self.adopted,
+                served_by=self.served_by,
             )
         except Cancelled:
             st = read_state(self.folder)
