@@ -143,3 +143,18 @@ def test_scan_lists_what_it_found_and_the_bytes_saved(hub: HubStub, paths: Paths
     r = vibrant("model", "import", "--scan")
     assert r.returncode == 0 and "huggingface_hub" in r.stdout and str(blob) in r.stdout
     assert hub.bytes_served == 0  # a scan never downloads
+
+
+def test_an_ollama_blob_with_the_reference_sha_is_taken(hub: HubStub, paths: Paths) -> None:
+    # Ollama keeps a pulled GGUF at blobs/sha256-<hex>, named by its digest
+    blob = Path.home() / ".ollama" / "models" / "blobs" / f"sha256-{SHA}"
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(DATA)
+    setup_home(paths)
+    r = vibrant("model", "download", "reuse", "--json")
+    assert r.returncode == 0, r.stderr
+    assert hub.bytes_served == 0
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["verified"] is True and result["served_by"] == {}
+    assert [(a["tool"], a["path"]) for a in result["adopted"]] == [("ollama", str(blob))]
+    assert blob.read_bytes() == DATA and (paths.models / "reuse.gguf").read_bytes() == DATA
