@@ -139,6 +139,17 @@ class DownloadModelParams(Params):
     work_done_token: ProgressToken | None = None  # $/progress goes here
 
 
+class AdoptedFile(Wire):
+    """A model file another tool (huggingface_hub, llama.cpp, LM Studio, Ollama) had
+    downloaded already, checked against the reference and linked or copied in."""
+
+    filename: str  # the Hub file name
+    tool: str  # whose cache it came from
+    path: str  # the other tool's file (only ever read)
+    method: str  # "reflink", "hardlink" or "copy"
+    copied_bytes: int  # 0 for a link
+
+
 class DownloadModelResult(Wire):
     model_id: str  # resolved ("auto" becomes an id)
     paths: list[str]  # absolute; the first is what llama.cpp loads
@@ -151,6 +162,8 @@ class DownloadModelResult(Wire):
     verified: bool
     cached: bool  # it was downloaded already: nothing moved
     repaired: list[str]  # what was wrong with the cached files this download replaced
+    adopted: list[AdoptedFile]  # files taken from other tools' caches, not downloaded
+    served_by: dict[str, str]  # Hub file name -> the source (host:port) that sent it
 
 
 # -- updates -----------------------------------------------------------------------------

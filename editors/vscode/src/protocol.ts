@@ -165,6 +165,20 @@ export interface DownloadModelResult {
     verified: boolean;
     cached: boolean;
     repaired: string[];
+    adopted: AdoptedFile[];
+    servedBy: Record<string, string>;
+}
+
+/**
+ * A model file another tool (huggingface_hub, llama.cpp, LM Studio, Ollama) had downloaded already,
+ * checked against the reference and linked or copied in.
+ */
+export interface AdoptedFile {
+    filename: string;
+    tool: string;
+    path: string;
+    method: string;
+    copiedBytes: number;
 }
 
 export interface CheckUpdatesResult {
