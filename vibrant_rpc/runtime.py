@@ -312,12 +312,15 @@ class LoadedModel:
             llama_cpp.llama_memory_can_shift(self._memory)
         )
         self.reuse_min_chunk = REUSE_MIN_CHUNK
-        # A cancel stops llama_decode between graph nodes, not only between batches: a
-        # 512-token prompt batch takes a second or more on a small CPU. The callback is
-        # kept on self (ctypes callbacks must outlive their use from C).
+        # A cancel stops a prompt's llama_decode between graph nodes, not only between
+        # batches: a 512-token batch takes a second or more on a small CPU. ggml calls it
+        # for every node, so it is set for the prompt only: during generation it cost
+        # 15 ms a token here (a Python call per node), and a token is short anyway.
+        # Both are kept on self (ctypes callbacks must outlive their use from C).
+        self._ctx_handle: Any = ctx.ctx
         self._should_stop: Callable[[], bool] | None = None
         self._abort_cb = llama_cpp.ggml_abort_callback(self._abort_requested)
-        llama_cpp.llama_set_abort_callback(ctx.ctx, self._abort_cb, None)
+        self._no_abort_cb = llama_cpp.ggml_abort_callback()  # NULL: not called
 
     def _abort_requested(self, _data: Any) -> bool:
         should_stop = self._should_stop
@@ -461,6 +464,10 @@ class LoadedModel:
         Leaves ``llm.input_ids[:n_tokens]`` equal to the prompt, so that
         ``Llama.generate`` samples at once. Returns (finished, evaluated, cached).
         """
+        import llama_cpp
+
+        self._should_stop = stop
+        llama_cpp.llama_set_abort_callback(self._ctx_handle, self._abort_cb, None)
         try:
             return self._prefill_plan(llm, tokens, stop)
         except RuntimeError:
@@ -469,6 +476,9 @@ class LoadedModel:
             # llama_decode aborted part way: the cache holds what input_ids says, no more.
             self._drop_after(llm, min(llm.n_tokens, len(tokens)))
             return False, 0, 0
+        finally:
+            llama_cpp.llama_set_abort_callback(self._ctx_handle, self._no_abort_cb, None)
+            self._should_stop = None
 
     def _prefill_plan(
         self, llm: Llama, tokens: list[int], stop: Callable[[], bool]
@@ -553,7 +563,6 @@ class LoadedModel:
             n_out = 0
             generator = None
             evaluated = cached = 0
-            self._should_stop = stopped
             try:
                 finished, evaluated, cached = self._prefill(llm, prompt.tokens, stopped)
                 if not finished:
@@ -569,13 +578,7 @@ class LoadedModel:
                         if stopped():
                             finish = "cancelled"
                             break
-                        try:
-                            token = next(generator)
-                        except RuntimeError:
-                            if not stopped():
-                                raise
-                            finish = "cancelled"  # llama_decode aborted (see __init__)
-                            break
+                        token = next(generator)
                         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                             finish = "stop"
                             break
@@ -584,7 +587,6 @@ class LoadedModel:
                             finish, hit_stop = "stop", True
                             break
             finally:
-                self._should_stop = None
                 if generator is not None:
                     generator.close()
             text = stream.finish(hit_stop)
