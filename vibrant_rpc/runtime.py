@@ -314,8 +314,8 @@ class LoadedModel:
         self.reuse_min_chunk = REUSE_MIN_CHUNK
         # A cancel stops a prompt's llama_decode between graph nodes, not only between
         # batches: a 512-token batch takes a second or more on a small CPU. ggml calls it
-        # for every node, so it is set for the prompt only: during generation it cost
-        # 15 ms a token here (a Python call per node), and a token is short anyway.
+        # for every graph node (a Python call each), so it is set for the prompt only;
+        # in generation the check between tokens is soon enough (a token is ~25 ms here).
         # Both are kept on self (ctypes callbacks must outlive their use from C).
         self._ctx_handle: Any = ctx.ctx
         self._should_stop: Callable[[], bool] | None = None
