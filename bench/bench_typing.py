@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_server import MODEL, THREADS, Server, setup_home  # noqa: E402
 from bench.results import write_section  # noqa: E402
 from tests.gguf_fixtures import gemma_path  # noqa: E402
-from vibrant_rpc.runtime import _cpu_has_amx  # noqa: E402
+from vibrant_rpc.llama_setup import cpu_has_amx as _cpu_has_amx  # noqa: E402
 
 PY = sys.executable
 STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
@@ -57,7 +57,7 @@ CACHE = Path.home() / ".cache" / "vibrant-bench" / "llama-server"
 SDIST = "llama_cpp_python-0.3.36"
 LLAMA_SERVER = CACHE / SDIST / "vendor" / "llama.cpp" / "build" / "bin" / "llama-server"
 PORT = 18411
-# As the runtime does on AMX CPUs (runtime._without_repacking): repacked weights take
+# As the runtime does on AMX CPUs (llama_setup._without_repacking): repacked weights take
 # the AMX matmul, which dies of a protection fault in this VM on the first decode.
 NO_REPACK = ["--no-repack"] if _cpu_has_amx() else []
 

@@ -25,8 +25,8 @@ from vibrant_rpc.runtime import (
     LoadedModel,
     LoadOptions,
     ModelClosedError,
-    _TextStream,
 )
+from vibrant_rpc.text_stream import TextStream
 
 OPTS = LoadOptions(context_size=512, threads=2)
 CODE = "def fibonacci(n):\n"
@@ -283,7 +283,7 @@ def test_close_returns_the_memory() -> None:
 
 def test_pieces_of_a_split_utf8_character_wait_for_the_rest() -> None:
     pieces: list[str] = []
-    stream = _TextStream([], pieces.append)
+    stream = TextStream([], pieces.append)
     assert not stream.feed(b"caf\xc3")
     assert not stream.feed(b"\xa9!")
     assert stream.finish(stopped=False) == "café!"

@@ -4,7 +4,8 @@ Plain blocking Python, meant for a worker thread; it knows nothing of JSON-RPC.
 ``llama_cpp`` is imported inside functions only: importing it costs about a
 quarter of a second, and the server's start-up must not pay that.
 
-Three things here work around llama-cpp-python 0.3.36:
+Three things work around llama-cpp-python 0.3.36 (the first in ``llama_setup``, with
+the AMX repacking that crashes in VMs):
 
 - ``Llama(verbose=False)`` silences llama.cpp by pointing file descriptors 1
   and 2 at /dev/null during the load. That is process-wide, and fd 1 is the
@@ -21,15 +22,13 @@ Three things here work around llama-cpp-python 0.3.36:
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import io
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -37,13 +36,15 @@ import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
 from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
+from vibrant_rpc.llama_setup import LLAMA_LOG, LOAD_LOCK, llama_cpp_module, load_error, warm_up
+from vibrant_rpc.text_stream import TextStream
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
 log = logging.getLogger(__name__)
-# llama.cpp's own log; its INFO level is a page per load, so it arrives here as DEBUG.
 llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
+__all__ = ["warm_up"]  # re-exported: the service warms llama.cpp up through the runtime
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -107,176 +108,11 @@ class ModelClosedError(RuntimeError):
     """``complete`` on a model that was closed."""
 
 
-# ggml's log levels (ggml.h); llama-cpp-python's own logger still uses an older numbering.
-_GGML_WARN, _GGML_ERROR, _GGML_CONT = 3, 4, 5
-
-
-class _LlamaLog:
-    """Everything llama.cpp and ggml log: to ``llama_log``, and to the captures open now."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._captures: list[list[tuple[int, str]]] = []
-        self._last_level = 0
-        self._callback: Any = None
-
-    def install(self, llama_cpp: Any) -> None:
-        if self._callback is not None:
-            return
-        # Kept on self: ctypes callbacks must outlive their use from C.
-        self._callback = llama_cpp.llama_log_callback(self._on_log)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-
-    def _on_log(self, level: int, text: bytes | None, _user_data: Any) -> None:
-        message = (text or b"").decode("utf-8", errors="replace")
-        with self._lock:
-            if level == _GGML_CONT:
-                level = self._last_level
-                for records in self._captures:
-                    if records:
-                        records[-1] = (records[-1][0], records[-1][1] + message)
-            else:
-                self._last_level = level
-                for records in self._captures:
-                    records.append((level, message))
-        if message.strip():
-            py_level = {_GGML_WARN: logging.WARNING, _GGML_ERROR: logging.ERROR}.get(
-                level, logging.DEBUG
-            )
-            llama_log.log(py_level, "%s", message.rstrip())
-
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[list[tuple[int, str]]]:
-        """Collect (level, text) of what llama.cpp logs meanwhile, from any thread."""
-        records: list[tuple[int, str]] = []
-        with self._lock:
-            self._captures.append(records)
-        try:
-            yield records
-        finally:
-            with self._lock:
-                self._captures.remove(records)
-
-
-_LOG = _LlamaLog()
-# Loads take turns: redirect_stderr swaps the process-wide sys.stderr, and two
-# overlapping swaps could leave it pointing at a dead buffer.
-_LOAD_LOCK = threading.Lock()
-
-
-def _cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    try:
-        return " amx_tile" in cpuinfo.read_text()
-    except OSError:
-        return False
-
-
-def _without_repacking(llama_cpp: Any) -> None:
-    """On CPUs with AMX, load weights without llama.cpp's extra buffer types.
-
-    A native build picks the AMX matmul for repacked weights, and in virtual machines
-    whose hypervisor doesn't hand the tile state over it dies with SIGSEGV on the first
-    decode (seen here with llama-cpp-python 0.3.36 on a Xeon VM). ``Llama()`` doesn't
-    expose ``use_extra_bufts``, so its source of default params is wrapped once.
-    """
-    low = llama_cpp.llama_cpp
-    if getattr(low.llama_model_default_params, "_vibrant", False) or not _cpu_has_amx():
-        return
-    original = low.llama_model_default_params
-
-    def default_params() -> Any:
-        params = original()
-        params.use_extra_bufts = False
-        return params
-
-    default_params._vibrant = True  # type: ignore[attr-defined]
-    low.llama_model_default_params = default_params
-
-
-def _llama_cpp() -> Any:
-    import llama_cpp
-
-    _LOG.install(llama_cpp)
-    _without_repacking(llama_cpp)
-    return llama_cpp
-
-
-def warm_up() -> None:
-    """Import llama.cpp ahead of the first load (about 0.1 s and 23 MB), on a worker
-    after start-up has answered, so that the editor's first completion doesn't wait."""
-    _llama_cpp()
-
-
-# "llama_model_load: error loading model: tensor ..." -> "tensor ..."
-_LOG_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*: |error loading model: )+")
-
-
-def _load_error(
-    model_id: str, path: Path, exc: BaseException, records: list[tuple[int, str]]
-) -> ModelLoadFailedError:
-    errors = [text.strip() for level, text in records if level == _GGML_ERROR and text.strip()]
-    # The first error is the cause; the ones after it are callers saying that they failed.
-    reason = _LOG_PREFIX.sub("", errors[0]) if errors else str(exc)
-    return ModelLoadFailedError(
-        f"Could not load model {model_id!r} from {path}: {reason}",
-        hint=f"`vibrant model verify {model_id}` checks the file against its checksum.",
-        modelId=model_id,
-        path=str(path),
-        llamaErrors=errors or [str(exc)],
-    )
-
-
-class _TextStream:
-    """Turns generated bytes into text pieces, holding back what may begin a stop string."""
-
-    def __init__(self, stops: list[str], on_text: Callable[[str], None] | None) -> None:
-        self._stops = [s for s in stops if s]
-        self._on_text = on_text
-        # Tokens can end inside a UTF-8 sequence; the decoder waits for the rest.
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._text = ""
-        self._sent = 0
-
-    def feed(self, data: bytes) -> bool:
-        """Add one token's bytes; True when the text now contains a stop string."""
-        self._text += self._decoder.decode(data)
-        # Nothing that could start a stop string was sent, so a match starts at _sent or later.
-        found = [i for i in (self._text.find(s, self._sent) for s in self._stops) if i >= 0]
-        if found:
-            self._text = self._text[: min(found)]
-            self._send(len(self._text))
-            return True
-        self._send(len(self._text) - self._held_back())
-        return False
-
-    def _held_back(self) -> int:
-        """Length of the longest end of the unsent text that is the start of a stop string."""
-        unsent = self._text[self._sent :]
-        for n in range(min(len(unsent), max((len(s) for s in self._stops), default=0)), 0, -1):
-            if any(s.startswith(unsent[-n:]) for s in self._stops):
-                return n
-        return 0
-
-    def _send(self, end: int) -> None:
-        if end > self._sent:
-            piece = self._text[self._sent : end]
-            self._sent = end
-            if self._on_text is not None:
-                self._on_text(piece)
-
-    def finish(self, stopped: bool) -> str:
-        """The final text; sends what was held back (unless a stop string ended it)."""
-        if not stopped:
-            self._text += self._decoder.decode(b"", final=True)
-            self._send(len(self._text))
-        return self._text
-
-
 class LoadedModel:
     """A model in memory. ``complete`` runs one completion at a time; ``close`` frees it."""
 
     def __init__(self, model_id: str, path: Path, llm: Llama, load_ms: float) -> None:
-        llama_cpp = _llama_cpp()
+        llama_cpp = llama_cpp_module()
         self.model_id = model_id
         self.path = path
         self.loaded_at = time.time()
@@ -329,7 +165,7 @@ class LoadedModel:
     @classmethod
     def load(cls, model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
         """Load ``path`` (the first shard of a split model); ModelLoadFailedError on failure."""
-        llama_cpp = _llama_cpp()
+        llama_cpp = llama_cpp_module()
         started = time.perf_counter()
         if not path.is_file():
             raise ModelLoadFailedError(
@@ -338,7 +174,7 @@ class LoadedModel:
                 path=str(path),
             )
         printed = io.StringIO()
-        with _LOAD_LOCK, _LOG.capture() as records:
+        with LOAD_LOCK, LLAMA_LOG.capture() as records:
             try:
                 # verbose=True only keeps llama-cpp-python off fds 1 and 2 (module docstring).
                 with contextlib.redirect_stderr(printed):
@@ -355,7 +191,7 @@ class LoadedModel:
                         verbose=True,
                     )
             except Exception as exc:
-                raise _load_error(model_id, path, exc, records) from exc
+                raise load_error(model_id, path, exc, records) from exc
             finally:
                 if printed.getvalue().strip():
                     llama_log.debug("%s", printed.getvalue().rstrip())
@@ -557,7 +393,7 @@ class LoadedModel:
 
             prompt = self._build_prompt(llm, req)
             n_prompt = len(prompt.tokens)
-            stream = _TextStream(req.stop, on_text)
+            stream = TextStream(req.stop, on_text)
             finish: FinishReason = "length"
             hit_stop = False
             n_out = 0

@@ -1,0 +1,138 @@
+"""llama_cpp imported once and set up for a server: its log into Python logging (and
+captured for load errors), no AMX weight repacking where that crashes, load errors in
+words. Imported lazily: llama_cpp costs a quarter of a second at start-up."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vibrant_rpc.errors import ModelLoadFailedError
+
+# llama.cpp's own log; its INFO level is a page per load, so it arrives here as DEBUG.
+llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
+
+
+# ggml's log levels (ggml.h); llama-cpp-python's own logger still uses an older numbering.
+_GGML_WARN, _GGML_ERROR, _GGML_CONT = 3, 4, 5
+
+
+class _LlamaLog:
+    """Everything llama.cpp and ggml log: to ``llama_log``, and to the captures open now."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._captures: list[list[tuple[int, str]]] = []
+        self._last_level = 0
+        self._callback: Any = None
+
+    def install(self, llama_cpp: Any) -> None:
+        if self._callback is not None:
+            return
+        # Kept on self: ctypes callbacks must outlive their use from C.
+        self._callback = llama_cpp.llama_log_callback(self._on_log)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes | None, _user_data: Any) -> None:
+        message = (text or b"").decode("utf-8", errors="replace")
+        with self._lock:
+            if level == _GGML_CONT:
+                level = self._last_level
+                for records in self._captures:
+                    if records:
+                        records[-1] = (records[-1][0], records[-1][1] + message)
+            else:
+                self._last_level = level
+                for records in self._captures:
+                    records.append((level, message))
+        if message.strip():
+            py_level = {_GGML_WARN: logging.WARNING, _GGML_ERROR: logging.ERROR}.get(
+                level, logging.DEBUG
+            )
+            llama_log.log(py_level, "%s", message.rstrip())
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[tuple[int, str]]]:
+        """Collect (level, text) of what llama.cpp logs meanwhile, from any thread."""
+        records: list[tuple[int, str]] = []
+        with self._lock:
+            self._captures.append(records)
+        try:
+            yield records
+        finally:
+            with self._lock:
+                self._captures.remove(records)
+
+
+LLAMA_LOG = _LlamaLog()
+# Loads take turns: redirect_stderr swaps the process-wide sys.stderr, and two
+# overlapping swaps could leave it pointing at a dead buffer.
+LOAD_LOCK = threading.Lock()
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        return " amx_tile" in cpuinfo.read_text()
+    except OSError:
+        return False
+
+
+def _without_repacking(llama_cpp: Any) -> None:
+    """On CPUs with AMX, load weights without llama.cpp's extra buffer types.
+
+    A native build picks the AMX matmul for repacked weights, and in virtual machines
+    whose hypervisor doesn't hand the tile state over it dies with SIGSEGV on the first
+    decode (seen here with llama-cpp-python 0.3.36 on a Xeon VM). ``Llama()`` doesn't
+    expose ``use_extra_bufts``, so its source of default params is wrapped once.
+    """
+    low = llama_cpp.llama_cpp
+    if getattr(low.llama_model_default_params, "_vibrant", False) or not cpu_has_amx():
+        return
+    original = low.llama_model_default_params
+
+    def default_params() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    default_params._vibrant = True  # type: ignore[attr-defined]
+    low.llama_model_default_params = default_params
+
+
+def llama_cpp_module() -> Any:
+    import llama_cpp
+
+    LLAMA_LOG.install(llama_cpp)
+    _without_repacking(llama_cpp)
+    return llama_cpp
+
+
+def warm_up() -> None:
+    """Import llama.cpp ahead of the first load (about 0.1 s and 23 MB), on a worker
+    after start-up has answered, so that the editor's first completion doesn't wait."""
+    llama_cpp_module()
+
+
+# "llama_model_load: error loading model: tensor ..." -> "tensor ..."
+_LOG_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*: |error loading model: )+")
+
+
+def load_error(
+    model_id: str, path: Path, exc: BaseException, records: list[tuple[int, str]]
+) -> ModelLoadFailedError:
+    errors = [text.strip() for level, text in records if level == _GGML_ERROR and text.strip()]
+    # The first error is the cause; the ones after it are callers saying that they failed.
+    reason = _LOG_PREFIX.sub("", errors[0]) if errors else str(exc)
+    return ModelLoadFailedError(
+        f"Could not load model {model_id!r} from {path}: {reason}",
+        hint=f"`vibrant model verify {model_id}` checks the file against its checksum.",
+        modelId=model_id,
+        path=str(path),
+        llamaErrors=errors or [str(exc)],
+    )
