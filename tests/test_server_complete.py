@@ -186,6 +186,30 @@ async def test_fim_on_a_model_with_fim_tokens(server: tuple[LanguageClient, Reco
     assert prefix_only["fim"] is False and prefix_only["text"] == "def"
 
 
+async def test_typing_through_a_suggestion_is_answered_without_the_model(
+    server: tuple[LanguageClient, Recorder],
+) -> None:
+    client, rec = server
+    ask = {"maxTokens": 6, "temperature": 0, "modelId": TINY}
+    first = await call(client, "vibrant/complete", {"prompt": "abc", **ask})
+    assert first["text"] == "defghi" and first["cached"] is False
+    usage = first["usage"]
+    assert usage["promptEvaluated"] + usage["promptCached"] == usage["promptTokens"]
+    # The user types "de", the start of the suggestion: the rest comes at once.
+    typed = await call(
+        client, "vibrant/complete", {"prompt": "abcde", "partialResultToken": "tt", **ask}
+    )
+    assert typed["cached"] is True and typed["text"] == "fghi", typed
+    assert typed["usage"]["promptEvaluated"] == 0 and typed["timings"]["totalMs"] < 30
+    assert [e["text"] for e in rec.of("$/progress:tt")] == ["fghi"]
+    # Something else typed: the model answers, reusing the cache of the shared start.
+    other = await call(client, "vibrant/complete", {"prompt": "abcx", **ask})
+    assert other["cached"] is False and other["usage"]["promptCached"] >= 1, other
+    # Sampling (temperature > 0) never takes the shortcut.
+    sampled = await call(client, "vibrant/complete", {**ask, "prompt": "abcxy", "temperature": 1})
+    assert sampled["cached"] is False
+
+
 async def test_unload(server: tuple[LanguageClient, Recorder]) -> None:
     client, rec = server
     assert await call(client, "vibrant/unloadModel") == {"modelId": TINY, "unloaded": True}

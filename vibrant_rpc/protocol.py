@@ -328,6 +328,10 @@ class CompleteParams(Params):
 class Usage(Wire):
     prompt_tokens: int  # fed to the model (FIM tokens included)
     completion_tokens: int  # generated
+    # Of the prompt tokens: how many were evaluated now, and how many came from the KV
+    # cache of earlier requests (kept in place, or shifted there).
+    prompt_evaluated: int = 0
+    prompt_cached: int = 0
 
 
 class Timings(Wire):
@@ -342,6 +346,9 @@ class CompleteResult(Wire):
     usage: Usage
     timings: Timings
     fim: bool  # the suffix was used (the model has fill-in-the-middle tokens)
+    # Answered from the last completion without the model: the prompt typed the start of
+    # it (temperature 0, no stop strings), and this is the rest.
+    cached: bool = False
 
 
 class CompletionChunk(Wire):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ from .lifecycle import Lifecycle, StateChange
 from .offline import is_offline
 from .progress import Progress, ProgressCallback
 from .runtime import CompletionRequest, LoadOptions
+from .typed_through import TypedThrough
 
 if TYPE_CHECKING:
     from .download.downloader import DownloadResult
@@ -141,6 +143,8 @@ class Service:
         self._events = events
         self._timer: threading.Timer | None = None
         self._closed = threading.Event()
+        self._typed = TypedThrough()  # one editor per server: its last completion
+        self._typed_fim = False
 
     @classmethod
     def build(cls, settings: Settings, pool: Executor, events: Events) -> Service:
@@ -375,17 +379,58 @@ class Service:
             temperature=params.temperature,
             stop=list(params.stop),
         )
+        # Typing through a suggestion is answered from the last completion: only where
+        # the model would give the same again (greedy, nothing to stop on).
+        repeatable = params.temperature == 0 and not params.stop
+        if repeatable and (hit := self._typed_through(params)) is not None:
+            if on_text is not None and hit.text:
+                on_text(hit.text)
+            return hit
         done = self.lifecycle.complete(req, params.model_id, on_text, cancel, on_change)
         r = done.result
         if r.finish_reason == "cancelled":
             raise Cancelled()
-        return p.CompleteResult(
+        result = p.CompleteResult(
             text=r.text,
             model_id=done.model_id,
             finish_reason=msgspec.convert(r.finish_reason, p.FinishReason),
-            usage=p.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens),
+            usage=p.Usage(
+                prompt_tokens=r.prompt_tokens,
+                completion_tokens=r.completion_tokens,
+                prompt_evaluated=r.prompt_evaluated,
+                prompt_cached=r.prompt_cached,
+            ),
             timings=p.Timings(
                 load_ms=round(done.load_ms, 1), total_ms=round(done.load_ms + r.total_ms, 1)
             ),
             fim=r.fim,
+        )
+        if repeatable:
+            self._typed.remember(
+                done.model_id, params.prompt, params.suffix, r.text, r.finish_reason
+            )
+            self._typed_fim = r.fim
+        else:
+            self._typed.forget()
+        return result
+
+    def _typed_through(self, params: p.CompleteParams) -> p.CompleteResult | None:
+        started = time.perf_counter()
+        wanted = params.model_id or self.lifecycle.loaded_model_id
+        if wanted is None:
+            return None
+        model_id = self.app.registry.canonical_id(wanted)
+        hit = self._typed.lookup(model_id, params.prompt, params.suffix)
+        if hit is None:
+            return None
+        return p.CompleteResult(
+            text=hit.text,
+            model_id=model_id,
+            finish_reason=msgspec.convert(hit.finish_reason, p.FinishReason),
+            usage=p.Usage(prompt_tokens=0, completion_tokens=0),
+            timings=p.Timings(
+                load_ms=0.0, total_ms=round((time.perf_counter() - started) * 1000, 3)
+            ),
+            fim=self._typed_fim,
+            cached=True,
         )

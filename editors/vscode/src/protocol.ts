@@ -257,11 +257,14 @@ export interface CompleteResult {
     usage: Usage;
     timings: Timings;
     fim: boolean;
+    cached: boolean;
 }
 
 export interface Usage {
     promptTokens: number;
     completionTokens: number;
+    promptEvaluated: number;
+    promptCached: number;
 }
 
 export interface Timings {
