@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -689,3 +690,20 @@ def test_cli_download_auto_fetches_the_model_this_machine_gets(hub: HubStub, pat
     assert r.returncode == 0, r.stderr
     assert "This machine gets a:" in r.stdout and "usable" in r.stdout
     assert (paths.models / "a.gguf").read_bytes() == data
+
+
+def test_progress_and_info_say_which_source_served_a_file(hub: HubStub, paths: Paths) -> None:
+    hub.add_repo("test/tiny", {"a.gguf": blob(2 * MB)})
+    app = make_app(paths, [tiny_model("a")])
+    seen: list[Progress] = []
+    get(app, "a", progress=seen.append)
+    host = hub.endpoint.split("://", 1)[1]
+    assert {p.source for p in seen if p.state == "downloading"} == {host}, seen
+    info = Vibrant(paths).model_info("a")
+    assert info.sources == {"a.gguf": host}
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "vibrant"), "model", "info", "a"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    line = next(ln for ln in shown.stdout.splitlines() if "from (a.gguf)" in ln)
+    assert host in line, shown.stdout

@@ -42,6 +42,7 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     partial: PartialDownload | None = None
     selected: bool = False  # the model this machine would get
     versions: list[ModelVersion] = []  # Hub commits seen for it, oldest first
+    sources: dict[str, str] = {}  # Hub file name -> where it came from
 
 
 Scope = Literal["all", "cached", "default"]
@@ -96,6 +97,9 @@ class Vibrant:
             partial=partial,
             selected=model.id == selected,
             versions=list(entry.versions) if entry else [],
+            sources={f.remote_filename or f.path: f.source for f in entry.files if f.source}
+            if entry
+            else {},
         )
 
     def list_models(self, scope: Scope = "default") -> list[ModelStatus]:

@@ -36,6 +36,7 @@ class ManifestFile(msgspec.Struct, kw_only=True):
     sha256: str | None  # None: adopted from disk, not yet verified
     mtime_ns: int
     remote_filename: str | None = None
+    source: str | None = None  # where it came from: a source's host:port, or another tool's cache
 
 
 class ModelVersion(msgspec.Struct, kw_only=True):

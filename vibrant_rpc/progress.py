@@ -23,6 +23,7 @@ class Progress(msgspec.Struct, kw_only=True, frozen=True):
     total_bytes: int | None = None
     bytes_per_second: float = 0.0
     eta_seconds: float | None = None
+    source: str | None = None  # where the bytes come from: a source's host:port, a cache
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -79,6 +80,7 @@ class Reporter:
     ) -> None:
         self.model_id, self.total, self.done, self.callback = model_id, total, done, callback
         self.file = ""
+        self.source: Callable[[], str | None] | None = None  # asked at each report
         self.interval_s = interval_s
         self._clock = clock
         self.meter = SpeedMeter(clock=clock)
@@ -108,5 +110,6 @@ class Reporter:
                 total_bytes=self.total,
                 bytes_per_second=rate,
                 eta_seconds=0.0 if state == "done" else self.meter.eta(self.done, self.total),
+                source=self.source() if self.source is not None else None,
             )
         )

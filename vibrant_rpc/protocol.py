@@ -102,6 +102,7 @@ class ModelEntry(Wire):
     use_count: int  # times loaded
     cached_revision: str | None  # the Hub commit the cached files came from
     versions: list[VersionSeen]  # commits seen for it, oldest first
+    sources: dict[str, str]  # Hub file name -> where it came from (a source, a cache)
     partial: PartialDownloadInfo | None
     selected: bool  # the model this machine gets
     loaded: bool  # loaded in this server now
@@ -218,6 +219,7 @@ class DownloadProgress(Wire):
     total_bytes: int | None  # once known
     bytes_per_second: float  # smoothed over a few seconds
     eta_seconds: float | None  # when the speed is known
+    source: str | None  # where the bytes come from: a source's host:port, a cache
     # "waiting" (another process downloads it), "resolving", "downloading",
     # "verifying", then "done", "failed" or "cancelled" last.
     state: DownloadState

@@ -116,6 +116,7 @@ def model_info(console: Console, s: ModelStatus) -> None:
             ("last used", ago(s.last_used)),
             ("use count", str(s.use_count)),
         ]
+        rows += [(f"from ({name})", where) for name, where in s.sources.items()]
         rows += [
             (
                 f"version {i + 1}",

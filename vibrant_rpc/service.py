@@ -84,6 +84,7 @@ def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
             )
             for v in status.versions
         ],
+        sources=dict(status.sources),
         partial=p.PartialDownloadInfo(
             downloaded_bytes=partial.downloaded_bytes,
             total_bytes=partial.total_bytes,

@@ -45,7 +45,7 @@ from .hub import HubClient, Resolved, RevisionInfo, TransientError
 from .install import check_disk, install
 from .reuse import Adopted, Reuse, check_imported, take
 from .sources import fail_over
-from .state import FileProgress, PartialState, read_state, write_state
+from .state import FileProgress, PartialState, read_state, same_file, write_state
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,13 @@ class _Download:
                 if fp.complete:
                     continue
                 self.reporter.file = fp.remote_filename
+                self.reporter.source = None
                 part = self.folder / f"{fp.name}.part"
                 if got := take(self.reuse, model.hf_repo, fp, part, self.reporter.add):
                     self.adopted.append(got)
                     write_state(self.folder, state)
                 elif not self.reuse.only:
+                    self.reporter.source = lambda: self.hub.source
                     self._fetch_verified(state, fp, res)
                     self.served_by[fp.remote_filename] = self.hub.source
             if self.reuse.only:
@@ -378,7 +380,7 @@ class _Download:
                 log.warning("%s is not a plain file; removed, not followed", part)
                 part.unlink()
                 prev = None
-            if prev is not None and _same_file(prev, fp):
+            if prev is not None and same_file(prev, fp):
                 fp.done, fp.complete = prev.done, prev.complete
                 if fp.complete:
                     fp.sha256, fp.verified = fp.sha256 or prev.sha256, prev.verified
@@ -488,13 +490,6 @@ class _Download:
         return result
 
     def _install(self, state: PartialState) -> ManifestEntry:
-        return install(self.cache, self.paths.models, self.model, self.folder, state)
-
-
-def _same_file(prev: FileProgress, new: FileProgress) -> bool:
-    """The partial bytes may be kept only if upstream is still the very same file."""
-    if prev.remote_filename != new.remote_filename or prev.size_bytes != new.size_bytes:
-        return False
-    if prev.sha256 and new.sha256:
-        return prev.sha256 == new.sha256
-    return prev.etag is not None and prev.etag == new.etag
+        sources = {a.filename: f"{a.tool} cache ({a.path})" for a in self.adopted}
+        sources.update(self.served_by)
+        return install(self.cache, self.paths.models, self.model, self.folder, state, sources)

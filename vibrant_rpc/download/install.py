@@ -43,7 +43,12 @@ def check_disk(models: Path, model_id: str, remaining: int) -> None:
 
 
 def install(
-    cache: Cache, models: Path, model: ModelInfo, folder: Path, state: PartialState
+    cache: Cache,
+    models: Path,
+    model: ModelInfo,
+    folder: Path,
+    state: PartialState,
+    sources: dict[str, str] | None = None,  # Hub file name -> where it came from
 ) -> ManifestEntry:
     """Move the verified files into place, then record them in the manifest."""
     previous = cache.get(model.id)  # before the files appear, or it adopts them
@@ -58,6 +63,7 @@ def install(
                 sha256=fp.sha256,
                 mtime_ns=target.stat().st_mtime_ns,
                 remote_filename=fp.remote_filename,
+                source=(sources or {}).get(fp.remote_filename),
             )
         )
     if previous is not None:  # an update with fewer or renamed shards: drop the old ones

@@ -60,3 +60,12 @@ def read_state(folder: Path) -> PartialState | None:
 
 def write_state(folder: Path, state: PartialState) -> None:
     atomic_write(folder / STATE_FILE, msgspec.json.encode(state))
+
+
+def same_file(prev: FileProgress, new: FileProgress) -> bool:
+    """The partial bytes may be kept only if upstream is still the very same file."""
+    if prev.remote_filename != new.remote_filename or prev.size_bytes != new.size_bytes:
+        return False
+    if prev.sha256 and new.sha256:
+        return prev.sha256 == new.sha256
+    return prev.etag is not None and prev.etag == new.etag

@@ -117,6 +117,7 @@ export interface ModelEntry {
     useCount: number;
     cachedRevision: string | null;
     versions: VersionSeen[];
+    sources: Record<string, string>;
     partial: PartialDownloadInfo | null;
     selected: boolean;
     loaded: boolean;
@@ -247,6 +248,7 @@ export interface DownloadProgress {
     totalBytes: number | null;
     bytesPerSecond: number;
     etaSeconds: number | null;
+    source: string | null;
     state: DownloadState;
 }
 
