@@ -30,13 +30,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
 from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
 from vibrant_rpc.llama_setup import LLAMA_LOG, LOAD_LOCK, llama_cpp_module, load_error, warm_up
+from vibrant_rpc.states import FinishReason
 from vibrant_rpc.text_stream import TextStream
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
 __all__ = ["warm_up"]  # re-exported: the service warms llama.cpp up through the runtime
 
-FinishReason = Literal["stop", "length", "cancelled"]
 
 # Shortest run of cached tokens moved into place rather than evaluated again. Shorter
 # runs are mostly re-tokenised text near the cursor, and the shorter a chunk, the more

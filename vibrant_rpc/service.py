@@ -118,7 +118,7 @@ def download_result(result: DownloadResult) -> p.DownloadModelResult:
 def model_state(change: StateChange) -> p.ModelStateChanged:
     return p.ModelStateChanged(
         model_id=change.model_id,
-        state=msgspec.convert(change.state, p.ModelState),
+        state=change.state,
         reason=change.reason,
     )
 
@@ -357,7 +357,7 @@ class Service:
         """Memory only: never waits on the model lock, the manifest or the network."""
         snap = self.lifecycle.snapshot()
         return p.StatusResult(
-            state=msgspec.convert(snap.state, p.ModelState),
+            state=snap.state,
             model_id=snap.model_id,
             loaded_at=snap.loaded_at,
             last_used=snap.last_used,
@@ -394,7 +394,7 @@ class Service:
         result = p.CompleteResult(
             text=r.text,
             model_id=done.model_id,
-            finish_reason=msgspec.convert(r.finish_reason, p.FinishReason),
+            finish_reason=r.finish_reason,
             usage=p.Usage(
                 prompt_tokens=r.prompt_tokens,
                 completion_tokens=r.completion_tokens,
@@ -427,7 +427,7 @@ class Service:
         return p.CompleteResult(
             text=hit.text,
             model_id=model_id,
-            finish_reason=msgspec.convert(hit.finish_reason, p.FinishReason),
+            finish_reason=hit.finish_reason,
             usage=p.Usage(prompt_tokens=0, completion_tokens=0),
             timings=p.Timings(
                 load_ms=0.0, total_ms=round((time.perf_counter() - started) * 1000, 3)

@@ -13,6 +13,8 @@ import threading
 
 import msgspec
 
+from .states import FinishReason
+
 
 class Remembered(msgspec.Struct, frozen=True):
     model_id: str
@@ -21,7 +23,7 @@ class Remembered(msgspec.Struct, frozen=True):
     text: str
     # A completion cut short ("length", "cancelled") can still be typed through:
     # the remainder is what was generated, which is all the model had said.
-    finish_reason: str
+    finish_reason: FinishReason
 
 
 class TypedThroughHit(msgspec.Struct, frozen=True):
@@ -29,7 +31,7 @@ class TypedThroughHit(msgspec.Struct, frozen=True):
     text: str
     # How many characters of the previous completion the user typed.
     typed: int
-    finish_reason: str
+    finish_reason: FinishReason
 
 
 class TypedThrough:
@@ -40,7 +42,12 @@ class TypedThrough:
         self._last: Remembered | None = None
 
     def remember(
-        self, model_id: str, prompt: str, suffix: str | None, text: str, finish_reason: str
+        self,
+        model_id: str,
+        prompt: str,
+        suffix: str | None,
+        text: str,
+        finish_reason: FinishReason,
     ) -> None:
         """Store a completion the model produced (not one answered from here)."""
         if finish_reason == "cancelled" or not text:
