@@ -88,34 +88,26 @@ def run_nvim(script: Path, env: dict[str, str], cwd: Path, timeout: float) -> di
     return data
 
 
+GEMMA_ENTRY = {"id": MODEL, "hf_repo": "test/gemma", "filename": "gemma.gguf",
+               "ram_required_mb": 600, "recommended": True}  # fmt: skip
+
+
+def write_registry(folder: Path, models: list[dict[str, Any]]) -> Path:
+    registry = folder / "registry.json"
+    registry.write_text(json.dumps({"models": models}))
+    return registry
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One Neovim session through every command (tests/nvim/run.lua)."""
     tmp = tmp_path_factory.mktemp("nvim")
     home = tmp / "home"
     home.mkdir()
-    registry = tmp / "registry.json"
-    registry.write_text(
-        json.dumps(
-            {
-                "models": [
-                    {
-                        "id": MODEL,
-                        "hf_repo": "test/gemma",
-                        "filename": "gemma.gguf",
-                        "ram_required_mb": 600,
-                        "recommended": True,
-                    },
-                    {  # not on the Hub stand-in: listed, never downloaded
-                        "id": "other-small",
-                        "hf_repo": "test/other",
-                        "filename": "other.gguf",
-                        "ram_required_mb": 300,
-                    },
-                ]
-            }
-        )
-    )
+    # The second model is not on the Hub stand-in: listed, never downloaded.
+    other = {"id": "other-small", "hf_repo": "test/other", "filename": "other.gguf",
+             "ram_required_mb": 300}  # fmt: skip
+    registry = write_registry(tmp, [GEMMA_ENTRY, other])
     gemma = gemma_path()
     # The model's next version on the Hub: another file (same model, a few bytes more).
     gemma_v2 = tmp / "gemma-v2.gguf"
@@ -504,22 +496,7 @@ def typing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     tmp = tmp_path_factory.mktemp("nvim-typing")
     home = tmp / "home"
     home.mkdir()
-    registry = tmp / "registry.json"
-    registry.write_text(
-        json.dumps(
-            {
-                "models": [
-                    {
-                        "id": MODEL,
-                        "hf_repo": "test/gemma",
-                        "filename": "gemma.gguf",
-                        "ram_required_mb": 600,
-                        "recommended": True,
-                    }
-                ]
-            }
-        )
-    )
+    registry = write_registry(tmp, [GEMMA_ENTRY])
     received = tmp / "received.bin"
     with HubStub() as hub:
         hub.add_repo("test/gemma", {"gemma.gguf": gemma_path()})
