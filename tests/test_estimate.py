@@ -83,8 +83,8 @@ def test_breakdown_reads_like_the_issue() -> None:
     h = header_from_arch(facts, 5_440_000_000, name="7B Q5_K_M")
     text = estimate(h, EstimateOptions(context=4096)).breakdown()
     assert re.fullmatch(
-        r"7B Q5_K_M at 4096 tokens: 5\.4 GB weights \+ 0\.23 GB KV cache "
-        r"\+ \d\.\d\d GB buffers = \d+\.\d GB",
+        r"7B Q5_K_M at 4096 tokens: 5\.1 GiB weights \+ 0\.22 GiB KV cache "
+        r"\+ \d\.\d\d GiB buffers = \d+\.\d GiB",
         text,
     ), text
 

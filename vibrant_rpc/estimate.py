@@ -91,7 +91,9 @@ class MemoryEstimate(msgspec.Struct, frozen=True, kw_only=True):
         return self.compute_bytes + self.output_bytes + self.overhead_bytes
 
     def breakdown(self) -> str:
-        """'Gemma 3 270M at 4096 tokens: 0.25 GB weights + … = 0.5 GB' (decimal GB)."""
+        """'Gemma 3 270M at 4096 tokens: 0.22 GiB weights + … = 0.43 GiB'.
+
+        GiB, as the selection and ``vibrant model`` say RAM, so the figures compare."""
         return (
             f"{self.label} at {self.context} tokens: {_gb(self.weights_bytes)} weights"
             f" + {_gb(self.kv_cache_bytes)} KV cache + {_gb(self.buffers_bytes)} buffers"
@@ -100,8 +102,8 @@ class MemoryEstimate(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _gb(n: int) -> str:
-    gb = n / 1e9
-    return f"{gb:.2f} GB" if gb < 1 else f"{gb:.1f} GB"
+    gib = n / 2**30
+    return f"{gib:.2f} GiB" if gib < 1 else f"{gib:.1f} GiB"
 
 
 def context_of(header: ModelHeader, options: EstimateOptions) -> int:
