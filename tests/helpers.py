@@ -77,3 +77,20 @@ def put_cached(
     )
     cache.record(entry)
     return entry
+
+
+# Gemma 3 270M's numbers, as its GGUF header has them: the `architecture` of the user
+# registry entries that name it (it is not an embedded model).
+GEMMA_ARCH: dict[str, Any] = {
+    "architecture": "gemma3",
+    "layers": 18,
+    "heads": 4,
+    "kv_heads": 1,
+    "hidden": 640,
+    "head_dim": 256,
+    "vocab": 262144,
+    "feed_forward": 2048,
+    "context_length": 32768,
+    "tied_embeddings": True,
+    "sliding_window": 512,
+}

@@ -12,8 +12,9 @@ import pytest
 
 from bench.memory_probe import Probe
 from tests.gguf_fixtures import GEMMA_SIZE, gemma_path
+from tests.helpers import GEMMA_ARCH
 from tests.qwen2_fixtures import QWEN_7B_LAYOUT, tiny_qwen2_path
-from vibrant_rpc.architectures import embedded_facts, facts_for, header_from_arch
+from vibrant_rpc.architectures import ArchFacts, embedded_facts, facts_for, header_from_arch
 from vibrant_rpc.estimate import (
     EstimateOptions,
     compute_reserved_bytes,
@@ -103,7 +104,7 @@ def test_qwen_kv_cache_matches_the_published_numbers() -> None:
 
 def test_header_from_arch_is_close_to_the_real_header() -> None:
     real = gemma()
-    built = header_from_arch(embedded_facts()["gemma-3-270m"], GEMMA_SIZE)
+    built = header_from_arch(msgspec.convert(GEMMA_ARCH, ArchFacts), GEMMA_SIZE)
     for context in (2048, 32768):
         options = EstimateOptions(context=context)
         a, b = estimate(real, options).total_bytes, estimate(built, options).total_bytes

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.helpers import tiny_model, write_registry
+from tests.helpers import GEMMA_ARCH, tiny_model, write_registry
 from vibrant_rpc.errors import ModelNotFoundError
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import Registry
@@ -82,6 +84,17 @@ def test_user_entries_add_and_override(paths: Paths) -> None:
             "files[0].sha256",
             "not a SHA-256",
         ),
+        ({"architecture": {**GEMMA_ARCH, "layers": 0}}, "architecture.layers", ">= 1"),
+        ({"architecture": {**GEMMA_ARCH, "heads": "4"}}, "architecture.heads", "Expected `int`"),
+        ({"architecture": {**GEMMA_ARCH, "layer": 3}}, "architecture.layer", "unknown field"),
+        (
+            {"architecture": {k: v for k, v in GEMMA_ARCH.items() if k != "vocab"}},
+            "architecture.vocab",
+            "missing required field",
+        ),
+        ({"architecture": {**GEMMA_ARCH, "kv_heads": 3}}, "architecture.kv_heads", "divide"),
+        ({"architecture": {**GEMMA_ARCH, "architecture": ""}}, "architecture.architecture", "not"),
+        ({"architecture": 7}, "architecture", "Expected `object | null`"),
     ],
 )
 def test_bad_entries_are_refused_naming_file_entry_field(
@@ -103,6 +116,19 @@ def test_bad_entries_are_refused_naming_file_entry_field(
     assert "fine" in r and "qwen2.5-coder-7b-q5" in r
 
 
+def test_architecture_facts_in_the_registry(paths: Paths) -> None:
+    embedded = Registry.embedded()
+    assert all(m.architecture is not None for m in embedded)
+    seven = embedded.get("qwen2.5-coder-7b-q5").architecture
+    assert seven is not None and (seven.layers, seven.heads, seven.kv_heads) == (28, 28, 4)
+    write_registry(paths, [tiny_model("gemma", architecture=GEMMA_ARCH), tiny_model("bare")])
+    r = Registry.load(paths.user_registry)
+    assert not r.problems
+    gemma = r.get("gemma").architecture
+    assert gemma is not None and gemma.sliding_window == 512 and gemma.tied_embeddings
+    assert r.get("bare").architecture is None
+
+
 def test_missing_required_field(paths: Paths) -> None:
     write_registry(paths, [{"id": "x", "hf_repo": "a/b", "filename": "f.gguf"}])
     r = Registry.load(paths.user_registry)
@@ -122,7 +148,7 @@ def test_broken_file_never_hides_the_embedded_registry(paths: Paths, content: st
 
 
 def test_vibrant_registry_env_names_the_file(
-    paths: Paths, tmp_path, monkeypatch: pytest.MonkeyPatch
+    paths: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = tmp_path / "elsewhere.json"
     other.write_text(

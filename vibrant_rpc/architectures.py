@@ -6,51 +6,54 @@ Weights are split in proportion to parameter counts: each layer's q, k, v, o and
 three feed-forward matrices, the token embedding and (unless tied) the output matrix.
 Quantisations give some tensors more bits than others (Q4_K_M keeps the output at
 Q6_K), so per-layer bytes are approximate; their total is the file less its header.
-The facts of the embedded models live in ``architectures.json``.
+The facts are the registry entries' ``architecture`` (``registry.ArchFacts``): the
+embedded models carry theirs, and a user's entry may.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
-from pathlib import Path
-
-import msgspec
 
 from vibrant_rpc.gguf_header import ModelHeader
+from vibrant_rpc.registry import ArchFacts, ModelInfo, Registry
 
-_FACTS = Path(__file__).with_name("architectures.json")
+__all__ = ["ArchFacts", "embedded_facts", "facts_for", "header_for", "header_from_arch"]
 # A GGUF header is mostly its vocabulary: token strings, scores, types and merges
 # (Gemma's 262k tokens: 6.5 MB, 25 bytes a token; BPE merges add about as much).
 HEADER_BYTES_PER_TOKEN = 40
 
 
-class ArchFacts(msgspec.Struct, frozen=True, kw_only=True):
-    architecture: str
-    layers: int
-    heads: int
-    kv_heads: int
-    hidden: int
-    head_dim: int
-    vocab: int
-    feed_forward: int
-    context_length: int
-    tied_embeddings: bool = False
-    sliding_window: int | None = None
-
-
-class _FactsFile(msgspec.Struct):
-    architectures: dict[str, ArchFacts]
-
-
 @cache
+def _embedded() -> tuple[ModelInfo, ...]:
+    return tuple(Registry.embedded())
+
+
 def embedded_facts() -> dict[str, ArchFacts]:
-    """The embedded models' facts by key: ``<family>-<parameters>``, e.g. qwen2.5-coder-7b."""
-    return msgspec.json.decode(_FACTS.read_bytes(), type=_FactsFile).architectures
+    """The embedded models' facts by ``<family>-<parameters>``, e.g. qwen2.5-coder-7b."""
+    return {
+        f"{m.family}-{m.parameters.lower()}": m.architecture
+        for m in _embedded()
+        if m.architecture is not None
+    }
 
 
-def facts_for(family: str, parameters: str) -> ArchFacts | None:
-    """The facts of a registry model from its family and parameter label ("7B")."""
-    return embedded_facts().get(f"{family}-{parameters.lower()}")
+def facts_for(
+    family: str, parameters: str, models: Iterable[ModelInfo] | None = None
+) -> ArchFacts | None:
+    """The facts of the first model of ``family`` and parameter label ("7B") that has
+    them, among ``models`` (a ``Registry``; the embedded one by default)."""
+    for m in _embedded() if models is None else models:
+        if m.family == family and m.parameters.lower() == parameters.lower() and m.architecture:
+            return m.architecture
+    return None
+
+
+def header_for(model: ModelInfo) -> ModelHeader | None:
+    """The header the registry entry's facts give, sized to its download; None without facts."""
+    if model.architecture is None:
+        return None
+    return header_from_arch(model.architecture, model.download_bytes, name=model.name)
 
 
 def header_from_arch(facts: ArchFacts, file_size: int, name: str | None = None) -> ModelHeader:

@@ -29,6 +29,24 @@ _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ArchFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An architecture's published numbers (config.json or the GGUF header): enough for
+    the memory estimate before the file is here (``architectures.header_from_arch``)."""
+
+    architecture: str  # llama.cpp's name, general.architecture: "qwen2", "gemma3"
+    layers: Positive
+    heads: Positive
+    kv_heads: Positive
+    hidden: Positive
+    head_dim: Positive
+    vocab: Positive
+    feed_forward: Positive
+    context_length: Positive
+    tied_embeddings: bool = False
+    sliding_window: Positive | None = None
 
 
 class ModelFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -61,6 +79,7 @@ class ModelInfo(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     deprecated: bool = False
     replaced_by: str | None = None
     aliases: list[str] = []  # earlier ids of this model, oldest first
+    architecture: ArchFacts | None = None  # for the memory need before a download
 
     @property
     def names(self) -> list[str]:
@@ -142,6 +161,18 @@ def _validate(info: ModelInfo) -> tuple[str, str] | None:
         # an alias names cache files too, so it must pass the id's checks
         if problem := _check_name(alias, "alias"):
             return f"aliases[{i}]", problem
+    return _check_arch(info.architecture)
+
+
+def _check_arch(facts: ArchFacts | None) -> tuple[str, str] | None:
+    if facts is None:
+        return None
+    if not facts.architecture or _CONTROL.search(facts.architecture):
+        return "architecture.architecture", f"{facts.architecture!r} is not an architecture name"
+    if facts.kv_heads > facts.heads or facts.heads % facts.kv_heads:
+        return "architecture.kv_heads", (
+            f"{facts.kv_heads} key/value heads do not divide {facts.heads} attention heads"
+        )
     return None
 
 
