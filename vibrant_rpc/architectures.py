@@ -50,8 +50,9 @@ def facts_for(
 
 
 def header_for(model: ModelInfo) -> ModelHeader | None:
-    """The header the registry entry's facts give, sized to its download; None without facts."""
-    if model.architecture is None:
+    """The header the registry entry's facts give, sized to its download; None without
+    facts, or without a size (the weights would count as nothing)."""
+    if model.architecture is None or not model.download_bytes:
         return None
     return header_from_arch(model.architecture, model.download_bytes, name=model.name)
 

@@ -288,6 +288,42 @@ class HubClient:
         check_status(r, what="refs", repo=repo, revision="-", source=self.source)
         return msgspec.json.decode(r.content, type=Refs)
 
+    def set_timeout(self, seconds: float) -> None:
+        """Shorter timeouts, for a quick look (a header before a download) that should give
+        up soon on an unreachable host rather than wait as a transfer would."""
+        self.timeout = seconds
+        self.client.timeout = httpx.Timeout(seconds)
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the file at ``url`` (fewer at its end), in one GET and
+        no retry: a look at a header, not a transfer. From a server that ignores the Range
+        (200, the whole file) only the bytes asked for are read before the connection closes."""
+        response = self.stream(url, start, end, idle_timeout=self.timeout)
+        try:
+            if response.status_code == 416:  # start is past the end
+                return b""
+            if response.status_code not in (200, 206):
+                host = urlsplit(url).netloc.rpartition("@")[2]
+                raise TransientError(
+                    f"{host} answered {response.status_code} for bytes {start}-{end - 1}",
+                    retry_after_seconds(response.headers),
+                )
+            skip = start if response.status_code == 200 else 0
+            want = end - start
+            got = bytearray()
+            for chunk in response.iter_bytes():
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                got += chunk
+                if len(got) >= want:
+                    break
+            return bytes(got[:want])
+        except httpx.HTTPError as err:
+            raise TransientError(f"{type(err).__name__}: {err or 'no answer'} ({url})") from err
+        finally:
+            response.close()
+
     def stream(self, url: str, start: int, end: int | None, *, idle_timeout: float) -> Any:
         """A streaming GET of ``[start, end)`` (``end`` None: to the end of the file)."""
         rng = f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"

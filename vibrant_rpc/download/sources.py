@@ -61,6 +61,11 @@ class Sources(HubClient):
         for c in self.clients:
             c.close()
 
+    def set_timeout(self, seconds: float) -> None:
+        self.timeout = seconds
+        for c in self.clients:
+            c.set_timeout(seconds)
+
     def _owner(self, url: str) -> HubClient:
         host = netloc(url)
         return next((c for c in self.clients if c.source == host), self.clients[self.current])

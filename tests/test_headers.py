@@ -1,0 +1,235 @@
+"""The header store: a cached file's header, the Hub's by Range, the registry's numbers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.gguf_fixtures import GEMMA_SIZE, gemma_path, gemma_split_paths
+from tests.helpers import GEMMA_ARCH, write_registry
+from tests.hub_stub import HubStub
+from vibrant_rpc import headers as headers_module
+from vibrant_rpc.app import Vibrant
+from vibrant_rpc.architectures import header_for
+from vibrant_rpc.gguf_header import RANGE_LIMIT_BYTES, read_header
+from vibrant_rpc.headers import HeaderStore
+from vibrant_rpc.paths import Paths
+from vibrant_rpc.registry import ModelInfo
+
+REPO = "test/gemma"
+SPLIT_REPO = "test/gemma-split"
+
+
+def entry(model_id: str, repo: str = REPO, files: int = 1, **extra: Any) -> dict[str, Any]:
+    names = ["gemma.gguf"] if files == 1 else [p.name for p in gemma_split_paths(files)]
+    return {
+        "id": model_id,
+        "hf_repo": repo,
+        "ram_required_mb": 500,
+        "files": [{"filename": n} for n in names],
+        "file_size_mb": GEMMA_SIZE // 2**20,
+        "architecture": GEMMA_ARCH,
+        **extra,
+    }
+
+
+def vibrant(paths: Paths, *models: dict[str, Any]) -> Vibrant:
+    write_registry(paths, list(models))
+    return Vibrant(paths)
+
+
+def model(v: Vibrant, model_id: str) -> ModelInfo:
+    return v.registry.get(model_id)
+
+
+def place(src: Path, dest: Path) -> None:
+    """Put a fixture into the cache folder: a hard link where the disk allows (a
+    symbolic link is not adopted), else a copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[HubStub]:
+    with HubStub() as hub:
+        hub.add_repo(REPO, {"gemma.gguf": gemma_path()})
+        hub.add_repo(SPLIT_REPO, {p.name: p for p in gemma_split_paths(2)})
+        yield hub
+
+
+@pytest.fixture
+def hub(stub: HubStub, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubStub]:
+    monkeypatch.setenv("HF_ENDPOINT", stub.endpoint)
+    stub.reset_faults()
+    stub.reset_stats()
+    yield stub
+    stub.reset_faults()
+
+
+def test_a_cached_file_is_read_once(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    v = vibrant(paths, entry("gemma"))
+    place(gemma_path(), paths.models / "gemma.gguf")  # adopted into the manifest
+    known = v.headers.known(model(v, "gemma"), fetch=False)
+    assert known is not None and known.source == "file" and known.note is None
+    assert known.header == read_header(gemma_path())
+    assert (paths.models / ".headers" / "gemma.json").is_file()
+
+    def no_read(path: Path) -> None:
+        raise AssertionError(f"{path} read again")
+
+    # a second look, even from another process's store, reads the record only
+    monkeypatch.setattr(headers_module, "read_header", no_read)
+    again = HeaderStore(paths, v.cache, None).known(model(v, "gemma"), fetch=False)
+    assert again == known
+    # a file changed in place (its modification time) is read again
+    os.utime(paths.models / "gemma.gguf", ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(AssertionError, match="read again"):
+        v.headers.known(model(v, "gemma"), fetch=False)
+
+
+def test_a_cached_split_model_counts_every_shard(paths: Paths) -> None:
+    v = vibrant(paths, entry("gs", SPLIT_REPO, files=2))
+    m = model(v, "gs")
+    for src, name in zip(gemma_split_paths(2), m.local_filenames(), strict=True):
+        place(src, paths.models / name)
+    known = v.headers.known(m, fetch=False)
+    assert known is not None and known.source == "file"
+    whole = read_header(gemma_path())
+    assert known.header.tensor_count == whole.tensor_count
+    assert known.header.weight_bytes == whole.weight_bytes
+
+
+def test_fetched_by_range_then_kept(paths: Paths, hub: HubStub) -> None:
+    v = vibrant(paths, entry("gemma"))
+    started = time.monotonic()
+    known = v.headers.known(model(v, "gemma"), fetch=True)
+    took = time.monotonic() - started
+    assert known is not None and known.source == "hub", known
+    assert known.header == read_header(gemma_path())
+    assert known.commit == hub.head(REPO)
+    # Gemma's 262k-token vocabulary: a 6.5 MB header, out of a 253 MB file
+    moved = hub.bytes_served
+    assert 6_000_000 < moved <= RANGE_LIMIT_BYTES and moved < GEMMA_SIZE / 20, moved
+    ranges = [r.range for r in hub.requests if r.host == "cdn"]
+    assert ranges and all(r is not None for r in ranges), ranges
+    print(f"header fetched: {moved} bytes in {len(ranges)} ranges, {took:.2f} s")
+
+    # kept in models/.headers: a later look, in a new process, needs no network
+    hub.stop()
+    try:
+        later = Vibrant(paths).headers.known(model(v, "gemma"), fetch=True)
+    finally:
+        hub.start()
+    assert later == known
+
+
+def test_a_split_model_fetches_each_shards_header(paths: Paths, hub: HubStub) -> None:
+    v = vibrant(paths, entry("gs", SPLIT_REPO, files=2))
+    known = v.headers.known(model(v, "gs"), fetch=True)
+    assert known is not None and known.source == "hub", known
+    assert known.header == read_header(gemma_split_paths(2)[0])
+    assert hub.bytes_served < 2 * RANGE_LIMIT_BYTES
+
+
+def test_a_cdn_that_ignores_range_still_gives_the_header(paths: Paths, hub: HubStub) -> None:
+    hub.set_faults(ignore_range=True)
+    v = vibrant(paths, entry("gemma"))
+    known = v.headers.known(model(v, "gemma"), fetch=True)
+    assert known is not None and known.source == "hub", known
+    assert known.header == read_header(gemma_path())
+
+
+def test_a_damaged_record_is_fetched_again(paths: Paths, hub: HubStub) -> None:
+    v = vibrant(paths, entry("gemma"))
+    first = v.headers.known(model(v, "gemma"), fetch=True)
+    record = paths.models / ".headers" / "gemma.json"
+    for damage in (b'{"source": "hub", "key": 3', b"\x00" * 40, b"[]"):
+        record.write_bytes(damage)
+        hub.reset_stats()
+        again = v.headers.known(model(v, "gemma"), fetch=True)
+        assert again == first and hub.bytes_served > 0
+        assert record.read_bytes() != damage
+
+
+def test_a_record_for_another_revision_is_not_used(paths: Paths, hub: HubStub) -> None:
+    v = vibrant(paths, entry("gemma"))
+    assert v.headers.known(model(v, "gemma"), fetch=True) is not None
+    pinned = vibrant(paths, entry("gemma", revision=hub.head(REPO)))
+    hub.reset_stats()
+    known = pinned.headers.known(model(pinned, "gemma"), fetch=True)
+    assert known is not None and known.source == "hub" and hub.bytes_served > 0
+
+
+def registry_answer(v: Vibrant, model_id: str, fetch: bool = True) -> tuple[str, float]:
+    m = model(v, model_id)
+    started = time.monotonic()
+    known = v.headers.known(m, fetch=fetch)
+    took = time.monotonic() - started
+    assert known is not None and known.source == "registry", known
+    assert known.header == header_for(m)
+    assert known.note is not None and "registry's architecture numbers" in known.note
+    return known.note, took
+
+
+def test_no_fetch_asked_answers_from_the_registry(paths: Paths, hub: HubStub) -> None:
+    note, _ = registry_answer(vibrant(paths, entry("gemma")), "gemma", fetch=False)
+    assert "not fetched" in note
+    assert hub.requests == []
+
+
+def test_offline_answers_from_the_registry(
+    paths: Paths, hub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    note, _ = registry_answer(vibrant(paths, entry("gemma")), "gemma")
+    assert note.startswith("offline (HF_HUB_OFFLINE is set)")
+    assert hub.requests == []
+
+
+def test_a_failing_hub_answers_from_the_registry_at_once(paths: Paths, hub: HubStub) -> None:
+    v = vibrant(paths, entry("gemma"), entry("absent", "test/absent"))
+    hub.set_faults(status_sequence=[500] * 10, status_target="endpoint")
+    note, took = registry_answer(v, "gemma")
+    assert note.startswith("the Hub was unreachable (the Hub answered 500"), note
+    assert took < 2, took
+    assert not (paths.models / ".headers" / "gemma.json").exists()
+    hub.reset_faults()
+    # the CDN refusing, or closing the connection inside a range
+    hub.set_faults(status_sequence=[503], status_target="cdn")
+    note, took = registry_answer(v, "gemma")
+    assert "127.0.0.2" in note and "503" in note and took < 2, note
+    hub.reset_faults()
+    hub.set_faults(drop_after_bytes=100_000, drop_count=1)
+    note, took = registry_answer(v, "gemma")
+    assert note.startswith("the Hub was unreachable (RemoteProtocolError") and took < 2, note
+    hub.reset_faults()
+    note, took = registry_answer(v, "absent")
+    assert note.startswith("the Hub gave no header (The repository test/absent does not exist")
+    assert took < 2, took
+
+
+def test_an_unreachable_hub_answers_from_the_registry_at_once(paths: Paths) -> None:
+    # conftest's HF_ENDPOINT: the discard port, which refuses the connection
+    note, took = registry_answer(vibrant(paths, entry("gemma")), "gemma")
+    assert note.startswith("the Hub was unreachable"), note
+    assert took < 2, took
+
+
+def test_no_facts_and_not_cached_is_unknown(paths: Paths, hub: HubStub) -> None:
+    bare = entry("bare", files=1)
+    del bare["architecture"]
+    v = vibrant(paths, bare, entry("sizeless", file_size_mb=None))
+    assert v.headers.known(model(v, "bare"), fetch=False) is None
+    hub.set_faults(status_sequence=[500] * 10, status_target="endpoint")
+    assert v.headers.known(model(v, "bare"), fetch=True) is None
+    # facts but no size: the weights would count as nothing, so no header either
+    assert v.headers.known(model(v, "sizeless"), fetch=False) is None
