@@ -26,6 +26,7 @@ from .selection import Selection, select_model
 
 if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
+    from .headers import HeaderStore
     from .other_caches import Found
     from .updates import UpdateCheck, Updates
 
@@ -173,6 +174,13 @@ class Vibrant:
             self.paths.state,
             hub_factory=self.downloader.hub_factory,
         )
+
+    @cached_property
+    def headers(self) -> HeaderStore:
+        """GGUF headers, cached or not; the Hub client (and httpx) only once one is fetched."""
+        from .headers import HeaderStore
+
+        return HeaderStore(self.paths, self.cache, lambda: self.downloader.hub_factory())
 
     def resolve_id(self, model_id: str) -> str:
         """``auto`` is the selection's choice for this machine."""
