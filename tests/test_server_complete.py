@@ -156,13 +156,18 @@ async def test_cancel_a_completion(server: tuple[LanguageClient, Recorder]) -> N
     assert (await call(client, "vibrant/status"))["busy"] is False
 
 
-async def test_completions_run_one_at_a_time(server: tuple[LanguageClient, Recorder]) -> None:
+async def test_a_second_completion_supersedes_the_first(
+    server: tuple[LanguageClient, Recorder],
+) -> None:
     client, _ = server
     params = {"prompt": PROMPT, "maxTokens": 8, "temperature": 0}
     a, b = await asyncio.gather(
-        call(client, "vibrant/complete", params), call(client, "vibrant/complete", params)
+        call_error(client, "vibrant/complete", {**params, "maxTokens": 200}),
+        call(client, "vibrant/complete", params),
     )
-    assert a["text"] == b["text"]  # a shared model, no interleaving
+    assert a[0] == -32800 and a[2]["kind"] == "Cancelled"  # tests/test_server_superseded.py
+    again = await call(client, "vibrant/complete", params)
+    assert again["text"] == b["text"]  # a shared model, no interleaving
 
 
 async def test_fim_on_a_model_with_fim_tokens(server: tuple[LanguageClient, Recorder]) -> None:

@@ -146,6 +146,9 @@ class Service:
         self._closed = threading.Event()
         self._typed = TypedThrough()  # one editor per server: its last completion
         self._typed_fim = False
+        # The cancel of the completion running now: the next one sets it (superseded).
+        self._running: threading.Event | None = None
+        self._running_lock = threading.Lock()
 
     @classmethod
     def build(cls, settings: Settings, pool: Executor, events: Events) -> Service:
@@ -372,6 +375,28 @@ class Service:
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
         on_change: Callable[[StateChange], None] | None = None,
+    ) -> p.CompleteResult:
+        """Complete; a completion still running (or queued) is cancelled first: a server
+        has one editor, whose new request means the user typed on (Copilot drops
+        superseded requests the same way). The superseded one raises Cancelled."""
+        cancel = cancel or threading.Event()
+        with self._running_lock:
+            superseded, self._running = self._running, cancel
+        if superseded is not None:
+            superseded.set()  # the runtime stops within a token or a prompt batch
+        try:
+            return self._complete(params, on_text, cancel, on_change)
+        finally:
+            with self._running_lock:
+                if self._running is cancel:
+                    self._running = None
+
+    def _complete(
+        self,
+        params: p.CompleteParams,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event,
+        on_change: Callable[[StateChange], None] | None,
     ) -> p.CompleteResult:
         req = CompletionRequest(
             prompt=params.prompt,
