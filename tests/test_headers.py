@@ -17,6 +17,7 @@ from tests.hub_stub import HubStub
 from vibrant_rpc import headers as headers_module
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.architectures import header_for
+from vibrant_rpc.config import Settings
 from vibrant_rpc.gguf_header import RANGE_LIMIT_BYTES, read_header
 from vibrant_rpc.headers import HeaderStore
 from vibrant_rpc.paths import Paths
@@ -130,6 +131,17 @@ def test_fetched_by_range_then_kept(paths: Paths, hub: HubStub) -> None:
     finally:
         hub.start()
     assert later == known
+
+
+def test_the_downloads_sources_are_tried_in_order(paths: Paths, hub: HubStub) -> None:
+    # a team mirror that is down, then the Hub: as a download would go
+    write_registry(paths, [entry("gemma")])
+    v = Vibrant(paths, Settings(sources=["http://127.0.0.1:9", hub.endpoint]))
+    started = time.monotonic()
+    known = v.headers.known(model(v, "gemma"), fetch=True)
+    assert known is not None and known.source == "hub", known
+    assert known.header == read_header(gemma_path())
+    assert time.monotonic() - started < 2
 
 
 def test_a_split_model_fetches_each_shards_header(paths: Paths, hub: HubStub) -> None:
