@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -294,3 +295,30 @@ def test_tokens_longer_than_32_bytes_are_not_lost(gemma: LoadedModel) -> None:
     # llama-cpp-python's detokenize returns b"" for them; 14443 is a 34-byte Bengali word.
     piece = gemma._piece(14443)
     assert len(piece) == 34 and piece.decode("utf-8").startswith(" ")
+
+
+def test_completions_from_any_thread_run_on_llama_cpps_one_thread(gemma: LoadedModel) -> None:
+    # Each thread that decodes gets an OpenMP team of its own, and more OpenMP threads
+    # than CPUs slow every decode down (llama_setup.ComputeThread): callers on several
+    # threads, alive at once, must not add teams.
+    ran_on: set[int] = set()
+    done = threading.Barrier(4)
+    leave = threading.Event()
+
+    def caller() -> None:
+        gemma.complete(greedy(2), on_text=lambda _: ran_on.add(threading.get_ident()))
+        done.wait(30)
+        leave.wait(30)
+
+    gemma.complete(greedy(2))  # the compute thread's team exists before counting
+    before = len(os.listdir("/proc/self/task"))
+    callers = [threading.Thread(target=caller) for _ in range(3)]
+    for t in callers:
+        t.start()
+    done.wait(60)
+    during = len(os.listdir("/proc/self/task"))
+    leave.set()
+    for t in callers:
+        t.join(30)
+    assert len(ran_on) == 1 and not ran_on & {t.ident for t in callers}
+    assert during == before + 3, (before, during)  # the callers themselves, no more

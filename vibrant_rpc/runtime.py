@@ -36,7 +36,14 @@ import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
 from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
-from vibrant_rpc.llama_setup import LLAMA_LOG, LOAD_LOCK, llama_cpp_module, load_error, warm_up
+from vibrant_rpc.llama_setup import (
+    COMPUTE,
+    LLAMA_LOG,
+    LOAD_LOCK,
+    llama_cpp_module,
+    load_error,
+    warm_up,
+)
 from vibrant_rpc.states import FinishReason
 from vibrant_rpc.text_stream import TextStream
 
@@ -164,7 +171,12 @@ class LoadedModel:
 
     @classmethod
     def load(cls, model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
-        """Load ``path`` (the first shard of a split model); ModelLoadFailedError on failure."""
+        """Load ``path`` (the first shard of a split model); ModelLoadFailedError on failure.
+        On llama.cpp's own thread, as every completion (``llama_setup.ComputeThread``)."""
+        return COMPUTE.run(lambda: cls._load(model_id, path, options))
+
+    @classmethod
+    def _load(cls, model_id: str, path: Path, options: LoadOptions) -> LoadedModel:
         llama_cpp = llama_cpp_module()
         started = time.perf_counter()
         if not path.is_file():
@@ -380,8 +392,17 @@ class LoadedModel:
 
         The pieces concatenate to the result's text. Setting ``cancel`` (or closing
         the model) stops it within a token or a prompt batch, with the text so far.
-        Blocking; one completion at a time per model (later calls wait).
+        Blocking; one completion at a time per model (later calls wait). It runs on
+        llama.cpp's own thread (``llama_setup.ComputeThread``), as the load did.
         """
+        return COMPUTE.run(lambda: self._complete(req, on_text, cancel))
+
+    def _complete(
+        self,
+        req: CompletionRequest,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event | None,
+    ) -> CompletionResult:
         import llama_cpp
 
         with self._lock:

@@ -87,6 +87,11 @@ class VibrantServer(LanguageServer):
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         """Like pygls' own, with our framing loop (error replies for malformed input)."""
+        from ..llama_setup import COMPUTE
+
+        # llama.cpp's thread, started here so that it runs at the loop's priority, not
+        # the workers' (``WORKER_NICE``): a completion is what the user waits for.
+        COMPUTE.start()
         reader = FrameReader(stdin or sys.stdin.buffer, self.thread_pool)
         self.protocol.set_writer(Writer(stdout or sys.stdout.buffer))
 
