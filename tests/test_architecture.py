@@ -18,7 +18,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
                  "download", "updates", "runtime", "lifecycle",
                  "gguf_header", "estimate", "architectures", "gpu", "kv_reuse",
-                 "typed_through", "other_caches", "llama_setup", "text_stream", "headers"}),
+                 "typed_through", "other_caches", "llama_setup", "text_stream", "headers",
+                 "fit", "load_plan"}),
     ("service", {"app", "service", "protocol"}),
     ("front ends", {"server", "cli", "render", "protocol_docs", "protocol_ts", "__main__"}),
 ]  # fmt: skip

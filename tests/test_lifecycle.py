@@ -19,6 +19,7 @@ from vibrant_rpc.app import Vibrant
 from vibrant_rpc.config import Settings
 from vibrant_rpc.errors import Cancelled, ModelLoadFailedError, NotCachedError
 from vibrant_rpc.lifecycle import Lifecycle, StateChange
+from vibrant_rpc.load_plan import LoadRequest
 from vibrant_rpc.locks import is_in_use
 from vibrant_rpc.manifest import utcnow
 from vibrant_rpc.paths import Paths
@@ -163,7 +164,7 @@ def test_options_come_from_the_settings(paths: Paths) -> None:
         LoadOptions(context_size=1024, threads=3, batch_size=64, mmap=False, mlock=False)
     ]
     # Other options for the same model reload it.
-    lc.load("small", LoadOptions(context_size=512))
+    lc.load("small", LoadRequest(context_size=512))
     assert loader.events == ["load small", "close small", "load small"]
 
 

@@ -40,7 +40,7 @@ def test_too_little_ram_says_what_the_smallest_needs() -> None:
 def test_reason_in_words_and_fits() -> None:
     s = select_model(Registry.embedded(), int(15.5 * GiB))
     assert s.reason == (
-        "15.5 GiB total, 13.5 GiB usable; 14B Q5_K_M needs 17.6 GiB; chose 7B Q5_K_M"
+        "15.5 GiB total, 13.5 GiB usable; chose 7B Q5_K_M; the next, 14B Q5_K_M, needs 17.6 GiB"
     )
     assert s.fits == ["qwen2.5-coder-7b-q5", "qwen2.5-coder-3b-q4"]
     assert s.usable_ram_bytes == int(13.5 * GiB)

@@ -7,6 +7,7 @@ costs a sixth of a second, and most CLI commands never touch the network.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import timedelta
 from functools import cached_property
@@ -17,12 +18,16 @@ import msgspec
 
 from .cache import Cache, CacheStats, PartialDownload, RemovalResult
 from .config import Settings, read_settings
+from .errors import VibrantError
+from .estimate import EstimateOptions, estimate
+from .fit import Fit, FitRequest, fit_model
+from .gpu import GpuDevice, detect_gpus
 from .manifest import ManifestEntry, ModelVersion
 from .memory import MemoryInfo, read_memory
 from .paths import Paths
 from .progress import ProgressCallback
 from .registry import ModelInfo, Registry
-from .selection import Selection, select_model
+from .selection import Need, Selection, label, registry_need, select_model
 
 if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
@@ -44,6 +49,7 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     selected: bool = False  # the model this machine would get
     versions: list[ModelVersion] = []  # Hub commits seen for it, oldest first
     sources: dict[str, str] = {}  # Hub file name -> where it came from
+    fit: Fit | None = None  # what it needs here (``model_info`` only), when known
 
 
 Scope = Literal["all", "cached", "default"]
@@ -75,11 +81,104 @@ class Vibrant:
     def memory(self) -> MemoryInfo:
         return read_memory()
 
-    def select(self, ram_bytes: int | None = None) -> Selection:
-        if ram_bytes is None:
-            mem = self.memory()
-            return select_model(self.registry, mem.total_bytes, mem.available_bytes)
-        return select_model(self.registry, ram_bytes)
+    def gpus(self) -> list[GpuDevice]:
+        return detect_gpus(self.memory())
+
+    def fit_request(
+        self,
+        context: int | Literal["auto"] | None = None,
+        gpu_layers: int | Literal["auto"] | None = None,
+    ) -> FitRequest:
+        """The settings' load options, with a request's own context or GPU layers."""
+        s = self.settings
+        return FitRequest(
+            context_size=s.context_size if context is None else context,
+            gpu_layers=s.gpu_layers if gpu_layers is None else gpu_layers,
+            batch_size=s.batch_size,
+            mmap=s.mmap,
+        )
+
+    def fit(
+        self,
+        model_id: str,
+        request: FitRequest | None = None,
+        *,
+        fetch: bool = True,
+        memory: MemoryInfo | None = None,
+    ) -> Fit:
+        """What ``model_id`` needs here and whether it fits; its header is read from the
+        cached file, else fetched from the Hub (``fetch``), else built from the registry's
+        architecture numbers (the note says so)."""
+        model = self.registry.get(self.resolve_id(model_id))
+        found = self._fit(model, request or self.fit_request(), memory or self.memory(), fetch)
+        if found is None:
+            raise VibrantError(
+                f"vibrant can't estimate {model.id}'s memory: it isn't downloaded, the Hub "
+                "wasn't asked or didn't answer, and its registry entry has no "
+                "architecture numbers.",
+                hint=f"Its registry entry says {model.ram_required_mb} MB of RAM; add an "
+                "`architecture` to the entry, or try again online.",
+                modelId=model.id,
+            )
+        return found[0]
+
+    def _fit(
+        self,
+        model: ModelInfo,
+        request: FitRequest,
+        memory: MemoryInfo,
+        fetch: bool,
+        devices: list[GpuDevice] | None = None,
+        order_too: bool = False,
+    ) -> tuple[Fit, int] | None:
+        """The fit, and (``order_too``) the model's CPU need at 4096 tokens: the same on
+        every machine, so the selection's order of models doesn't move with the RAM."""
+        known = self.headers.known(model, fetch=fetch)
+        if known is None:
+            return None
+        # The registry's name ("7B Q5_K_M") in the words, not the file's general.name.
+        header = msgspec.structs.replace(known.header, name=label(model))
+        found = fit_model(
+            model.id,
+            header,
+            request,
+            memory,
+            self.gpus() if devices is None else devices,
+            header_source=known.source,
+            note=known.note,
+        )
+        order = estimate(header, EstimateOptions(context=4096)).cpu_bytes if order_too else 0
+        return found, order
+
+    def select(
+        self,
+        ram_bytes: int | None = None,
+        models: list[ModelInfo] | None = None,
+        *,
+        fetch: bool = False,
+    ) -> Selection:
+        """The model for this machine (or for ``ram_bytes`` of RAM), by each model's memory
+        estimate at the configured context; ``models``: choose among these only."""
+        mem = self.memory()
+        if ram_bytes is not None:
+            mem = MemoryInfo(ram_bytes, ram_bytes)
+        request = self.fit_request()
+        devices = self.gpus()
+
+        def need(model: ModelInfo) -> Need:
+            found = self._fit(model, request, mem, fetch, devices, order_too=True)
+            if found is None:
+                return registry_need(model)
+            f, order = found
+            return Need(
+                bytes=f.ram_needed_bytes,
+                order=order,
+                breakdown=f.estimate.breakdown(),
+                context=f.context,
+            )
+
+        available = None if ram_bytes is not None else mem.available_bytes
+        return select_model(models or self.registry, mem.total_bytes, available, need)
 
     def _status(
         self,
@@ -127,7 +226,11 @@ class Vibrant:
             selected: str | None = self.select().model_id
         except Exception:
             selected = None
-        return self._status(model, self.cache.get(model_id), partial, selected)
+        status = self._status(model, self.cache.get(model_id), partial, selected)
+        # Nothing known of its architecture: the entry alone.
+        with contextlib.suppress(VibrantError):
+            status.fit = self.fit(model.id)
+        return status
 
     def remove(self, model_id: str) -> int:
         return self.cache.remove(model_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import psutil
@@ -21,12 +21,14 @@ def _physical_cores() -> int:
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     cache_size_limit: int | None = None  # bytes; None = unlimited
-    context_size: int = 4096
+    # Tokens of context; 0: the model's own; "auto": the largest that fits this machine.
+    context_size: Annotated[int, msgspec.Meta(ge=0)] | Literal["auto"] = 4096
     threads: int = msgspec.field(default_factory=_physical_cores)
     batch_size: int = 512
     mmap: bool = True
     mlock: bool = False
-    gpu_layers: int = 0
+    # Layers on the GPU; -1: all; "auto": as many as fit its free memory.
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Literal["auto"] = 0
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     auto_update: bool = False
     update_check_delay_s: float = 30.0  # after start-up, before the weekly check may run

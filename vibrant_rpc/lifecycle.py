@@ -24,13 +24,15 @@ import msgspec
 from .cache import Cache
 from .config import Settings
 from .errors import Cancelled, ModelLoadFailedError, NotCachedError, VibrantError
+from .fit import Fit, FitRequest
+from .load_plan import LoadRequest, load_options, resolve
 from .locks import InUseMark
 from .manifest import utcnow
 from .memory import MemoryInfo
 from .paths import Paths
-from .registry import Registry
+from .registry import ModelInfo, Registry
 from .runtime import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
-from .selection import Selection, select_model, size_key
+from .selection import Selection, size_key
 from .states import ModelState
 from .units import format_bytes
 
@@ -47,7 +49,22 @@ class Models(Protocol):
 
     def memory(self) -> MemoryInfo: ...
 
-    def select(self, ram_bytes: int | None = None) -> Selection: ...
+    def select(
+        self,
+        ram_bytes: int | None = None,
+        models: list[ModelInfo] | None = None,
+        *,
+        fetch: bool = False,
+    ) -> Selection: ...
+
+    def fit(
+        self,
+        model_id: str,
+        request: FitRequest | None = None,
+        *,
+        fetch: bool = True,
+        memory: MemoryInfo | None = None,
+    ) -> Fit: ...
 
     def resolve_id(self, model_id: str) -> str: ...
 
@@ -98,6 +115,7 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     last_used: datetime | None
     busy: bool
     error: str | None
+    plan: Fit | None = None  # the loaded model's memory, context and GPU layers
 
 
 class Loaded(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,11 +132,6 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     load_ms: float
 
 
-def load_options(settings: Settings) -> LoadOptions:
-    # The settings of the same names (Settings has more, which stay out).
-    return msgspec.convert(settings, LoadOptions, from_attributes=True)
-
-
 class Lifecycle:
     def __init__(
         self,
@@ -128,7 +141,7 @@ class Lifecycle:
         on_change: Callable[[StateChange], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: TimerFactory = _thread_timer,
-        options: LoadOptions | None = None,
+        options: LoadRequest | None = None,
     ) -> None:
         self.app = app
         self._loader: Loader = loader or LoadedModel.load
@@ -141,7 +154,8 @@ class Lifecycle:
         self._lock = threading.Lock()  # load, unload, complete: one at a time
         self._released = threading.Condition()  # notified when _locked lets go of _lock
         self._model: ModelHandle | None = None
-        self._options: LoadOptions | None = None
+        self._options: LoadRequest | None = None  # what the loaded model was asked with
+        self._plan: Fit | None = None  # and what that came to for it
         self._mark: InUseMark | None = None
         self._timer: Timer | None = None
         self._last_activity = 0.0  # clock() of the last load or completion
@@ -168,6 +182,7 @@ class Lifecycle:
                 last_used=self._last_used,
                 busy=self._busy,
                 error=self._error,
+                plan=self._plan if self._model is not None else None,
             )
 
     @property
@@ -226,9 +241,8 @@ class Lifecycle:
                 modelId=best.model_id,
                 downloadBytes=model.download_bytes,
             )
-        mem = self.app.memory()
         cached = [self.app.registry.get(i) for i in entries]
-        return select_model(cached, mem.total_bytes, mem.available_bytes).model_id
+        return self.app.select(models=cached).model_id
 
     def _fallbacks(self, failed: str) -> list[str]:
         """Cached models smaller than ``failed``, the next smaller first."""
@@ -270,14 +284,14 @@ class Lifecycle:
     def load(
         self,
         model_id: str | None = None,
-        options: LoadOptions | None = None,
+        options: LoadRequest | None = None,
         cancel: threading.Event | None = None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> Loaded:
         with self._locked(cancel, on_change):
             return self._ensure_loaded(model_id, options)
 
-    def _ensure_loaded(self, model_id: str | None, options: LoadOptions | None) -> Loaded:
+    def _ensure_loaded(self, model_id: str | None, options: LoadRequest | None) -> Loaded:
         target = self.choose(model_id)
         wanted = options or self._options or self.default_options
         model = self._model
@@ -315,7 +329,9 @@ class Lifecycle:
             hint = f"No smaller cached model loaded either (tried {', '.join(candidates)})."
         raise ModelLoadFailedError(first_error.message, hint=hint, **details)
 
-    def _load_one(self, model_id: str, options: LoadOptions, reason: str | None) -> Loaded:
+    def _load_one(self, model_id: str, request: LoadRequest, reason: str | None) -> Loaded:
+        # The estimate first: a model that can't fit is refused before its files are hashed.
+        options, plan = resolve(self.app.fit, model_id, request)
         # NotCached if it isn't there; re-hashes only files whose size or mtime changed
         # since they were recorded.
         entry = self.app.cache.verify(model_id, force=False)
@@ -332,7 +348,7 @@ class Lifecycle:
             mark.release()
             raise ModelLoadFailedError(str(err) or type(err).__name__, modelId=model_id) from err
         load_ms = (time.perf_counter() - t0) * 1000
-        self._model, self._options, self._mark = handle, options, mark
+        self._model, self._options, self._plan, self._mark = handle, request, plan, mark
         try:
             self.app.cache.touch(model_id)
         except (VibrantError, OSError) as err:  # bookkeeping (a full disk) never fails a load
@@ -385,7 +401,7 @@ class Lifecycle:
 
     def _unload_locked(self, reason: str) -> str | None:
         model, mark = self._model, self._mark
-        self._model, self._options, self._mark = None, None, None
+        self._model, self._options, self._plan, self._mark = None, None, None, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
