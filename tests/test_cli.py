@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,14 +82,23 @@ def test_bad_usage_exit_2(args: tuple[str, ...]) -> None:
 
 
 def test_select_with_ram() -> None:
-    r = vibrant("model", "select", "--ram", "16GiB")
+    # By the estimate at the default 4096-token context (docs/memory-estimate.md).
+    r = vibrant("model", "select", "--ram", "12GiB")
     assert r.returncode == 0
     assert r.stdout.startswith("qwen2.5-coder-7b-q5")
-    assert "16.0 GiB total, 14.0 GiB usable; 14B Q5_K_M needs 17.6 GiB" in r.stdout
+    assert re.search(
+        r"12\.0 GiB total, 10\.0 GiB usable; chose 7B Q5_K_M \(7B Q5_K_M at 4096 tokens: "
+        r"5\.\d GiB weights \+ 0\.22 GiB KV cache \+ 0\.\d\d GiB buffers = 5\.\d GiB\); "
+        r"the next, 14B Q5_K_M, needs 11\.\d GiB at 4096 tokens",
+        r.stdout,
+    ), r.stdout
+    data = json.loads(vibrant("model", "select", "--ram", "16GiB", "--json").stdout)
+    assert data["model_id"] == "qwen2.5-coder-14b-q5"
     data = json.loads(vibrant("model", "select", "--ram", "24GiB", "--json").stdout)
     assert data["model_id"] == "qwen2.5-coder-14b-q8"
-    r = vibrant("model", "select", "--ram", "5GiB")
+    r = vibrant("model", "select", "--ram", "4GiB")
     assert r.returncode == 1 and "Not enough memory" in r.stderr
+    assert "3B Q4_K_M at 4096 tokens" in r.stderr
 
 
 def test_remove_and_cache(cache: Cache, paths: Paths) -> None:

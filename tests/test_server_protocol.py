@@ -69,6 +69,7 @@ async def test_lifecycle_initialize_shutdown_exit(server: tuple[LanguageClient, 
         "busy": False,
         "error": None,
         "downloads": [],
+        "plan": None,
     }
     # Nothing but protocol on stdout: pytest-lsp fails the test on any stray byte there.
 

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from rich.console import Console
@@ -90,6 +90,18 @@ def _duration(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _auto_or_int(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"{value} is below -1")
+    return value
+
+
 # -- commands ---------------------------------------------------------------------------
 
 
@@ -101,7 +113,7 @@ def cmd_list(ctx: Context) -> int:
         render.model_table(ctx.out, models)
         try:
             selection = ctx.app.select()
-            ctx.out.print(f"This machine: {selection.reason}.", markup=False)
+            ctx.out.print(f"This machine: {selection.reason}.", markup=False, soft_wrap=True)
         except VibrantError as err:
             ctx.out.print(f"This machine: {err.message}", markup=False)
 
@@ -119,11 +131,18 @@ def cmd_select(ctx: Context) -> int:
     def for_people() -> None:
         model = ctx.app.registry.get(selection.model_id)
         ctx.out.print(f"{selection.model_id}  ({model.name})", markup=False)
-        ctx.out.print(f"Why: {selection.reason}.", markup=False)
+        ctx.out.print(f"Why: {selection.reason}.", markup=False, soft_wrap=True)
         if selection.warning:
             ctx.err.print(f"warning: {selection.warning}", markup=False)
 
     return ctx.show(selection, for_people)
+
+
+def cmd_fit(ctx: Context) -> int:
+    args = ctx.args
+    request = ctx.app.fit_request(args.context, args.gpu_layers)
+    result = ctx.app.fit(args.model_id, request)
+    return ctx.show(result, lambda: render.fit(ctx.out, result))
 
 
 def cmd_remove(ctx: Context) -> int:
@@ -306,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("verify", cmd_verify, "re-hash a downloaded model's files").add_argument("model_id")
     p = add("select", cmd_select, "the model this machine (or the given RAM) gets, and why")
     p.add_argument("--ram", type=_size, help="RAM to select for, e.g. 16GiB")
+
+    p = add("fit", cmd_fit, "what a model needs in memory here, by part, and whether it fits")
+    p.add_argument("model_id", nargs="?", default="auto", help="default: this machine's model")
+    p.add_argument(
+        "--context", type=_auto_or_int, help="tokens of context, or 'auto' (default: the setting)"
+    )
+    p.add_argument(
+        "--gpu-layers", type=_auto_or_int, help="layers on the GPU, -1 for all, or 'auto'"
+    )
 
     p = add("cache", cmd_cache, "cache folder, usage and partial downloads")
     p.add_argument("--usage", action="store_true", help="use counts and last-used times")

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from .app import ModelStatus
 from .cache import CacheStats, PartialDownload, RemovalResult
+from .fit import Fit
 from .manifest import ManifestEntry
 from .progress import Progress as DownloadProgress
 from .units import format_bytes
@@ -131,12 +132,60 @@ def model_info(console: Console, s: ModelStatus) -> None:
         rows.append(("cached", "no"))
     if s.selected:
         rows.append(("this machine", "this is the model this machine gets"))
+    if s.fit:
+        rows += [("memory", s.fit.breakdown), ("here", _fits_line(s.fit))]
+        rows += [("estimated from", _source_text(s.fit))]
+    _rows(console, rows)
+
+
+def _rows(console: Console, rows: list[tuple[str, str]]) -> None:
     table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
+    table.add_column(style="bold", no_wrap=True)
     table.add_column()
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+
+
+_SOURCES = {
+    "file": "the downloaded file's GGUF header",
+    "hub": "the GGUF header on the Hub (read by Range, kept in models/.headers)",
+    "registry": "the registry's architecture numbers",
+}
+
+
+def _source_text(f: Fit) -> str:
+    return f.note or _SOURCES[f.header_source]
+
+
+def _fits_line(f: Fit) -> str:
+    room = f"{size(f.usable_ram_bytes)} usable of {size(f.total_ram_bytes)}"
+    if f.fits:
+        return f"fits: needs {size(f.ram_needed_bytes)} of RAM, {room}"
+    return f"does not fit: needs {size(f.ram_needed_bytes)} of RAM, {room}"
+
+
+def fit(console: Console, f: Fit) -> None:
+    """``vibrant model fit``: the breakdown, the plan and the verdict."""
+    e = f.estimate
+    gpu = f"{f.gpu_layers}" + (f" ({f.gpu.reason})" if f.gpu else "")
+    free = f", {size(f.available_bytes)} free now" if f.available_bytes is not None else ""
+    rows = [
+        ("model", f"{f.model_id} ({e.label})"),
+        ("context", f"{f.context:,} tokens"),
+        ("weights", size(e.weights_bytes) + (", mapped from the file" if e.mapped_bytes else "")),
+        ("KV cache", size(e.kv_cache_bytes)),
+        ("compute", size(e.compute_bytes)),
+        ("output + runtime", size(e.output_bytes + e.overhead_bytes)),
+        ("total", f"{size(e.total_bytes)} ({size(e.cpu_bytes)} RAM, {size(e.gpu_bytes)} GPU)"),
+        ("GPU layers", gpu),
+        ("this machine", f"{size(f.total_ram_bytes)} RAM, less 2 GiB for the system{free}"),
+        ("estimated from", _source_text(f)),
+    ]
+    _rows(console, rows)
+    console.print(f"{f.model_id} {f.verdict}.", markup=False, soft_wrap=True)
+    if f.warning:
+        console.print(f"warning: {f.warning}", markup=False, soft_wrap=True)
 
 
 def cache(

@@ -26,9 +26,10 @@ from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
 from .errors import Cancelled, VibrantError
 from .lifecycle import Lifecycle, StateChange
+from .load_plan import LoadRequest
 from .offline import is_offline
 from .progress import Progress, ProgressCallback
-from .runtime import CompletionRequest, LoadOptions
+from .runtime import CompletionRequest
 from .typed_through import TypedThrough
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
         else None,
         selected=status.selected,
         loaded=m.id == loaded,
+        fit=wire(status.fit, p.FitResult) if status.fit else None,
     )
 
 
@@ -273,7 +275,11 @@ class Service:
         return model_entry(self.app.model_info(params.model_id), self.lifecycle.loaded_model_id)
 
     def select_model(self, params: p.SelectModelParams) -> p.SelectModelResult:
-        return wire(self.app.select(params.ram_bytes), p.SelectModelResult)
+        return wire(self.app.select(params.ram_bytes, fetch=True), p.SelectModelResult)
+
+    def fit_model(self, params: p.FitModelParams) -> p.FitResult:
+        request = self.app.fit_request(params.context_size, params.gpu_layers)
+        return wire(self.app.fit(params.model_id or "auto", request), p.FitResult)
 
     # -- downloads ---------------------------------------------------------------------
 
@@ -328,7 +334,7 @@ class Service:
 
     # -- the loaded model --------------------------------------------------------------
 
-    def load_options(self, overrides: p.LoadOverrides | None) -> LoadOptions | None:
+    def load_options(self, overrides: p.LoadOverrides | None) -> LoadRequest | None:
         if overrides is None:
             return None
         given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}
@@ -367,6 +373,7 @@ class Service:
             busy=snap.busy,
             error=snap.error,
             downloads=[download_progress(d) for d in self.downloads.active()],
+            plan=wire(snap.plan, p.FitResult) if snap.plan else None,
         )
 
     def complete(

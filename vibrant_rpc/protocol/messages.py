@@ -26,6 +26,7 @@ from ..states import ModelState as ModelState
 ProgressToken = int | str
 ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="A registry id.")]
 Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+Auto = Literal["auto"]
 
 
 class Params(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -106,6 +107,7 @@ class ModelEntry(Wire):
     partial: PartialDownloadInfo | None
     selected: bool  # the model this machine gets
     loaded: bool  # loaded in this server now
+    fit: FitResult | None = None  # in vibrant/modelInfo: what it needs here, if known
 
 
 class ListModelsResult(Wire):
@@ -130,6 +132,69 @@ class SelectModelResult(Wire):
     available_bytes: int | None  # free right now (this machine only)
     fits: list[str]  # every model that fits, largest first
     warning: str | None  # e.g. too little memory free right now
+
+
+# -- memory ------------------------------------------------------------------------------
+
+
+class MemoryNeed(Wire):
+    """What a model takes loaded with its context filled, by part (docs/memory-estimate.md)."""
+
+    label: str  # the model, for people
+    context: int  # tokens of context this is for
+    weights_bytes: int  # the tensors
+    kv_cache_bytes: int  # K and V for the whole context, every layer
+    compute_bytes: int  # llama.cpp's compute graph (resident part on a CPU)
+    output_bytes: int  # one token's logits
+    overhead_bytes: int  # llama.cpp's own code, heap and vocabulary tables
+    total_bytes: int
+    cpu_bytes: int  # of the total, in system RAM
+    gpu_bytes: int  # of the total, on GPUs
+    gpu_layers: int  # layers offloaded
+    mapped_bytes: int  # of cpu_bytes, weights mapped from the file (page cache)
+
+
+class GpuLayersPlan(Wire):
+    """How many layers go to the GPUs, for ``gpuLayers: "auto"``."""
+
+    gpu_layers: int  # what llama.cpp gets as n_gpu_layers
+    offloaded_blocks: int  # repeating layers on the GPUs
+    output_offloaded: bool  # the output layer too
+    full_offload: bool
+    layers_by_device: list[int]  # in the order of the GPUs found
+    bytes_by_device: list[int]
+    graph_bytes: int  # the compute graph each GPU reserves
+    reason: str  # in words
+
+
+class FitModelParams(Params):
+    model_id: ModelId | None = None  # default (or "auto"): the selection's choice
+    # Default: the contextSize setting; "auto": the largest that fits.
+    context_size: Annotated[int, msgspec.Meta(ge=0, le=1 << 20)] | Auto | None = None
+    # Default: the gpuLayers setting; "auto": as many as fit the GPUs' free memory.
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] | Auto | None = None
+
+
+class FitResult(Wire):
+    """Whether a model fits this machine, and what it needs."""
+
+    model_id: str
+    fits: bool  # its RAM need is within the usable RAM
+    verdict: str  # in words, with the breakdown
+    context: int  # the context it would load with ("auto" resolved)
+    gpu_layers: int  # the GPU layers it would load with ("auto" resolved)
+    estimate: MemoryNeed
+    breakdown: str  # "7B Q5_K_M at 4096 tokens: 5.1 GiB weights + … = 5.9 GiB"
+    ram_needed_bytes: int  # of the estimate, what comes out of system RAM
+    total_ram_bytes: int
+    usable_ram_bytes: int  # less 2 GiB kept for the system
+    available_bytes: int | None  # free right now
+    # Where the numbers come from: the downloaded file's header, the header fetched from
+    # the Hub (a few MB by Range), or the registry's architecture numbers.
+    header_source: Literal["file", "hub", "registry"]
+    note: str | None  # why not from the file, in words
+    gpu: GpuLayersPlan | None  # the plan, when gpuLayers is "auto"
+    warning: str | None  # fits, but too little memory is free right now
 
 
 # -- downloads ---------------------------------------------------------------------------
@@ -265,12 +330,14 @@ class RemovalResult(Wire):
 class LoadOverrides(Params):
     """Per-load overrides of the settings of the same names (``runtime.LoadOptions``)."""
 
-    context_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] | None = None
+    # "auto": the largest context up to the model's own that fits this machine's memory.
+    context_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)] | Auto | None = None
     threads: Annotated[int, msgspec.Meta(ge=1, le=1024)] | None = None
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] | None = None
     mmap: bool | None = None
     mlock: bool | None = None
-    gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] | None = None
+    # -1: every layer; "auto": as many as fit the GPUs' free memory.
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1, le=100_000)] | Auto | None = None
 
 
 class LoadModelParams(Params):
@@ -300,6 +367,8 @@ class StatusResult(Wire):
     busy: bool  # a completion is running
     error: str | None  # the last load failure, in state "failed"
     downloads: list[DownloadProgress]  # running in this server, latest progress each
+    # The loaded model's memory, context and GPU layers, as planned when it loaded.
+    plan: FitResult | None = None
 
 
 class ModelStateChanged(Wire):

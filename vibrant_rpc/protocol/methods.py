@@ -59,8 +59,16 @@ METHODS: list[Method] = [
     Method("vibrant/modelInfo", ModelInfoParams, ModelEntry,
            "One model's registry fields and cache state.", ("ModelNotFound",)),
     Method("vibrant/selectModel", SelectModelParams, SelectModelResult,
-           "The model for this machine's memory, or for `ramBytes` of RAM, with the reason.",
+           "The model for this machine's memory, or for `ramBytes` of RAM, with the reason: "
+           "the largest recommended model whose memory estimate at the configured context "
+           "fits in the RAM less 2 GiB.",
            ("InsufficientRam",)),
+    Method("vibrant/fitModel", FitModelParams, FitResult,
+           "What a model needs in memory here, by part, and whether it fits, at the "
+           "configured (or given) context and GPU layers; `auto` values resolved. The "
+           "numbers come from the downloaded file's header, else from its header on the "
+           "Hub (a few MB by Range, then kept), else from the registry (`note` says so).",
+           ("ModelNotFound", "InsufficientRam", "VibrantError")),
     Method("vibrant/downloadModel", DownloadModelParams, DownloadModelResult,
            "Download (or resume) a model; `modelId` may be `auto`. Sends "
            "`vibrant/downloadProgress` and `$/progress`; cancellable, keeping the partial.",

@@ -88,6 +88,12 @@ async def select_model(ls: VibrantServer, params: p.SelectModelParams) -> p.Sele
     return await ls.blocking(lambda: svc.select_model(params))
 
 
+@rpc("vibrant/fitModel")
+async def fit_model(ls: VibrantServer, params: p.FitModelParams) -> p.FitResult:
+    svc = await ls.backend()
+    return await ls.blocking(lambda: svc.fit_model(params))
+
+
 @rpc("vibrant/removeModel")
 async def remove_model(ls: VibrantServer, params: p.RemoveModelParams) -> p.RemoveModelResult:
     svc = await ls.backend()
