@@ -120,16 +120,16 @@ export class Vibrant implements vscode.Disposable {
         if (model) {
             options.model = model;
         }
-        const contextSize = cfg.get<number>('contextSize');
-        if (typeof contextSize === 'number') {
+        const contextSize = cfg.get<number | string>('contextSize');
+        if (typeof contextSize === 'number' || contextSize === 'auto') {
             options.contextSize = contextSize;
         }
         const threads = cfg.get<number | null>('threads');
         if (typeof threads === 'number' && threads > 0) {
             options.threads = threads;
         }
-        const gpuLayers = cfg.get<number>('gpuLayers');
-        if (typeof gpuLayers === 'number') {
+        const gpuLayers = cfg.get<number | string>('gpuLayers');
+        if (typeof gpuLayers === 'number' || gpuLayers === 'auto') {
             options.gpuLayers = gpuLayers;
         }
         const keepAlive = cfg.get<number>('keepAliveSeconds');
