@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,10 +183,12 @@ def test_a_record_for_another_revision_is_not_used(paths: Paths, hub: HubStub) -
     assert known is not None and known.source == "hub" and hub.bytes_served > 0
 
 
-def registry_answer(v: Vibrant, model_id: str, fetch: bool = True) -> tuple[str, float]:
+def registry_answer(
+    v: Vibrant, model_id: str, fetch: bool = True, store: HeaderStore | None = None
+) -> tuple[str, float]:
     m = model(v, model_id)
     started = time.monotonic()
-    known = v.headers.known(m, fetch=fetch)
+    known = (store or v.headers).known(m, fetch=fetch)
     took = time.monotonic() - started
     assert known is not None and known.source == "registry", known
     assert known.header == header_for(m)
@@ -209,6 +213,7 @@ def test_offline_answers_from_the_registry(
 
 def test_a_failing_hub_answers_from_the_registry_at_once(paths: Paths, hub: HubStub) -> None:
     v = vibrant(paths, entry("gemma"), entry("absent", "test/absent"))
+    # Each of these is an answer, not the Hub out of reach: the next look asks again.
     hub.set_faults(status_sequence=[500] * 10, status_target="endpoint")
     note, took = registry_answer(v, "gemma")
     assert note.startswith("the Hub was unreachable (the Hub answered 500"), note
@@ -234,6 +239,68 @@ def test_an_unreachable_hub_answers_from_the_registry_at_once(paths: Paths) -> N
     note, took = registry_answer(vibrant(paths, entry("gemma")), "gemma")
     assert note.startswith("the Hub was unreachable"), note
     assert took < 2, took
+
+
+@pytest.fixture
+def black_hole() -> Iterator[socket.socket]:
+    """A listening socket nobody reads: the kernel completes the TCP handshake (the
+    backlog), the request is sent, and no answer ever comes, as from a black-holed route."""
+    with socket.create_server(("127.0.0.1", 0), backlog=32) as server:
+        server.setblocking(False)
+        yield server
+
+
+def connections(server: socket.socket) -> int:
+    """How many connections reached ``server`` since the last count."""
+    n = 0
+    while True:
+        try:
+            conn, _ = server.accept()
+        except BlockingIOError:
+            return n
+        conn.close()
+        n += 1
+
+
+def test_a_hub_that_never_answers_is_not_asked_again_for_a_while(
+    paths: Paths, black_hole: socket.socket, stub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, port = black_hole.getsockname()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://{host}:{port}")
+    v = vibrant(paths, entry("gemma"), entry("other", "test/other"))
+    store = HeaderStore(paths, v.cache, v.downloader.hub_factory, timeout=0.5, retry_after=2)
+    note, took = registry_answer(v, "gemma", store=store)
+    assert note.startswith("the Hub was unreachable (ReadTimeout"), note
+    assert 0.45 < took < 2, took
+    assert connections(black_hole) == 1
+    # Every other look, for any model, skips the network and says why.
+    for model_id in ("other", "gemma", "other"):
+        note, took = registry_answer(v, model_id, store=store)
+        assert took < 0.1, took
+        assert note.startswith("the Hub was unreachable (ReadTimeout"), note
+        assert re.search(r", \d+ s ago; not asked again for \d+ s: estimated from", note), note
+    assert connections(black_hole) == 0
+    # Another store (another process) has not seen the failure: it asks.
+    other = HeaderStore(paths, v.cache, v.downloader.hub_factory, timeout=0.5)
+    _, took = registry_answer(v, "other", store=other)
+    assert took > 0.45 and connections(black_hole) == 1
+    # Once the wait is over the Hub is asked again: here it answers, and is asked from then on.
+    time.sleep(2.1)
+    monkeypatch.setenv("HF_ENDPOINT", stub.endpoint)
+    known = store.known(model(v, "gemma"), fetch=True)
+    assert known is not None and known.source == "hub", known
+    hub_note, took = registry_answer(v, "other", store=store)
+    assert hub_note.startswith("the Hub gave no header (The repository test/other"), hub_note
+    assert connections(black_hole) == 0
+
+
+def test_sources_none_of_which_answers_are_not_asked_again(paths: Paths) -> None:
+    write_registry(paths, [entry("gemma"), entry("other", "test/other")])
+    v = Vibrant(paths, Settings(sources=["http://127.0.0.1:9", "http://127.0.0.1:7"]))
+    note, _ = registry_answer(v, "gemma")
+    assert note.startswith("the Hub was unreachable (no source answered: 127.0.0.1:9"), note
+    note, _ = registry_answer(v, "other")
+    assert "s ago; not asked again for " in note, note
 
 
 def test_no_facts_and_not_cached_is_unknown(paths: Paths, hub: HubStub) -> None:

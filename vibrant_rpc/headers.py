@@ -13,12 +13,16 @@ record is ignored and replaced, never an error: it is only a cache.
 
 The Hub is reached through the downloader's own ``hub_factory`` (its sources, mirrors
 and token), imported lazily so that a command that never fetches never loads httpx.
+A Hub that could not be reached at all (refused, timed out, the network down) is not
+asked again by the same store for ``HUB_RETRY_S``: the selection looks at every registry
+model, and a black-holed network would otherwise cost each of them the timeout.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -43,6 +47,8 @@ HeaderSource = Literal["file", "hub", "registry"]
 # A look before a download should not hang on a host that never answers: a
 # transfer's 30 s would stall `select` and `info` for that long.
 HUB_TIMEOUT_S = 5.0
+# After the Hub could not be reached, how long this store answers without trying it.
+HUB_RETRY_S = 300.0
 _FROM_REGISTRY = "estimated from the registry's architecture numbers"
 
 
@@ -83,13 +89,17 @@ class HeaderStore:
         hub_factory: Callable[[], HubLike] | None,
         *,
         timeout: float = HUB_TIMEOUT_S,
+        retry_after: float = HUB_RETRY_S,
     ) -> None:
         self.folder = paths.models / ".headers"
         self.cache = cache
         self.hub_factory = hub_factory
         self.timeout = timeout
+        self.retry_after = retry_after
         self._guard = threading.Lock()
         self._model_locks: dict[str, threading.Lock] = {}
+        # (monotonic time, why) of the last failure to reach the Hub; None: reachable
+        self._unreachable: tuple[float, str] | None = None
 
     def known(self, model: ModelInfo, *, fetch: bool) -> KnownHeader | None:
         """The best header at hand for ``model``; ``fetch``: the Hub may be asked for it.
@@ -110,13 +120,33 @@ class HeaderStore:
                 why = "offline (HF_HUB_OFFLINE is set)"
             elif not fetch or self.hub_factory is None:
                 why = "not downloaded and not fetched from the Hub"
+            elif (down := self._still_unreachable()) is not None:
+                why = down
             else:
                 try:
-                    return self._from_hub(model)
+                    known = self._from_hub(model)
                 except Exception as err:  # any failure of the Hub: the registry answers
                     why = _hub_failure(err)
                     log.info("%s: header not fetched: %s", model.id, why)
+                    if _unreachable(err):
+                        with self._guard:
+                            self._unreachable = (time.monotonic(), why)
+                else:
+                    with self._guard:
+                        self._unreachable = None
+                    return known
             return _from_registry(model, why_not_file or why)
+
+    def _still_unreachable(self) -> str | None:
+        """Why the Hub is not asked now (it could not be reached a moment ago), or None."""
+        with self._guard:
+            if self._unreachable is None:
+                return None
+            when, why = self._unreachable
+        ago = time.monotonic() - when
+        if ago >= self.retry_after:
+            return None
+        return f"{why}, {ago:.0f} s ago; not asked again for {self.retry_after - ago:.0f} s"
 
     def _lock_for(self, model_id: str) -> threading.Lock:
         # one look per model at a time: two callers never fetch the same header twice
@@ -177,6 +207,19 @@ class HeaderStore:
 def _hub_key(model: ModelInfo) -> str:
     names = "|".join(f.filename for f in model.files)
     return f"{model.hf_repo}@{model.revision or 'main'}:{names}"
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether the failure was the Hub not answering at all (refused, reset, timed out,
+    no route), as opposed to an answer: a 404, a 5xx, a connection closed early by the server."""
+    import httpx  # loaded already: the factory made a client
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, httpx.NetworkError | httpx.TimeoutException):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def _hub_failure(err: Exception) -> str:

@@ -81,6 +81,7 @@ class Sources(HubClient):
         Hub's, when it is last) is raised, naming what the others said."""
         said: list[str] = []
         refused: VibrantError | None = None
+        last: TransientError | None = None
         order = [*range(start, len(self.clients)), *(range(start) if wrap else ())]
         for i in order:
             client = self.clients[i]
@@ -88,6 +89,7 @@ class Sources(HubClient):
                 answer = what(client)
             except TransientError as err:
                 said.append(f"{client.source}: {err}")
+                last = err
             except DownloadFailedError as err:
                 said.append(f"{client.source}: {err.message}")
                 refused = err
@@ -97,7 +99,8 @@ class Sources(HubClient):
                 self.current = i
                 return answer
         if refused is None:
-            raise TransientError("no source answered: " + "; ".join(said))
+            # chained: whether the last source answered at all (headers.py asks)
+            raise TransientError("no source answered: " + "; ".join(said)) from last
         others = [s for s in said if not s.endswith(refused.message)]
         also = f" (and {'; '.join(others)})" if others else ""
         raise type(refused)(refused.message + also, hint=refused.hint, **refused.details)
