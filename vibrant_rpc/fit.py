@@ -9,7 +9,9 @@ model fit``, ``vibrant/fitModel`` and the load itself all ask it, so they agree.
 What must fit is the memory that comes out of system RAM: the estimate's CPU part on
 a machine with a discrete GPU, all of it with Apple's unified memory. The OS keeps
 ``OS_BUFFER_BYTES`` (2 GiB), as in the seed's selection. ``"auto"`` context is sized
-for the CPU alone, before any layer moves to a GPU: offloading then only frees RAM.
+for the CPU alone, before any layer moves to a GPU: on a discrete GPU offloading then
+only frees RAM; with unified memory it may not (the GPU reserves its whole compute
+graph), and a context that no longer fits is bisected down to one that does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .estimate import EstimateOptions, MemoryEstimate, estimate, largest_context
+from .estimate import KV_PAD, EstimateOptions, MemoryEstimate, estimate, largest_context
 from .gguf_header import ModelHeader
 from .gpu import GpuDevice, GpuPlan, plan_gpu_layers
 from .memory import MemoryInfo
@@ -80,13 +82,60 @@ def _ram_needed(est: MemoryEstimate, devices: list[GpuDevice]) -> int:
     return est.total_bytes if unified else est.cpu_bytes
 
 
+def _floor(header: ModelHeader) -> int:
+    return min(MIN_AUTO_CONTEXT, header.context_length or 4096)
+
+
 def _context(header: ModelHeader, request: FitRequest, usable: int) -> int:
     own = header.context_length or 4096
     if request.context_size != "auto":
         return request.context_size or own
-    floor = min(MIN_AUTO_CONTEXT, own)
+    floor = _floor(header)
     found = largest_context(header, _options(request, 0, 0), usable, minimum=floor)
     return found if found is not None else floor
+
+
+Planned = tuple[GpuPlan | None, int, MemoryEstimate, int]
+
+
+def _plan(
+    header: ModelHeader, request: FitRequest, context: int, devices: list[GpuDevice]
+) -> Planned:
+    """(the GPU plan, n_gpu_layers, the estimate, its RAM need) at ``context``."""
+    plan: GpuPlan | None = None
+    if request.gpu_layers == "auto":
+        plan = plan_gpu_layers(devices, header, _options(request, context, -1))
+        gpu_layers = plan.gpu_layers
+    else:
+        gpu_layers = request.gpu_layers
+    est = estimate(header, _options(request, context, gpu_layers))
+    return plan, gpu_layers, est, _ram_needed(est, devices)
+
+
+def _shrink(
+    header: ModelHeader,
+    request: FitRequest,
+    devices: list[GpuDevice],
+    usable: int,
+    context: int,
+) -> tuple[int, Planned]:
+    """An "auto" context sized for the CPU alone, that doesn't fit once layers go to the
+    GPU: with unified memory the GPU's share (the whole reserved compute graph with it)
+    comes out of the same RAM. The largest smaller multiple of 256 that fits, by
+    bisection; the floor (not fitting) if none does."""
+    floor = _floor(header)
+    lo, hi = floor // KV_PAD, context // KV_PAD  # in cells; hi doesn't fit
+    best = (floor, _plan(header, request, floor, devices))
+    if best[1][3] > usable:
+        return best
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        tried = _plan(header, request, mid * KV_PAD, devices)
+        if tried[3] <= usable:
+            lo, best = mid, (mid * KV_PAD, tried)
+        else:
+            hi = mid
+    return best
 
 
 def fit_model(
@@ -101,14 +150,10 @@ def fit_model(
 ) -> Fit:
     usable = max(0, memory.total_bytes - OS_BUFFER_BYTES)
     context = _context(header, request, usable)
-    plan: GpuPlan | None = None
-    if request.gpu_layers == "auto":
-        plan = plan_gpu_layers(devices, header, _options(request, context, -1))
-        gpu_layers = plan.gpu_layers
-    else:
-        gpu_layers = request.gpu_layers
-    est = estimate(header, _options(request, context, gpu_layers))
-    need = _ram_needed(est, devices)
+    planned = _plan(header, request, context, devices)
+    if request.context_size == "auto" and planned[3] > usable and context > _floor(header):
+        context, planned = _shrink(header, request, devices, usable, context)
+    plan, gpu_layers, est, need = planned
     fits = need <= usable
     room = f"{format_gib(usable)} usable ({format_gib(memory.total_bytes)} less "
     room += f"{format_gib(OS_BUFFER_BYTES)} for the system)"
