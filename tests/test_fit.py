@@ -292,7 +292,7 @@ def test_more_ram_never_selects_a_smaller_model(tmp_path: Path, context: int | A
 
 # What `app.select(ram)` chooses at each whole GiB at the default 4096 tokens (the README
 # quotes these): nothing under 5 GiB, then 3B from 5, 7B from 8, 14B Q5 from 14 and 14B Q8
-# from 19 GiB. In 0.5 GiB steps the first three start half a GiB sooner only for 3B (4.5).
+# from 19 GiB. In 0.5 GiB steps only the 3B starts sooner, at 4.5 GiB.
 TIERS_4096 = {5: Q3, 8: Q7, 14: Q14, 19: Q14_8}
 
 
