@@ -206,6 +206,19 @@ def test_gpu_layers_auto_without_a_gpu_runs_on_the_cpu() -> None:
     assert f.ram_needed_bytes == fit(qwen(Q7), ram(16)).ram_needed_bytes
 
 
+def test_gpu_layers_set_without_a_gpu_found_still_counts_every_layer_in_ram() -> None:
+    # A CPU build of llama.cpp ignores n_gpu_layers: the setting must not make the 7B
+    # look like 0.4 GiB and let it load onto a machine that can't hold it.
+    cpu_only = fit(qwen(Q7), ram(16))
+    for layers in (-1, 10):
+        f = fit(qwen(Q7), ram(16), [], gpu_layers=layers)
+        assert f.gpu_layers == layers  # still what llama.cpp is asked for
+        assert f.estimate == cpu_only.estimate and f.estimate.gpu_bytes == 0
+        assert f.ram_needed_bytes == cpu_only.ram_needed_bytes
+        assert "on the GPU" not in f.verdict
+    assert not fit(qwen(Q7), ram(7), [], gpu_layers=-1).fits
+
+
 def test_apple_unified_memory_counts_the_gpus_share_as_ram() -> None:
     memory = ram(32)
     f = fit(qwen(Q7), memory, [metal(memory)], gpu_layers="auto")

@@ -78,8 +78,8 @@ def _options(request: FitRequest, context: int, gpu_layers: int) -> EstimateOpti
 
 
 def _ram_needed(est: MemoryEstimate, devices: list[GpuDevice]) -> int:
-    unified = any(d.kind == "metal" for d in devices)
-    return est.total_bytes if unified else est.cpu_bytes
+    # Unified memory: what the GPU takes comes out of the same RAM.
+    return est.total_bytes if any(d.kind == "metal" for d in devices) else est.cpu_bytes
 
 
 def _floor(header: ModelHeader) -> int:
@@ -108,7 +108,10 @@ def _plan(
         gpu_layers = plan.gpu_layers
     else:
         gpu_layers = request.gpu_layers
-    est = estimate(header, _options(request, context, gpu_layers))
+    # No GPU found: a CPU build of llama.cpp ignores n_gpu_layers and keeps every layer
+    # in RAM, so a gpu_layers setting must not make a model look smaller than it is.
+    on_gpu = gpu_layers if devices else 0
+    est = estimate(header, _options(request, context, on_gpu))
     return plan, gpu_layers, est, _ram_needed(est, devices)
 
 
