@@ -36,6 +36,9 @@ class _LlamaLog:
         self._captures: list[list[tuple[int, str]]] = []
         self._last_level = 0
         self._callback: Any = None
+        # Set while a decode stops because we asked it to (a cancel): llama.cpp then logs
+        # three errors about the failed graph, which are no error of anyone's.
+        self.aborting = False
 
     def install(self, llama_cpp: Any) -> None:
         if self._callback is not None:
@@ -60,6 +63,8 @@ class _LlamaLog:
             py_level = {_GGML_WARN: logging.WARNING, _GGML_ERROR: logging.ERROR}.get(
                 level, logging.DEBUG
             )
+            if self.aborting:
+                py_level = logging.DEBUG
             llama_log.log(py_level, "%s", message.rstrip())
 
     @contextlib.contextmanager
