@@ -4,9 +4,9 @@ Replays typing through files of the Python standard library (not this repository
 against the real ``vibrant-rpc`` server over stdio with Gemma 3 270M, and in the
 same run against llama-server built from the llama.cpp vendored in the
 llama-cpp-python 0.3.36 sdist (``--cache-reuse 256``, one slot, ``/completion``
-with ``cache_prompt``), interleaved scenario by scenario. A third row replays the
+with ``cache_prompt``), interleaved keystroke by keystroke. A third row replays the
 same requests through ``LoadedModel`` in this process ("runtime"): what the server
-path adds, and the prompt tokens evaluated, which the wire doesn't carry yet.
+path adds.
 
 The request window is the shims' (editors/nvim/lua/vibrant/window.lua): whole lines,
 ``PREFIX_LINES`` = 256 before the cursor line (llama.vim's n_prefix), ``SUFFIX_LINES`` =
@@ -19,9 +19,13 @@ Scenarios, per file: ``near_top`` (typing a line near the top), ``deep`` (typing
 line past any window), ``next_line`` (the cursor moving down line by line, deep, over
 a window step), ``typed_through`` (typing the first characters of the suggestion just
 shown). The first request of each scenario fills the cache and is not counted.
-Also: how long a superseded request takes to stop, in the server
-(``$/cancelRequest``) and in the runtime (its cancel event), and the in-process cost
-of a typed-through lookup (``vibrant_rpc.typed_through``; the server doesn't use it yet).
+vibrant answers a keystroke that types the start of its last suggestion from that
+suggestion (``typed_through``, ``cached: true``), in every scenario: the table gives
+its p50 over all keystrokes and over those the model answered.
+Also: how long a superseded request takes to stop, in the server (a new
+``vibrant/complete`` arriving while one evaluates its prompt or generates, and
+``$/cancelRequest``) and in the runtime (its cancel event), and the in-process cost
+of a typed-through lookup.
 
     .venv/bin/python bench/bench_typing.py   # builds llama-server first when missing
 """
@@ -38,6 +42,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,8 +125,8 @@ def typing_at(lines: list[str], row: int) -> list[Request]:
 
 
 class Sample:
-    def __init__(self, ms: float, evaluated: int | None, text: str) -> None:
-        self.ms, self.evaluated, self.text = ms, evaluated, text
+    def __init__(self, ms: float, evaluated: int | None, text: str, cached: bool = False) -> None:
+        self.ms, self.evaluated, self.text, self.cached = ms, evaluated, text, cached
 
 
 class Vibrant:
@@ -143,8 +148,30 @@ class Vibrant:
         t0 = time.perf_counter()
         r = self.server.request("vibrant/complete", params)
         ms = (time.perf_counter() - t0) * 1000
-        # promptEvaluated reaches the wire once the lead maps CompletionResult's field.
-        return Sample(ms, r["usage"].get("promptEvaluated"), r["text"])
+        return Sample(ms, r["usage"]["promptEvaluated"], r["text"], bool(r.get("cached")))
+
+    def _reply(self, msg_id: int) -> dict[str, Any]:
+        while True:
+            reply = self.server.recv()
+            if reply.get("id") == msg_id and "method" not in reply:
+                return reply
+
+    def supersede_ms(self, running: Request, delay_s: float, new: Request) -> tuple[float, float]:
+        """A new completion ``delay_s`` into a running one: (from sending the new one to
+        the running one's -32800, to the new one's answer), in ms."""
+        params = {"prompt": running.prompt, "suffix": running.suffix, "maxTokens": 200,
+                  "temperature": 0}  # fmt: skip
+        first = self.server.send("vibrant/complete", params)
+        time.sleep(delay_s)
+        t0 = time.perf_counter()
+        params = {"prompt": new.prompt, "suffix": new.suffix, "maxTokens": MAX_TOKENS,
+                  "temperature": 0}  # fmt: skip
+        second = self.server.send("vibrant/complete", params)
+        code = self._reply(first).get("error", {}).get("code")
+        stopped = (time.perf_counter() - t0) * 1000
+        assert code == -32800, f"the running completion was not superseded: {code}"
+        assert "result" in self._reply(second)
+        return stopped, (time.perf_counter() - t0) * 1000
 
     def superseded_ms(self, req: Request) -> float:
         """From $/cancelRequest to the reply, the request cancelled mid-prompt."""
@@ -154,10 +181,8 @@ class Vibrant:
         time.sleep(0.5)
         t0 = time.perf_counter()
         self.server.send("$/cancelRequest", {"id": msg_id}, notify=True)
-        while True:
-            reply = self.server.recv()
-            if reply.get("id") == msg_id and "method" not in reply:
-                return (time.perf_counter() - t0) * 1000
+        self._reply(msg_id)
+        return (time.perf_counter() - t0) * 1000
 
     def close(self) -> None:
         self.server.close()
@@ -299,7 +324,7 @@ def typed_through_lookup_us() -> float:
     for _ in range(1000):
         hit = tt.lookup("g", prompt + "    re", "")
     assert hit is not None and hit.text == "turn value\n"
-    return time.perf_counter() - t0
+    return (time.perf_counter() - t0) * 1e6 / 1000
 
 
 def main() -> int:
@@ -309,28 +334,45 @@ def main() -> int:
         for path in FILES:
             lines = path.read_text().splitlines(keepends=True)
             for scen, reqs in scenarios(lines).items():
-                for eng in engines:
-                    first = eng.complete(reqs[0])
-                    samples = [eng.complete(r) for r in reqs[1:]]
-                    stats.setdefault((eng.name, scen), []).extend(samples)
+                # Keystroke by keystroke, each engine in turn (each keeps its own cache), so
+                # that other work on the machine weighs on all three alike.
+                firsts = [eng.complete(reqs[0]) for eng in engines]
+                runs: list[list[Sample]] = [[] for _ in engines]
+                for r in reqs[1:]:
+                    for eng, run in zip(engines, runs, strict=True):
+                        run.append(eng.complete(r))
+                for eng, first, run in zip(engines, firsts, runs, strict=True):
+                    stats.setdefault((eng.name, scen), []).extend(run)
                     print(f"{path.name} {eng.name} {scen}: first {first.ms:.0f} ms, "
-                          + " ".join(f"{s.ms:.0f}/{s.evaluated}" for s in samples),
+                          + " ".join(f"{s.ms:.0f}/{s.evaluated}" for s in run),
                           flush=True)  # fmt: skip
-                    if scen == "near_top":
-                        # Typing through the suggestion shown at the last near-top keystroke.
-                        base = reqs[-1]
-                        shown = eng.complete(base)
-                        through = [eng.complete(r) for r in typed_through(base, shown)]
-                        stats.setdefault((eng.name, "typed_through"), []).extend(through)
-                        print(f"{path.name} {eng.name} typed_through: "
-                              + " ".join(f"{s.ms:.0f}/{s.evaluated}" for s in through),
-                              flush=True)  # fmt: skip
+                if scen != "near_top":
+                    continue
+                # Typing through the suggestion shown at the last near-top keystroke.
+                base = reqs[-1]
+                throughs = [typed_through(base, eng.complete(base)) for eng in engines]
+                runs = [[] for _ in engines]
+                for k in range(max(len(t) for t in throughs)):
+                    for eng, through, run in zip(engines, throughs, runs, strict=True):
+                        if k < len(through):
+                            run.append(eng.complete(through[k]))
+                for eng, run in zip(engines, runs, strict=True):
+                    stats.setdefault((eng.name, "typed_through"), []).extend(run)
+                    print(f"{path.name} {eng.name} typed_through: "
+                          + " ".join(f"{s.ms:.0f}/{s.evaluated}" for s in run),
+                          flush=True)  # fmt: skip
         vib = engines[0]
         assert isinstance(vib, Vibrant)
         engines[1].close()  # its memory and threads out of the way of the cancel figures
         engines.pop(1)
         lines = FILES[0].read_text().splitlines(keepends=True)
         server_stop = [vib.superseded_ms(window(lines, r, 0)) for r in (900, 1300, 1700)]
+        # Superseded inside a prompt (a window the cache doesn't hold: seconds of prompt),
+        # then while generating (the same window again: its prompt is cached).
+        in_prompt, generating = [], []
+        for row in (1000, 1400, 1800):
+            in_prompt.append(vib.supersede_ms(window(lines, row, 0), 0.5, window(lines, row, 4)))
+            generating.append(vib.supersede_ms(window(lines, row, 0), 1.0, window(lines, row, 8)))
     finally:
         for eng in engines:
             eng.close()
@@ -338,43 +380,58 @@ def main() -> int:
     lookup_us = typed_through_lookup_us()
 
     rows = []
-    p50: dict[tuple[str, str], float] = {}
+    p50: dict[tuple[str, str], float] = {}  # over the keystrokes the model answered
+    p50_all: dict[tuple[str, str], float] = {}
     for scen in ("near_top", "deep", "next_line", "typed_through"):
         for name in ("vibrant", "runtime", "llama-server"):
             samples = stats.get((name, scen), [])
             if not samples:
                 continue
             ms = [s.ms for s in samples]
-            ev = [s.evaluated for s in samples if s.evaluated is not None]
-            p50[(name, scen)] = statistics.median(ms)
-            ev_text = (
-                f"{statistics.median(ev):.0f} (max {max(ev)})" if ev else "not on the wire yet"
-            )
-            rows.append(f"| {scen} | {name} | {len(ms)} | {statistics.median(ms):.0f} | "
-                        f"{pct(ms, 95):.0f} | {ev_text} |")  # fmt: skip
+            model = [s for s in samples if not s.cached]
+            p50_all[(name, scen)] = statistics.median(ms)
+            if model:
+                p50[(name, scen)] = statistics.median(s.ms for s in model)
+            ev = [s.evaluated for s in model if s.evaluated is not None]
+            ev_text = f"{statistics.median(ev):.0f} (max {max(ev)})" if ev else "-"
+            model_text = f"{p50[(name, scen)]:.0f}" if model else "-"
+            rows.append(f"| {scen} | {name} | {len(ms)} | {len(ms) - len(model)} | "
+                        f"{statistics.median(ms):.0f} | {pct(ms, 95):.0f} | {model_text} | "
+                        f"{ev_text} |")  # fmt: skip
     v, rt, ls = "vibrant", "runtime", "llama-server"
+
+    def ratio(a: tuple[str, str], b: tuple[str, str], table: dict[tuple[str, str], float]) -> str:
+        return f"{table[a] / table[b]:.2f}×" if a in table and b in table else "n/a"
+
+    def ms_list(values: list[float]) -> str:
+        return ", ".join(f"{x:.0f}" for x in values)
+
     bars = [
-        f"- deep p50 / near-top p50, vibrant: {p50[(v, 'deep')] / p50[(v, 'near_top')]:.2f}× "
-        f"(bar ≤ 1.3×); llama-server: {p50[(ls, 'deep')] / p50[(ls, 'near_top')]:.2f}×",
+        f"- deep p50 / near-top p50, vibrant: {ratio((v, 'deep'), (v, 'near_top'), p50)} "
+        f"(bar ≤ 1.3×); llama-server: {ratio((ls, 'deep'), (ls, 'near_top'), p50)}",
         f"- near top, vibrant / llama-server p50: "
-        f"{p50[(v, 'near_top')] / p50[(ls, 'near_top')]:.2f}× (bar ≤ 1.05×); the runtime "
-        f"in process: {p50[(rt, 'near_top')] / p50[(ls, 'near_top')]:.2f}×",
-        f"- the runtime in process, deep / near top: "
-        f"{p50[(rt, 'deep')] / p50[(rt, 'near_top')]:.2f}×; deep / llama-server deep: "
-        f"{p50[(rt, 'deep')] / p50[(ls, 'deep')]:.2f}×; next line / llama-server: "
-        f"{p50[(rt, 'next_line')] / p50[(ls, 'next_line')]:.2f}× (p95 "
+        f"{ratio((v, 'near_top'), (ls, 'near_top'), p50)} over the keystrokes the model "
+        f"answered (bar ≤ 1.05×), {ratio((v, 'near_top'), (ls, 'near_top'), p50_all)} over "
+        f"all; the runtime in process: {ratio((rt, 'near_top'), (ls, 'near_top'), p50)}",
+        f"- deep, vibrant / llama-server p50: {ratio((v, 'deep'), (ls, 'deep'), p50)} "
+        f"model-answered (bar < 1), {ratio((v, 'deep'), (ls, 'deep'), p50_all)} over all; "
+        f"next line: {ratio((v, 'next_line'), (ls, 'next_line'), p50)}",
+        f"- the runtime in process, deep / llama-server deep: "
+        f"{ratio((rt, 'deep'), (ls, 'deep'), p50)}; next line / llama-server: "
+        f"{ratio((rt, 'next_line'), (ls, 'next_line'), p50)} (p95 "
         f"{pct([s.ms for s in stats[(rt, 'next_line')]], 95):.0f} vs "
         f"{pct([s.ms for s in stats[(ls, 'next_line')]], 95):.0f} ms)",
-        f"- deep, vibrant / llama-server p50: {p50[(v, 'deep')] / p50[(ls, 'deep')]:.2f}× "
-        f"(bar < 1); next line: {p50[(v, 'next_line')] / p50[(ls, 'next_line')]:.2f}×",
-        f"- typed through, vibrant p50 {p50[(v, 'typed_through')]:.0f} ms through the server "
-        f"(bar ≤ 30 ms; the server doesn't use `typed_through` yet, so this is the model "
-        f"path); the lookup itself costs {lookup_us:.2f} µs",
-        "- superseded request: `$/cancelRequest` to the reply "
-        + ", ".join(f"{x:.0f}" for x in server_stop)
-        + " ms; runtime cancel event to return "
-        + ", ".join(f"{x:.0f}" for x in runtime_stop)
-        + " ms (bar ≤ 100 ms)",
+        f"- typed through, vibrant p50 {p50_all[(v, 'typed_through')]:.1f} ms through the "
+        f"server (bar ≤ 30 ms), "
+        f"{sum(s.cached for s in stats[(v, 'typed_through')])} of "
+        f"{len(stats[(v, 'typed_through')])} answered from the last suggestion; the lookup "
+        f"itself costs {lookup_us:.1f} µs",
+        f"- superseded by a new completion, from sending it to the running one's -32800: "
+        f"inside a prompt {ms_list([a for a, _ in in_prompt])} ms, while generating "
+        f"{ms_list([a for a, _ in generating])} ms (bar ≤ 100 ms); the new one answered "
+        f"{ms_list([b for _, b in in_prompt + generating])} ms after it was sent",
+        f"- `$/cancelRequest` to the reply {ms_list(server_stop)} ms; the runtime's cancel "
+        f"event to its return {ms_list(runtime_stop)} ms",
     ]
     body = "\n".join(
         [
@@ -387,8 +444,9 @@ def main() -> int:
             "`/completion` with `cache_prompt`. Milliseconds per keystroke, from sending "
             "the request to its answer. The machine's 2 cores are shared with other work.",
             "",
-            "| scenario | server | requests | p50 ms | p95 ms | prompt tokens evaluated, p50 |",
-            "|---|---|---|---|---|---|",
+            "| scenario | server | requests | from the last suggestion | p50 ms | p95 ms "
+            "| p50 ms, model-answered | prompt tokens evaluated, p50 |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             *bars,
