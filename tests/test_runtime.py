@@ -322,3 +322,20 @@ def test_completions_from_any_thread_run_on_llama_cpps_one_thread(gemma: LoadedM
         t.join(30)
     assert len(ran_on) == 1 and not ran_on & {t.ident for t in callers}
     assert during == before + 3, (before, during)  # the callers themselves, no more
+
+
+def test_the_compute_thread_returns_results_and_errors_and_may_be_reentered() -> None:
+    from vibrant_rpc.llama_setup import COMPUTE
+
+    caller = threading.get_ident()
+    assert COMPUTE.run(threading.get_ident) != caller
+    # A callback that runs on the compute thread and calls back into it must not wait
+    # on itself.
+    assert COMPUTE.run(lambda: COMPUTE.run(lambda: 42)) == 42
+
+    def fail() -> None:
+        raise ModelLoadFailedError("boom")
+
+    with pytest.raises(ModelLoadFailedError, match="boom"):
+        COMPUTE.run(fail)
+    assert COMPUTE.run(lambda: "still serving") == "still serving"
