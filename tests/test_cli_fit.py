@@ -72,7 +72,7 @@ def test_fit_of_a_cached_model_reads_its_file(gemma_cached: Paths) -> None:
     assert "GPU layers 0" in out and "less 2 GiB for the system" in out
     assert (
         "gemma-270m fits: gemma-270m at 4096 tokens: 0.23 GiB weights + 0.07 GiB KV cache "
-        "+ 0.15 GiB buffers = 0.45 GiB; " in out
+        "+ 0.09 GiB buffers = 0.39 GiB; " in out
     ), out
     data = ok_json("model", "fit", GEMMA)
     assert data["model_id"] == GEMMA and data["fits"] is True
@@ -180,9 +180,9 @@ def test_model_info_shows_the_memory_it_needs(gemma_cached: Paths) -> None:
     out = words(r.stdout)
     assert (
         "memory gemma-270m at 4096 tokens: 0.23 GiB weights + 0.07 GiB KV cache + "
-        "0.15 GiB buffers = 0.45 GiB" in out
+        "0.09 GiB buffers = 0.39 GiB" in out
     ), out
-    assert "here fits: needs 456.4 MiB of RAM, " in out
+    assert "here fits: needs 400.7 MiB of RAM, " in out
     assert "estimated from the downloaded file's GGUF header" in out
     data = ok_json("model", "info", GEMMA)
     assert data["fit"]["header_source"] == "file" and data["fit"]["context"] == 4096

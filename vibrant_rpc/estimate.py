@@ -48,6 +48,12 @@ KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_
 MIB = 1024 * 1024
 # llama.cpp pads the KV cache's cell count to this.
 KV_PAD = 256
+# How the runtime loads every model (``runtime.py`` passes it to llama.cpp), and so what a
+# load's estimate assumes (``fit.py``); ``EstimateOptions`` keeps llama.cpp's own default.
+# Flash attention, on in llama-server (off in llama-cpp-python): deep in a file (2500 tokens
+# in Gemma 3's full-size SWA cache, kept so that it can shift) 16 tokens took 453 ms without
+# it, 391 ms with it (2 cores); it also drops the attention scores from the compute buffers.
+FLASH_ATTENTION = True
 # Calibrated constants (module docstring).
 RUNTIME_BYTES = 32 * MIB
 VOCAB_BYTES_PER_TOKEN = 160

@@ -20,7 +20,14 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from .estimate import KV_PAD, EstimateOptions, MemoryEstimate, estimate, largest_context
+from .estimate import (
+    FLASH_ATTENTION,
+    KV_PAD,
+    EstimateOptions,
+    MemoryEstimate,
+    estimate,
+    largest_context,
+)
 from .gguf_header import ModelHeader
 from .gpu import GpuDevice, GpuPlan, plan_gpu_layers
 from .memory import MemoryInfo
@@ -74,6 +81,7 @@ def _options(request: FitRequest, context: int, gpu_layers: int) -> EstimateOpti
         ubatch=min(UBATCH, request.batch_size),
         mmap=request.mmap,
         gpu_layers=gpu_layers,
+        flash_attention=FLASH_ATTENTION,  # as the runtime loads
     )
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
+from vibrant_rpc.estimate import FLASH_ATTENTION
 from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
 from vibrant_rpc.llama_setup import (
     COMPUTE,
@@ -59,10 +60,6 @@ __all__ = ["warm_up"]  # re-exported: the service warms llama.cpp up through the
 # runs are mostly re-tokenised text near the cursor, and the shorter a chunk, the more
 # likely it matches code elsewhere whose keys were computed in another context.
 REUSE_MIN_CHUNK = 32
-# Flash attention, on in llama-server (off in llama-cpp-python): deep in a file (2500 tokens
-# in Gemma 3's full-size SWA cache, kept so that it can shift) 16 tokens took 453 ms without
-# it, 391 ms with it (2 cores).
-FLASH_ATTENTION = True
 
 
 class LoadOptions(msgspec.Struct, kw_only=True, frozen=True):
