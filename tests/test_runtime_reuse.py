@@ -155,7 +155,7 @@ def test_cancel_during_the_prompt_stops_inside_a_batch_and_leaves_a_sound_cache(
     # The cache kept the batches decoded before the cancel, and only the rest is new.
     assert again.prompt_cached % 512 == 1 and again.prompt_cached < again.prompt_tokens
     assert again.prompt_evaluated + again.prompt_cached == again.prompt_tokens
-    # The same words as a fresh evaluation. Flash attention (runtime.FLASH_ATTENTION)
+    # The same words as a fresh evaluation. Flash attention (estimate.FLASH_ATTENTION)
     # sums over the cache's cells in their order, which the earlier tests' shifts have
     # permuted, so the last bits differ and a near tie can go the other way: measured,
     # "for option_string in option_" fresh and "for action_string in action_" here. A
