@@ -152,7 +152,6 @@ class Lifecycle:
         self.keep_alive_s = app.settings.keep_alive_s
 
         self._lock = threading.Lock()  # load, unload, complete: one at a time
-        self._released = threading.Condition()  # notified when _locked lets go of _lock
         self._model: ModelHandle | None = None
         self._options: LoadRequest | None = None  # what the loaded model was asked with
         self._plan: Fit | None = None  # and what that came to for it
@@ -261,23 +260,17 @@ class Lifecycle:
         cancel: threading.Event | None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> Iterator[None]:
-        """Take the model lock. A queued call starts as soon as the lock is let go (it is
-        woken, not polling), and gives up within 50 ms of its cancel."""
-        with self._released:
-            while not self._lock.acquire(blocking=False):
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled()
-                # The timeout is for the cancel (an Event can't wake a Condition) and for
-                # the idle timer's and close's releases, which don't notify.
-                self._released.wait(0.05)
+        """Take the model lock. A queued call gets it as soon as it is let go (a timed
+        acquire wakes on release); the timeout is only how soon a cancel is seen."""
+        while not self._lock.acquire(timeout=0.05):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
         self._call_listener = on_change
         try:
             yield
         finally:
             self._call_listener = None
             self._lock.release()
-            with self._released:
-                self._released.notify_all()
 
     # -- loading -----------------------------------------------------------------------
 
