@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import sys
 import threading
 import uuid
@@ -36,18 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WORKERS = 8  # downloads, completions, loads and cache work; never the event loop
-WORKER_NICE = 5
-
-
-def _background_priority() -> None:
-    """Run a worker thread (and the threads it starts: llama.cpp's, a download's) at a
-    lower priority than the event loop, so that on a machine whose cores llama.cpp keeps
-    busy the loop still gets a core within milliseconds."""
-    with contextlib.suppress(OSError, AttributeError):
-        # Linux: PRIO_PROCESS with a thread id sets that thread's nice value; raising it
-        # needs no privilege.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+# Downloads, completions, loads and cache work; never the event loop. They run at the
+# loop's priority: llama.cpp's work is on its own thread (llama_setup.COMPUTE), and a
+# worker at a lower one (nice +5, as before) was starved on a busy machine while that
+# thread ran the next completion, so a superseded request's -32800 came seconds late.
+WORKERS = 8
 
 
 class VibrantServer(LanguageServer):
@@ -61,9 +53,7 @@ class VibrantServer(LanguageServer):
         self.protocol: VibrantProtocol
         # Our own pool: pygls' thread_pool reads stdin, and starving it would stall the
         # whole server.
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            WORKERS, thread_name_prefix="vibrant", initializer=_background_priority
-        )
+        self.pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="vibrant")
         self._service: Service | None = None  # built in the background after initialize
         self._service_ready: concurrent.futures.Future[Service] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -89,8 +79,8 @@ class VibrantServer(LanguageServer):
         """Like pygls' own, with our framing loop (error replies for malformed input)."""
         from ..llama_setup import COMPUTE
 
-        # llama.cpp's thread, started here so that it runs at the loop's priority, not
-        # the workers' (``WORKER_NICE``): a completion is what the user waits for.
+        # llama.cpp's thread, started here, at the loop's priority (Linux threads inherit
+        # the nice value of the thread that starts them, and it can't be lowered again).
         COMPUTE.start()
         reader = FrameReader(stdin or sys.stdin.buffer, self.thread_pool)
         self.protocol.set_writer(Writer(stdout or sys.stdout.buffer))
