@@ -101,7 +101,7 @@ def model_info(console: Console, s: ModelStatus) -> None:
         ("quantization", m.quantization),
         ("context window", f"{m.context_window:,} tokens"),
         ("download size", size(m.download_bytes)),
-        ("RAM required", size(m.ram_required_bytes)),
+        ("RAM (registry)", size(m.ram_required_bytes)),
         ("Hub repo", m.hf_repo + (f" @ {m.revision}" if m.revision else "")),
         ("files", ", ".join(f.filename for f in m.files)),
         ("recommended", "yes" if m.recommended else "no"),

@@ -86,7 +86,9 @@ class ModelEntry(Wire):
     quantization: str  # e.g. "Q5_K_M"
     context_window: int  # the model's training context, in tokens
     file_size_mb: int | None  # the registry's estimate of the download
-    ram_required_mb: int  # memory it needs loaded (what selection compares)
+    # The registry's own figure; the selection compares the estimate from the header when
+    # there is one (`fit` in vibrant/modelInfo, vibrant/fitModel), and this only without.
+    ram_required_mb: int
     download_bytes: int  # what a download costs: the files' sizes, else the estimate
     hf_repo: str  # owner/name on the Hub
     files: list[ModelFileInfo]
