@@ -167,9 +167,8 @@ class ComputeThread:
 
     def start(self) -> None:
         """Start the thread now (else the first ``run`` does). It runs at the priority of
-        the thread that starts it (Linux threads inherit nice), and a raised nice can't
-        be lowered again without privilege: the server starts it from its main thread,
-        not from a worker at a lower priority."""
+        the thread that starts it (Linux threads inherit nice, and a raised nice can't be
+        lowered again without privilege)."""
         with self._start_lock:
             if self._thread is None:
                 # A daemon, as llama.cpp can't be interrupted: exit never waits on it.

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 # Downloads, completions, loads and cache work; never the event loop. They run at the
-# loop's priority: llama.cpp's work is on its own thread (llama_setup.COMPUTE), and a
-# worker at a lower one (nice +5, as before) was starved on a busy machine while that
-# thread ran the next completion, so a superseded request's -32800 came seconds late.
+# loop's priority, as does llama.cpp's thread (llama_setup.COMPUTE), which the first load
+# starts from a worker (threads inherit nice). A worker at nice +5, as before, was
+# starved on a busy machine while that thread ran the next completion, so a superseded
+# request's -32800 came seconds late.
 WORKERS = 8
 
 
@@ -77,11 +78,6 @@ class VibrantServer(LanguageServer):
 
     def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
         """Like pygls' own, with our framing loop (error replies for malformed input)."""
-        from ..llama_setup import COMPUTE
-
-        # llama.cpp's thread, started here, at the loop's priority (Linux threads inherit
-        # the nice value of the thread that starts them, and it can't be lowered again).
-        COMPUTE.start()
         reader = FrameReader(stdin or sys.stdin.buffer, self.thread_pool)
         self.protocol.set_writer(Writer(stdout or sys.stdout.buffer))
 
