@@ -398,7 +398,10 @@ export interface Methods {
     "vibrant/pruneCache": { params: PruneCacheParams; result: RemovalResult };
     /**
      * Load a model now (the request's, else the last used, else the selection among cached models);
-     * the old one is unloaded first. A failed load falls back to the next smaller cached model.
+     * the old one is unloaded first. The context and GPU layers come from the settings (or
+     * `options`), `auto` resolved from the model's header; a model whose memory estimate doesn't
+     * fit is refused before it loads. A failed or refused load falls back to the next smaller
+     * cached model (`reason` says why).
      */
     "vibrant/loadModel": { params: LoadModelParams; result: LoadModelResult };
     /** Unload the model and return its memory. */
@@ -408,8 +411,10 @@ export interface Methods {
     /**
      * Complete `prompt` (fill in the middle when `suffix` is given and the model has FIM tokens;
      * else from the prefix alone, `fim: false`). Loads a model lazily. With `partialResultToken`
-     * the text streams as `$/progress` values (`{text}`). One completion runs at a time; a second
-     * waits.
+     * the text streams as `$/progress` values (`{text}`). One completion runs at a time: a new one
+     * cancels the one running or queued, which answers -32800 within a token or a prompt batch. A
+     * prompt that types the start of the last completion is answered from it at once (`cached:
+     * true`).
      */
     "vibrant/complete": { params: CompleteParams; result: CompleteResult };
 }
