@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vibrant_rpc"
 
 # Lowest first; a module may import its own layer and the ones below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("primitives", {"units", "paths", "fsutil", "locks", "offline", "memory", "states",
+    ("primitives", {"units", "paths", "fsutil", "locks", "offline", "memory", "states", "priority",
                     "errors", "redact", "__init__"}),
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
                  "download", "updates", "runtime", "lifecycle",

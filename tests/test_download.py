@@ -106,6 +106,33 @@ def test_plain_download_verified_and_recorded(hub: HubStub, paths: Paths) -> Non
     assert hub.requests == []
 
 
+def test_a_download_moves_and_hashes_bytes_at_a_lower_priority(hub: HubStub, paths: Paths) -> None:
+    # The user's completion must not wait on a 10 GB download's hashing for a core.
+    import contextlib
+    import threading
+
+    from vibrant_rpc.priority import BACKGROUND_NICE
+
+    hub.add_repo("test/tiny", {"a.gguf": blob(2 * MB)})
+    app = make_app(paths, [tiny_model("a")])
+    hub.faults.throttle_bps = 4 * MB
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: dict[str, int] = {}
+
+    def on_progress(p: Progress) -> None:
+        for t in threading.enumerate():
+            if t.name.startswith(("vibrant-download", "vibrant-hash")) and t.native_id:
+                with contextlib.suppress(OSError):  # ended meanwhile
+                    seen[t.name] = os.getpriority(os.PRIO_PROCESS, t.native_id)
+
+    result = get(app, "a", progress=on_progress)
+    assert result.verified
+    assert {"vibrant-hash", "vibrant-download-0"} <= set(seen), seen
+    assert all(nice == max(mine, BACKGROUND_NICE) for nice in seen.values()), seen
+    # The caller's own thread (the server's worker, the CLI's main thread) is untouched.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
 def test_split_model_lands_under_llama_cpp_names(hub: HubStub, paths: Paths) -> None:
     parts = [blob(MB, 1), blob(MB + 7, 2)]
     names = ["r-00001-of-00002.gguf", "r-00002-of-00002.gguf"]

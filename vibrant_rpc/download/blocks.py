@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import DownloadFailedError
+from ..priority import run_in_background
 
 MiB = 1024 * 1024
 FLUSH_EVERY_S = 1.0  # write the file back this often while hashing
@@ -78,7 +79,7 @@ class OrderedHasher:
         self._sha = hashlib.sha256()
         self._queue: queue.Queue[bytes | tuple[int, int] | None] = queue.Queue(maxsize=256)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="vibrant-hash", daemon=True)
         self._thread.start()
 
     def feed(self, data: bytes) -> None:
@@ -88,6 +89,7 @@ class OrderedHasher:
         self._queue.put((start, end))
 
     def _run(self) -> None:
+        run_in_background()
         last_flush = time.monotonic()
         while (item := self._queue.get()) is not None:
             if self._error is not None:

@@ -24,6 +24,7 @@ import httpx
 
 from ..errors import Cancelled, DownloadFailedError, HubUnreachableError, VibrantError
 from ..fsutil import disk_full, is_no_space
+from ..priority import run_in_background
 from .blocks import OrderedHasher, add_range, batched, gaps
 from .hub import HubClient, TransientError, retry_after_seconds
 from .state import FileProgress
@@ -315,6 +316,7 @@ class FileTransfer:
     # -- the whole file ----------------------------------------------------------------------
 
     def _worker(self, window: int, first: bool) -> None:
+        run_in_background()
         try:
             while (block := self._take_block(window, first)) is not None:
                 self._fetch_block(block)
@@ -375,7 +377,12 @@ class FileTransfer:
             connections = min(connections, len(self._blocks)) or 1
             window = connections * self.cfg.window_blocks_per_connection * self.cfg.block_size
             threads = [
-                threading.Thread(target=self._worker, args=(window, i == 0), daemon=True)
+                threading.Thread(
+                    target=self._worker,
+                    args=(window, i == 0),
+                    name=f"vibrant-download-{i}",
+                    daemon=True,
+                )
                 for i in range(connections)
             ]
             for t in threads:
