@@ -2,8 +2,9 @@
 --
 --   require("vibrant").setup({
 --     cmd = nil,            -- default: vibrant-rpc on PATH, else python3 -m vibrant_rpc
---     settings = { model = "qwen2.5-coder-3b-q4_k_m", contextSize = 4096, threads = 4,
+--     settings = { model = "qwen2.5-coder-3b-q4", contextSize = 4096, threads = 4,
 --                  gpuLayers = 0, keepAliveS = 300, cacheSizeLimit = "20GB" },
+--     -- contextSize and gpuLayers may be "auto": what fits this machine's memory
 --   })
 --
 -- The server starts on the first command that needs it (not at setup) and is reused.
