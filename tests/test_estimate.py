@@ -14,7 +14,7 @@ from bench.memory_probe import Probe
 from tests.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.helpers import GEMMA_ARCH
 from tests.qwen2_fixtures import QWEN_7B_LAYOUT, tiny_qwen2_path
-from vibrant_rpc.architectures import ArchFacts, embedded_facts, facts_for, header_from_arch
+from vibrant_rpc.architectures import ArchFacts, header_from_arch
 from vibrant_rpc.estimate import (
     EstimateOptions,
     compute_reserved_bytes,
@@ -22,6 +22,7 @@ from vibrant_rpc.estimate import (
     kv_cache_bytes,
 )
 from vibrant_rpc.gguf_header import ModelHeader, read_header
+from vibrant_rpc.registry import Registry
 
 MIB = 2**20
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +79,15 @@ def test_flash_attention_and_small_ubatch_need_less_compute() -> None:
     assert flash.kv_cache_bytes == plain.kv_cache_bytes
 
 
-def test_breakdown_reads_like_the_issue() -> None:
-    facts = facts_for("qwen2.5-coder", "7B")
+def _facts(model_id: str) -> ArchFacts:
+    """An embedded model's architecture numbers, as the registry carries them."""
+    facts = Registry.embedded().get(model_id).architecture
     assert facts is not None
+    return facts
+
+
+def test_breakdown_reads_like_the_issue() -> None:
+    facts = _facts("qwen2.5-coder-7b-q5")
     h = header_from_arch(facts, 5_440_000_000, name="7B Q5_K_M")
     text = estimate(h, EstimateOptions(context=4096)).breakdown()
     assert re.fullmatch(
@@ -92,12 +99,12 @@ def test_breakdown_reads_like_the_issue() -> None:
 
 def test_qwen_kv_cache_matches_the_published_numbers() -> None:
     # ../shared/MODELS.md: 0.15 / 0.23 / 0.81 GB at 4096; 1.2 / 1.9 / 6.4 GB at 32768.
-    for key, at_4k, at_32k in (
-        ("qwen2.5-coder-3b", 0.15, 1.2),
-        ("qwen2.5-coder-7b", 0.23, 1.9),
-        ("qwen2.5-coder-14b", 0.81, 6.4),
+    for model_id, at_4k, at_32k in (
+        ("qwen2.5-coder-3b-q4", 0.15, 1.2),
+        ("qwen2.5-coder-7b-q5", 0.23, 1.9),
+        ("qwen2.5-coder-14b-q5", 0.81, 6.4),
     ):
-        h = header_from_arch(embedded_facts()[key], 5 * 10**9)
+        h = header_from_arch(_facts(model_id), 5 * 10**9)
         assert round(kv_cache_bytes(h, EstimateOptions(context=4096)) / 1e9, 2) == at_4k
         assert round(kv_cache_bytes(h, EstimateOptions(context=32768)) / 1e9, 1) == at_32k
 

@@ -12,41 +12,13 @@ embedded models carry theirs, and a user's entry may.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from functools import cache
-
 from vibrant_rpc.gguf_header import ModelHeader
-from vibrant_rpc.registry import ArchFacts, ModelInfo, Registry
+from vibrant_rpc.registry import ArchFacts, ModelInfo
 
-__all__ = ["ArchFacts", "embedded_facts", "facts_for", "header_for", "header_from_arch"]
+__all__ = ["ArchFacts", "header_for", "header_from_arch"]
 # A GGUF header is mostly its vocabulary: token strings, scores, types and merges
 # (Gemma's 262k tokens: 6.5 MB, 25 bytes a token; BPE merges add about as much).
 HEADER_BYTES_PER_TOKEN = 40
-
-
-@cache
-def _embedded() -> tuple[ModelInfo, ...]:
-    return tuple(Registry.embedded())
-
-
-def embedded_facts() -> dict[str, ArchFacts]:
-    """The embedded models' facts by ``<family>-<parameters>``, e.g. qwen2.5-coder-7b."""
-    return {
-        f"{m.family}-{m.parameters.lower()}": m.architecture
-        for m in _embedded()
-        if m.architecture is not None
-    }
-
-
-def facts_for(
-    family: str, parameters: str, models: Iterable[ModelInfo] | None = None
-) -> ArchFacts | None:
-    """The facts of the first model of ``family`` and parameter label ("7B") that has
-    them, among ``models`` (a ``Registry``; the embedded one by default)."""
-    for m in _embedded() if models is None else models:
-        if m.family == family and m.parameters.lower() == parameters.lower() and m.architecture:
-            return m.architecture
-    return None
 
 
 def header_for(model: ModelInfo) -> ModelHeader | None:
