@@ -37,6 +37,7 @@ allocate in full). The measurements and the benchmark: ``docs/memory-estimate.md
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
@@ -233,9 +234,7 @@ def largest_context(
     header: ModelHeader, options: EstimateOptions, budget_bytes: int, *, minimum: int = 512
 ) -> int | None:
     """The largest context, a multiple of 256 up to the model's own, whose estimate fits
-    ``budget_bytes`` (for ``context_size = "auto"``); None if not even ``minimum`` fits.
-    The estimate grows with the context, so a bisection finds it."""
-    top = header.context_length or 4096
+    ``budget_bytes`` (for ``context_size = "auto"``); None if not even ``minimum`` fits."""
 
     def fits(n: int) -> bool:
         return (
@@ -243,6 +242,13 @@ def largest_context(
             <= budget_bytes
         )
 
+    return largest_fitting(fits, header.context_length or 4096, minimum)
+
+
+def largest_fitting(fits: Callable[[int], bool], top: int, minimum: int) -> int | None:
+    """The largest context ``fits`` accepts: ``top``, else ``minimum`` or a multiple of 256
+    between them; None if not even ``minimum`` fits. Memory grows with the context, so
+    a bisection finds it."""
     if not fits(minimum):
         return None
     lo, hi = minimum // KV_PAD, top // KV_PAD  # in cells of 256

@@ -22,11 +22,11 @@ import msgspec
 
 from .estimate import (
     FLASH_ATTENTION,
-    KV_PAD,
     EstimateOptions,
     MemoryEstimate,
     estimate,
     largest_context,
+    largest_fitting,
 )
 from .gguf_header import ModelHeader
 from .gpu import GpuDevice, GpuPlan, plan_gpu_layers
@@ -103,13 +103,17 @@ def _context(header: ModelHeader, request: FitRequest, usable: int) -> int:
     return found if found is not None else floor
 
 
-Planned = tuple[GpuPlan | None, int, MemoryEstimate, int]
+class _Planned(msgspec.Struct, frozen=True):
+    gpu: GpuPlan | None  # the plan, for gpu_layers "auto"
+    gpu_layers: int  # what llama.cpp gets as n_gpu_layers
+    estimate: MemoryEstimate
+    need: int  # of the estimate, what comes out of system RAM
 
 
 def _plan(
     header: ModelHeader, request: FitRequest, context: int, devices: list[GpuDevice]
-) -> Planned:
-    """(the GPU plan, n_gpu_layers, the estimate, its RAM need) at ``context``."""
+) -> _Planned:
+    """The GPU layers, the estimate and its RAM need at ``context``."""
     plan: GpuPlan | None = None
     if request.gpu_layers == "auto":
         plan = plan_gpu_layers(devices, header, _options(request, context, -1))
@@ -120,7 +124,7 @@ def _plan(
     # in RAM, so a gpu_layers setting must not make a model look smaller than it is.
     on_gpu = gpu_layers if devices else 0
     est = estimate(header, _options(request, context, on_gpu))
-    return plan, gpu_layers, est, _ram_needed(est, devices)
+    return _Planned(plan, gpu_layers, est, _ram_needed(est, devices))
 
 
 def _shrink(
@@ -129,24 +133,17 @@ def _shrink(
     devices: list[GpuDevice],
     usable: int,
     context: int,
-) -> tuple[int, Planned]:
+) -> tuple[int, _Planned]:
     """An "auto" context sized for the CPU alone, that doesn't fit once layers go to the
     GPU: with unified memory the GPU's share (the whole reserved compute graph with it)
-    comes out of the same RAM. The largest smaller multiple of 256 that fits, by
-    bisection; the floor (not fitting) if none does."""
+    comes out of the same RAM. The largest smaller multiple of 256 that fits; the floor
+    (not fitting) if none does."""
     floor = _floor(header)
-    lo, hi = floor // KV_PAD, context // KV_PAD  # in cells; hi doesn't fit
-    best = (floor, _plan(header, request, floor, devices))
-    if best[1][3] > usable:
-        return best
-    while lo < hi - 1:
-        mid = (lo + hi) // 2
-        tried = _plan(header, request, mid * KV_PAD, devices)
-        if tried[3] <= usable:
-            lo, best = mid, (mid * KV_PAD, tried)
-        else:
-            hi = mid
-    return best
+    found = largest_fitting(
+        lambda n: _plan(header, request, n, devices).need <= usable, context, floor
+    )
+    n = floor if found is None else found
+    return n, _plan(header, request, n, devices)
 
 
 def fit_model(
@@ -162,18 +159,19 @@ def fit_model(
     usable = max(0, memory.total_bytes - OS_BUFFER_BYTES)
     context = _context(header, request, usable)
     planned = _plan(header, request, context, devices)
-    if request.context_size == "auto" and planned[3] > usable and context > _floor(header):
+    if request.context_size == "auto" and planned.need > usable and context > _floor(header):
         context, planned = _shrink(header, request, devices, usable, context)
-    plan, gpu_layers, est, need = planned
+    est, need = planned.estimate, planned.need
     fits = need <= usable
+    breakdown = est.breakdown()
     room = f"{format_gib(usable)} usable ({format_gib(memory.total_bytes)} less "
     room += f"{format_gib(OS_BUFFER_BYTES)} for the system)"
     if fits:
-        verdict = f"fits: {est.breakdown()}; {room}"
+        verdict = f"fits: {breakdown}; {room}"
         if est.gpu_bytes:
             verdict += f"; {format_gib(est.gpu_bytes)} of it on the GPU"
     else:
-        verdict = f"does not fit: {est.breakdown()}; only {room}"
+        verdict = f"does not fit: {breakdown}; only {room}"
         if request.context_size != "auto" and context > MIN_AUTO_CONTEXT:
             verdict += '. A smaller context_size, or "auto", needs less'
     warning = None
@@ -189,15 +187,15 @@ def fit_model(
         fits=fits,
         verdict=verdict,
         context=context,
-        gpu_layers=gpu_layers,
+        gpu_layers=planned.gpu_layers,
         estimate=est,
-        breakdown=est.breakdown(),
+        breakdown=breakdown,
         ram_needed_bytes=need,
         total_ram_bytes=memory.total_bytes,
         usable_ram_bytes=usable,
         available_bytes=available,
         header_source=header_source,
         note=note,
-        gpu=plan,
+        gpu=planned.gpu,
         warning=warning,
     )
