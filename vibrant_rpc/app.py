@@ -31,7 +31,7 @@ from .selection import Need, Selection, label, registry_need, select_model
 
 if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
-    from .headers import HeaderStore
+    from .headers import HeaderStore, KnownHeader
     from .other_caches import Found
     from .updates import UpdateCheck, Updates
 
@@ -81,8 +81,8 @@ class Vibrant:
     def memory(self) -> MemoryInfo:
         return read_memory()
 
-    def gpus(self) -> list[GpuDevice]:
-        return detect_gpus(self.memory())
+    def gpus(self, memory: MemoryInfo | None = None) -> list[GpuDevice]:
+        return detect_gpus(memory or self.memory())
 
     def fit_request(
         self,
@@ -110,8 +110,8 @@ class Vibrant:
         cached file, else fetched from the Hub (``fetch``), else built from the registry's
         architecture numbers (the note says so)."""
         model = self.registry.get(self.resolve_id(model_id))
-        found = self._fit(model, request or self.fit_request(), memory or self.memory(), fetch)
-        if found is None:
+        known = self._known(model, fetch)
+        if known is None:
             raise VibrantError(
                 f"vibrant can't estimate {model.id}'s memory: it isn't downloaded, the Hub "
                 "wasn't asked or didn't answer, and its registry entry has no "
@@ -120,35 +120,34 @@ class Vibrant:
                 "`architecture` to the entry, or try again online.",
                 modelId=model.id,
             )
-        return found[0]
+        memory = memory or self.memory()
+        return self._fit(model, known, request or self.fit_request(), memory, self.gpus(memory))
 
-    def _fit(
-        self,
-        model: ModelInfo,
-        request: FitRequest,
-        memory: MemoryInfo,
-        fetch: bool,
-        devices: list[GpuDevice] | None = None,
-        order_too: bool = False,
-    ) -> tuple[Fit, int] | None:
-        """The fit, and (``order_too``) the model's CPU need at 4096 tokens: the same on
-        every machine, so the selection's order of models doesn't move with the RAM."""
+    def _known(self, model: ModelInfo, fetch: bool) -> KnownHeader | None:
         known = self.headers.known(model, fetch=fetch)
         if known is None:
             return None
         # The registry's name ("7B Q5_K_M") in the words, not the file's general.name.
         header = msgspec.structs.replace(known.header, name=label(model))
-        found = fit_model(
+        return msgspec.structs.replace(known, header=header)
+
+    def _fit(
+        self,
+        model: ModelInfo,
+        known: KnownHeader,
+        request: FitRequest,
+        memory: MemoryInfo,
+        devices: list[GpuDevice],
+    ) -> Fit:
+        return fit_model(
             model.id,
-            header,
+            known.header,
             request,
             memory,
-            self.gpus() if devices is None else devices,
+            devices,
             header_source=known.source,
             note=known.note,
         )
-        order = estimate(header, EstimateOptions(context=4096)).cpu_bytes if order_too else 0
-        return found, order
 
     def select(
         self,
@@ -159,22 +158,21 @@ class Vibrant:
     ) -> Selection:
         """The model for this machine (or for ``ram_bytes`` of RAM), by each model's memory
         estimate at the configured context; ``models``: choose among these only."""
-        mem = self.memory()
-        if ram_bytes is not None:
-            mem = MemoryInfo(ram_bytes, ram_bytes)
+        mem = self.memory() if ram_bytes is None else MemoryInfo(ram_bytes, ram_bytes)
         request = self.fit_request()
-        devices = self.gpus()
+        # A machine of ``ram_bytes``: still this one's GPUs, with their free memory now.
+        devices = self.gpus(mem if ram_bytes is None else None)
 
         def need(model: ModelInfo) -> Need:
-            found = self._fit(model, request, mem, fetch, devices, order_too=True)
-            if found is None:
+            known = self._known(model, fetch)
+            if known is None:
                 return registry_need(model)
-            f, order = found
+            f = self._fit(model, known, request, mem, devices)
+            # The CPU need at 4096 tokens orders the models: the same on every machine,
+            # so the order doesn't move with the RAM.
+            order = estimate(known.header, EstimateOptions(context=4096)).cpu_bytes
             return Need(
-                bytes=f.ram_needed_bytes,
-                order=order,
-                breakdown=f.estimate.breakdown(),
-                context=f.context,
+                bytes=f.ram_needed_bytes, order=order, breakdown=f.breakdown, context=f.context
             )
 
         available = None if ram_bytes is not None else mem.available_bytes
