@@ -159,10 +159,11 @@ def _source_text(f: Fit) -> str:
 
 
 def _fits_line(f: Fit) -> str:
-    room = f"{size(f.usable_ram_bytes)} usable of {size(f.total_ram_bytes)}"
-    if f.fits:
-        return f"fits: needs {size(f.ram_needed_bytes)} of RAM, {room}"
-    return f"does not fit: needs {size(f.ram_needed_bytes)} of RAM, {room}"
+    verdict = "fits" if f.fits else "does not fit"
+    return (
+        f"{verdict}: needs {size(f.ram_needed_bytes)} of RAM, "
+        f"{size(f.usable_ram_bytes)} usable of {size(f.total_ram_bytes)}"
+    )
 
 
 def fit(console: Console, f: Fit) -> None:
