@@ -1,0 +1,85 @@
+"""Drafts looked up in the history (``lookup_draft``), checked against a plain search."""
+
+from __future__ import annotations
+
+import random
+from array import array
+
+import pytest
+
+from vibrant_rpc.lookup_draft import LookupDrafter
+
+
+def reference(tokens: list[int], limit: int, ngram_max: int, ngram_min: int) -> list[int]:
+    """The same rule as a plain Python search: the longest n, then the latest start."""
+    for n in range(min(ngram_max, len(tokens) - 1), ngram_min - 1, -1):
+        pattern = tokens[-n:]
+        for start in range(len(tokens) - n - 1, -1, -1):
+            if tokens[start : start + n] == pattern:
+                return tokens[start + n : start + n + limit]
+    return []
+
+
+def test_the_tokens_after_the_latest_occurrence() -> None:
+    #        0  1  2  3  4  5  6  7  8  9
+    tokens = [5, 6, 7, 8, 5, 6, 9, 1, 5, 6]
+    # "5 6" occurs at 0 and 4; the latest (4) is followed by 9 1 5 6.
+    assert LookupDrafter(tokens).draft(3) == [9, 1, 5]
+    assert LookupDrafter(tokens).draft(10) == [9, 1, 5, 6]
+
+
+def test_a_longer_match_wins_over_a_later_one() -> None:
+    #        0  1  2  3  4  5  6  7  8  9  10
+    tokens = [1, 2, 3, 4, 9, 2, 3, 7, 1, 2, 3]
+    # "2 3" occurs latest at 5 (then 7), but "1 2 3" only at 0 (then 4): the 3-gram wins.
+    assert LookupDrafter(tokens, ngram_max=3).draft(2) == [4, 9]
+    assert LookupDrafter(tokens, ngram_max=2).draft(2) == [7, 1]
+
+
+def test_nothing_to_draft() -> None:
+    assert LookupDrafter([]).draft(4) == []
+    assert LookupDrafter([7]).draft(4) == []
+    assert LookupDrafter([1, 2, 3, 4]).draft(4) == []  # 4 never came before
+    assert LookupDrafter([1, 2, 1]).draft(0) == []
+    # ngram_min 2: a lone repeated token is not enough.
+    assert LookupDrafter([1, 2, 3, 1], ngram_min=2).draft(4) == []
+    assert LookupDrafter([1, 2, 3, 1]).draft(4) == [2, 3, 1]
+
+
+def test_append_extends_the_history() -> None:
+    drafter = LookupDrafter([10, 11, 12, 13])
+    assert drafter.draft(2) == []
+    drafter.append(11)
+    assert len(drafter) == 5
+    assert drafter.draft(2) == [12, 13]
+
+
+def test_byte_matches_across_token_boundaries_are_not_matches() -> None:
+    # As 4-byte little-endian ints, 256 then 0 is 00 01 00 00 00 00 00 00: the bytes of
+    # token 1 (01 00 00 00) start at byte 9, inside token 2. rfind finds that first.
+    tokens = [1, 7, 256, 0, 1]
+    data = array("i", tokens).tobytes()
+    assert data.rfind(array("i", [1]).tobytes(), 0, 16) == 9
+    assert LookupDrafter(tokens, ngram_max=1).draft(3) == [7, 256, 0]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_agrees_with_a_plain_search(seed: int) -> None:
+    rng = random.Random(seed)
+    # Small values and powers of 256 make byte patterns that cross token boundaries.
+    alphabet = [0, 1, 2, 256, 65536, 16777216, 257, rng.randrange(262144)]
+    tokens = [
+        rng.choice(alphabet[: rng.randint(2, len(alphabet))]) for _ in range(rng.randint(0, 60))
+    ]
+    ngram_max = rng.randint(1, 5)
+    ngram_min = rng.randint(1, ngram_max)
+    limit = rng.randint(0, 6)
+    got = LookupDrafter(tokens, ngram_max=ngram_max, ngram_min=ngram_min).draft(limit)
+    assert got == reference(tokens, limit, ngram_max, ngram_min)
+
+
+def test_bad_ngram_bounds() -> None:
+    with pytest.raises(ValueError):
+        LookupDrafter([1], ngram_max=1, ngram_min=2)
+    with pytest.raises(ValueError):
+        LookupDrafter([1], ngram_min=0)
