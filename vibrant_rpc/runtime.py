@@ -28,7 +28,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -36,6 +36,7 @@ import msgspec
 
 from vibrant_rpc.errors import ModelLoadFailedError
 from vibrant_rpc.estimate import FLASH_ATTENTION
+from vibrant_rpc.greedy_decode import DRAFT_MAX, DraftStats, decode_at, greedy_tokens
 from vibrant_rpc.kv_reuse import ReusePlan, plan_prefix, plan_reuse, removed_ranges, shift_order
 from vibrant_rpc.llama_setup import (
     COMPUTE,
@@ -95,6 +96,10 @@ class CompletionResult(msgspec.Struct, kw_only=True, frozen=True):
     # prompt_tokens, except when a cancel stopped the prompt part way.
     prompt_evaluated: int = 0
     prompt_cached: int = 0
+    # Greedy completions: tokens drafted from the prompt and checked, and of them how
+    # many the model agreed with (``greedy_decode``).
+    drafted: int = 0
+    draft_accepted: int = 0
 
 
 class FimTokens(msgspec.Struct, frozen=True):
@@ -156,6 +161,8 @@ class LoadedModel:
             llama_cpp.llama_memory_can_shift(self._memory)
         )
         self.reuse_min_chunk = REUSE_MIN_CHUNK
+        # Tokens a greedy step drafts from the prompt (greedy_decode); 0: one at a time.
+        self.draft_max = DRAFT_MAX
         # A cancel stops a prompt's llama_decode between graph nodes, not only between
         # batches: a 512-token batch takes a second or more on a small CPU. ggml calls it
         # for every graph node (a Python call each), so it is set for the prompt only;
@@ -293,21 +300,6 @@ class LoadedModel:
             llama_cpp.llama_memory_seq_add(self._memory, 0, m.src, m.src + m.length, m.dst - m.src)
         return True
 
-    def _decode_at(self, llm: Llama, positions: list[int], tokens: list[int]) -> None:
-        """One llama_decode of tokens at the given positions; logits for the last only."""
-        handle: Any = llm._batch
-        batch = handle.batch
-        batch.n_tokens = len(tokens)
-        for i, (pos, tok) in enumerate(zip(positions, tokens, strict=True)):
-            batch.token[i] = tok
-            batch.pos[i] = pos
-            batch.seq_id[i][0] = 0
-            batch.n_seq_id[i] = 1
-            batch.logits[i] = False
-        batch.logits[len(tokens) - 1] = True
-        ctx: Any = llm._ctx
-        ctx.decode(handle)
-
     def _prefill(
         self, llm: Llama, tokens: list[int], stop: Callable[[], bool]
     ) -> tuple[bool, int, int]:
@@ -371,7 +363,7 @@ class LoadedModel:
                     return False, done, plan.prefix
                 chunk = list(range(b, min(b + llm.n_batch, stop_at)))
                 at = chunk[0] if chunk[0] >= end else end
-                self._decode_at(llm, list(range(at, at + len(chunk))), [tokens[p] for p in chunk])
+                decode_at(llm, range(at, at + len(chunk)), [tokens[p] for p in chunk])
                 if at != chunk[0]:
                     llama_cpp.llama_memory_seq_add(
                         self._memory, 0, at, at + len(chunk), chunk[0] - at
@@ -381,26 +373,6 @@ class LoadedModel:
         llm.n_tokens = len(tokens)
         llm._requires_eval = False  # the last decode's logits are this prompt's
         return True, done, plan.cached
-
-    def _greedy(self, llm: Llama, n_cached: int) -> Generator[int, None, None]:
-        """Temperature 0: the argmax of the last logits (as llama.cpp's greedy sampler, in
-        0.1 ms where its sampler chain takes 0.8 ms over Gemma's 262k tokens), decoded."""
-        import llama_cpp
-        import numpy as np
-
-        ctx: Any = llm._ctx
-        n_vocab = llm.n_vocab()
-        pos = n_cached
-        while True:
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,)
-            )
-            token = int(logits.argmax())
-            yield token
-            self._decode_at(llm, [pos], [token])
-            llm.input_ids[pos] = token
-            pos += 1
-            llm.n_tokens = pos
 
     def _drop_after(self, llm: Llama, keep: int) -> None:
         import llama_cpp
@@ -446,6 +418,7 @@ class LoadedModel:
             n_out = 0
             generator = None
             evaluated = cached = 0
+            drafts = DraftStats()
             try:
                 finished, evaluated, cached = self._prefill(llm, prompt.tokens, stopped)
                 if not finished:
@@ -453,7 +426,15 @@ class LoadedModel:
                 else:
                     # The prompt is all in the cache now, so generate() samples at once.
                     generator = (
-                        self._greedy(llm, n_prompt)
+                        greedy_tokens(
+                            llm,
+                            self._memory,
+                            n_prompt,
+                            budget=req.max_tokens,
+                            limit=self.context_size,
+                            draft_max=self.draft_max,
+                            stats=drafts,
+                        )
                         if req.temperature == 0
                         else llm.generate(prompt.tokens, temp=req.temperature)
                     )
@@ -486,6 +467,8 @@ class LoadedModel:
                 total_ms=(time.perf_counter() - started) * 1000,
                 prompt_evaluated=evaluated,
                 prompt_cached=cached,
+                drafted=drafts.drafted,
+                draft_accepted=drafts.accepted,
             )
 
     def close(self) -> None:
