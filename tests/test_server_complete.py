@@ -215,6 +215,23 @@ async def test_typing_through_a_suggestion_is_answered_without_the_model(
     assert sampled["cached"] is False
 
 
+async def test_greedy_completions_check_drafts_from_the_prompt(
+    server: tuple[LanguageClient, Recorder],
+) -> None:
+    client, _ = server
+    # The tiny model writes the next letter after a letter, as the prompt's first line
+    # does: each draft looked up there is right, and the model keeps it.
+    ask = {"maxTokens": 8, "temperature": 0, "modelId": TINY}
+    result = await call(client, "vibrant/complete", {"prompt": "abcdefghijklmnop\nabc", **ask})
+    assert result["text"] == "defghijk"
+    usage = result["usage"]
+    assert usage["drafted"] > 0 and usage["draftAccepted"] == usage["drafted"], usage
+    sampled = await call(
+        client, "vibrant/complete", {**ask, "prompt": "abcdefghijklmnop\nabd", "temperature": 1}
+    )
+    assert sampled["usage"]["drafted"] == 0  # only greedy completions draft
+
+
 async def test_unload(server: tuple[LanguageClient, Recorder]) -> None:
     client, rec = server
     assert await call(client, "vibrant/unloadModel") == {"modelId": TINY, "unloaded": True}

@@ -432,6 +432,8 @@ class Service:
                 completion_tokens=r.completion_tokens,
                 prompt_evaluated=r.prompt_evaluated,
                 prompt_cached=r.prompt_cached,
+                drafted=r.drafted,
+                draft_accepted=r.draft_accepted,
             ),
             timings=p.Timings(
                 load_ms=round(done.load_ms, 1), total_ms=round(done.load_ms + r.total_ms, 1)

@@ -405,6 +405,11 @@ class Usage(Wire):
     # cache of earlier requests (kept in place, or shifted there).
     prompt_evaluated: int = 0
     prompt_cached: int = 0
+    # Greedy completions: tokens guessed from the prompt and checked by the model in the
+    # same batch as the token before them, and how many it agreed with (each one a
+    # token that cost no decode of its own).
+    drafted: int = 0
+    draft_accepted: int = 0
 
 
 class Timings(Wire):

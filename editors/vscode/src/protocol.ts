@@ -324,6 +324,8 @@ export interface Usage {
     completionTokens: number;
     promptEvaluated: number;
     promptCached: number;
+    drafted: number;
+    draftAccepted: number;
 }
 
 export interface Timings {
