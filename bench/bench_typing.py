@@ -6,7 +6,8 @@ same run against llama-server built from the llama.cpp vendored in the
 llama-cpp-python 0.3.36 sdist (``--cache-reuse 256``, one slot, ``/completion``
 with ``cache_prompt``), interleaved keystroke by keystroke. A third row replays the
 same requests through ``LoadedModel`` in this process ("runtime"): what the server
-path adds.
+path adds; a fourth, "runtime-no-draft", the runtime greedy one token at a time
+without the drafts looked up in the prompt (``greedy_decode``): what those gain.
 
 The request window is the shims' (editors/nvim/lua/vibrant/window.lua): whole lines,
 ``PREFIX_LINES`` = 256 before the cursor line (llama.vim's n_prefix), ``SUFFIX_LINES`` =
@@ -213,6 +214,17 @@ class Runtime:
         self.model.close()
 
 
+class RuntimeNoDraft(Runtime):
+    """The runtime greedy one token at a time, without drafts from the prompt: what the
+    drafts (``greedy_decode``) gain."""
+
+    name = "runtime-no-draft"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model.draft_max = 0
+
+
 class LlamaServer:
     name = "llama-server"
 
@@ -276,6 +288,15 @@ def typed_through(base: Request, first: Sample) -> list[Request]:
     return [Request(base.prompt + text[:k], base.suffix) for k in range(1, min(KEYS, len(text)))]
 
 
+def same_text(stats: dict[tuple[str, str], list[Sample]], a: str, b: str) -> str:
+    pairs = [
+        (x.text, y.text)
+        for scen in ("near_top", "deep", "next_line", "typed_through")
+        for x, y in zip(stats.get((a, scen), []), stats.get((b, scen), []), strict=True)
+    ]
+    return f"{sum(x == y for x, y in pairs)} of {len(pairs)} completions"
+
+
 def pct(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
@@ -328,7 +349,12 @@ def typed_through_lookup_us() -> float:
 
 
 def main() -> int:
-    engines: list[Vibrant | Runtime | LlamaServer] = [Vibrant(), Runtime(), LlamaServer()]
+    engines: list[Vibrant | Runtime | LlamaServer] = [
+        Vibrant(),
+        Runtime(),
+        RuntimeNoDraft(),
+        LlamaServer(),
+    ]
     stats: dict[tuple[str, str], list[Sample]] = {}
     try:
         for path in FILES:
@@ -363,8 +389,9 @@ def main() -> int:
                           flush=True)  # fmt: skip
         vib = engines[0]
         assert isinstance(vib, Vibrant)
-        engines[1].close()  # its memory and threads out of the way of the cancel figures
-        engines.pop(1)
+        for eng in engines[1:3]:  # their memory and threads out of the cancel figures' way
+            eng.close()
+        del engines[1:3]
         lines = FILES[0].read_text().splitlines(keepends=True)
         server_stop = [vib.superseded_ms(window(lines, r, 0)) for r in (900, 1300, 1700)]
         # Superseded inside a prompt (a window the cache doesn't hold: seconds of prompt),
@@ -383,7 +410,7 @@ def main() -> int:
     p50: dict[tuple[str, str], float] = {}  # over the keystrokes the model answered
     p50_all: dict[tuple[str, str], float] = {}
     for scen in ("near_top", "deep", "next_line", "typed_through"):
-        for name in ("vibrant", "runtime", "llama-server"):
+        for name in ("vibrant", "runtime", "runtime-no-draft", "llama-server"):
             samples = stats.get((name, scen), [])
             if not samples:
                 continue
@@ -398,7 +425,7 @@ def main() -> int:
             rows.append(f"| {scen} | {name} | {len(ms)} | {len(ms) - len(model)} | "
                         f"{statistics.median(ms):.0f} | {pct(ms, 95):.0f} | {model_text} | "
                         f"{ev_text} |")  # fmt: skip
-    v, rt, ls = "vibrant", "runtime", "llama-server"
+    v, rt, nd, ls = "vibrant", "runtime", "runtime-no-draft", "llama-server"
 
     def ratio(a: tuple[str, str], b: tuple[str, str], table: dict[tuple[str, str], float]) -> str:
         return f"{table[a] / table[b]:.2f}×" if a in table and b in table else "n/a"
@@ -421,6 +448,11 @@ def main() -> int:
         f"{ratio((rt, 'next_line'), (ls, 'next_line'), p50)} (p95 "
         f"{pct([s.ms for s in stats[(rt, 'next_line')]], 95):.0f} vs "
         f"{pct([s.ms for s in stats[(ls, 'next_line')]], 95):.0f} ms)",
+        f"- drafts from the prompt, the runtime with / without them: near top "
+        f"{ratio((rt, 'near_top'), (nd, 'near_top'), p50)}, deep "
+        f"{ratio((rt, 'deep'), (nd, 'deep'), p50)}, next line "
+        f"{ratio((rt, 'next_line'), (nd, 'next_line'), p50)}; same text in "
+        f"{same_text(stats, rt, nd)}",
         f"- typed through, vibrant p50 {p50_all[(v, 'typed_through')]:.1f} ms through the "
         f"server (bar ≤ 30 ms), "
         f"{sum(s.cached for s in stats[(v, 'typed_through')])} of "
