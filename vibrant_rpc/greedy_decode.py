@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 # Longest draft a step checks. Logits at every position cost a pass of the output
 # layer each, and Gemma 3's is most of the model (262k tokens): on 2 cores, with 2700
 # tokens cached, a decode of 1 token took 22-25 ms, of 2 with every logit 25, of 3 30,
-# of 5 45 and of 9 56. Over the typing benchmark's 66 completions a 1-token draft took
-# 0.78 of plain greedy's time, 2 tokens 0.82, 4 tokens 1.05 (bench/RESULTS.md).
+# of 4 35, of 8 56 and of 16 84. On 36 of the typing benchmark's requests a 1-token
+# draft took 0.82 of plain greedy's time, 2 tokens 0.84, 3 0.87, 4 1.07
+# (bench/RESULTS.md).
 DRAFT_MAX = 1
 
 
