@@ -38,7 +38,6 @@ DRAFT_MAX = 1
 class DraftStats(msgspec.Struct):
     """What the drafts did in one completion (filled in by ``greedy_tokens``)."""
 
-    steps: int = 0  # decodes in generation
     drafted: int = 0  # draft tokens checked
     accepted: int = 0  # of them, kept
 
@@ -101,7 +100,6 @@ def greedy_tokens(
                 draft = drafter.draft(room)
         batch = [token, *draft]
         decode_at(llm, range(pos, pos + len(batch)), batch, every=bool(draft))
-        stats.steps += 1
         stats.drafted += len(draft)
         kept = 0
         if draft:
