@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,8 +131,14 @@ def test_not_gguf_and_truncated(tmp_path: Path) -> None:
         read_header(bad)
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(gemma_path().read_bytes()[:100_000])
-    with pytest.raises(GGUFFormatError, match="ends inside"):
+    with pytest.raises(GGUFFormatError, match=r"ends inside .* the file has 100000"):
         read_header(cut, first_read=4096)
+    # A valid start (version 3, one tensor, one key), then a key length of 2**60 bytes:
+    # refused, nothing allocated (before, the read asked for it all: MemoryError).
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, 1, 1, 2**60) + bytes(5000))
+    with pytest.raises(GGUFFormatError, match=r"ends inside .* the file has 5032\)"):
+        read_header(damaged)
 
 
 def test_json_round_trip() -> None:

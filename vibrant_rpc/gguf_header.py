@@ -21,6 +21,7 @@ u64 offset into the data section, which starts at the next multiple of
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from collections.abc import Callable
@@ -393,13 +394,20 @@ def _read_file(path: Path, first_read: int) -> _Parsed:
     if not path.is_file():
         raise GGUFFormatError(f"{path} is missing")
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         data = f.read(first_read)
         while True:
             try:
                 return _parse(data)
             except NeedMoreBytes as more:
+                if more.needed > size:
+                    # A damaged length field can ask for petabytes: never allocate them.
+                    raise GGUFFormatError(
+                        f"{path} ends inside its GGUF header (the header needs at least "
+                        f"{more.needed} bytes, the file has {size}): it is cut short or damaged"
+                    ) from more
                 # Doubling bounds the re-parses to a handful for any header size.
-                want = max(more.needed, 2 * len(data))
+                want = min(max(more.needed, 2 * len(data)), size)
                 chunk = f.read(want - len(data))
                 if not chunk:
                     raise GGUFFormatError(
