@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.helpers import put_cached, tiny_model, write_registry
@@ -23,6 +24,7 @@ from vibrant_rpc.load_plan import LoadRequest
 from vibrant_rpc.locks import is_in_use
 from vibrant_rpc.manifest import utcnow
 from vibrant_rpc.paths import Paths
+from vibrant_rpc.registry import Registry
 from vibrant_rpc.runtime import CompletionRequest, CompletionResult, LoadOptions
 
 
@@ -233,6 +235,35 @@ def test_a_failed_load_falls_back_to_the_next_smaller(app: Vibrant) -> None:
     assert failed[0].model_id == "big" and "trying the next smaller" in (failed[0].reason or "")
     assert changes[-1].state == "ready" and changes[-1].model_id == "medium"
     assert not is_in_use(app.paths.locks, "big")
+
+
+def test_fallback_follows_the_memory_estimate_not_the_registry_ram(paths: Paths) -> None:
+    # A user's entries whose ram_required_mb says the opposite of their architectures:
+    # selection orders by the estimate, and the fallback after a failed load must agree.
+    embedded = Registry.embedded()
+    arch_7b = msgspec.to_builtins(embedded.get("qwen2.5-coder-7b-q5").architecture)
+    arch_3b = msgspec.to_builtins(embedded.get("qwen2.5-coder-3b-q4").architecture)
+    write_registry(
+        paths,
+        [
+            tiny_model("says-small", 100, architecture=arch_7b, file_size_mb=5400),
+            tiny_model("says-big", 900, architecture=arch_3b, file_size_mb=2100),
+        ],
+    )
+    app = Vibrant(paths, Settings(keep_alive_s=60))
+    put_cached(app.cache, "says-small")
+    put_cached(app.cache, "says-big")
+    chosen = app.select(
+        ram_bytes=64 * 2**30, models=[app.registry.get("says-big"), app.registry.get("says-small")]
+    )
+    assert chosen.model_id == "says-small", chosen.reason  # the 7B: the larger estimate
+    assert app.smaller_cached("says-small") == ["says-big"]
+    assert app.smaller_cached("says-big") == []
+    loader = FakeLoader()
+    loader.fail["says-small"] = "tensor 'blk.0' has wrong shape"
+    lc, _, _, _ = make(app, loader)
+    assert lc.load("says-small").model_id == "says-big"
+    assert loader.events == ["load says-small", "load says-big"]
 
 
 def test_with_no_model_left_the_error_carries_llama_cpps_message(app: Vibrant) -> None:

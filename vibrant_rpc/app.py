@@ -27,7 +27,7 @@ from .memory import MemoryInfo, read_memory
 from .paths import Paths
 from .progress import ProgressCallback
 from .registry import ModelInfo, Registry
-from .selection import Need, Selection, label, registry_need, select_model
+from .selection import Need, NeedFn, Selection, label, order_key, registry_need, select_model
 
 if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
@@ -50,6 +50,14 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     versions: list[ModelVersion] = []  # Hub commits seen for it, oldest first
     sources: dict[str, str] = {}  # Hub file name -> where it came from
     fit: Fit | None = None  # what it needs here (``model_info`` only), when known
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    """The registry's models with their cache state, and the one this machine gets."""
+
+    models: list[ModelStatus]
+    selection: Selection | None  # None: no model fits here
+    unselected: str | None = None  # why no model was selected
 
 
 Scope = Literal["all", "cached", "default"]
@@ -149,19 +157,8 @@ class Vibrant:
             note=known.note,
         )
 
-    def select(
-        self,
-        ram_bytes: int | None = None,
-        models: list[ModelInfo] | None = None,
-        *,
-        fetch: bool = False,
-    ) -> Selection:
-        """The model for this machine (or for ``ram_bytes`` of RAM), by each model's memory
-        estimate at the configured context; ``models``: choose among these only."""
-        mem = self.memory() if ram_bytes is None else MemoryInfo(ram_bytes, ram_bytes)
+    def _need_fn(self, mem: MemoryInfo, devices: list[GpuDevice], fetch: bool) -> NeedFn:
         request = self.fit_request()
-        # A machine of ``ram_bytes``: still this one's GPUs, with their free memory now.
-        devices = self.gpus(mem if ram_bytes is None else None)
 
         def need(model: ModelInfo) -> Need:
             known = self._known(model, fetch)
@@ -175,8 +172,37 @@ class Vibrant:
                 bytes=f.ram_needed_bytes, order=order, breakdown=f.breakdown, context=f.context
             )
 
+        return need
+
+    def select(
+        self,
+        ram_bytes: int | None = None,
+        models: list[ModelInfo] | None = None,
+        *,
+        fetch: bool = False,
+    ) -> Selection:
+        """The model for this machine (or for ``ram_bytes`` of RAM), by each model's memory
+        estimate at the configured context; ``models``: choose among these only."""
+        mem = self.memory() if ram_bytes is None else MemoryInfo(ram_bytes, ram_bytes)
+        # A machine of ``ram_bytes``: still this one's GPUs, with their free memory now.
+        need = self._need_fn(mem, self.gpus(mem if ram_bytes is None else None), fetch)
         available = None if ram_bytes is not None else mem.available_bytes
         return select_model(models or self.registry, mem.total_bytes, available, need)
+
+    def smaller_cached(self, model_id: str) -> list[str]:
+        """The cached models that come before ``model_id`` in selection's order (the
+        memory they need at 4096 tokens), the next smaller first: where a failed load
+        falls back to."""
+        entries = {e.id: e for e in self.cache.entries() if e.id in self.registry}
+        mem = self.memory()
+        need = self._need_fn(mem, self.gpus(mem), fetch=False)
+
+        keys = {
+            i: order_key(self.registry.get(i), need, e.size_bytes if e else None)
+            for i, e in [(model_id, entries.get(model_id)), *entries.items()]
+        }
+        limit = keys[model_id]
+        return sorted((i for i in entries if keys[i] < limit), key=keys.__getitem__, reverse=True)
 
     def _status(
         self,
@@ -200,13 +226,11 @@ class Vibrant:
             else {},
         )
 
-    def list_models(self, scope: Scope = "default") -> list[ModelStatus]:
+    def list_models(self, scope: Scope = "default") -> ModelList:
         manifest = self.cache.snapshot().models
         partials = {p.model_id: p for p in self.cache.partials()}
-        try:
-            selected: str | None = self.select().model_id
-        except Exception:
-            selected = None
+        selection, unselected = self._try_select()
+        selected = selection.model_id if selection else None
         out = []
         for model in self.registry:
             entry = manifest.get(model.id)
@@ -215,15 +239,20 @@ class Vibrant:
             if scope == "default" and model.deprecated and entry is None:
                 continue
             out.append(self._status(model, entry, partials.get(model.id), selected))
-        return out
+        return ModelList(models=out, selection=selection, unselected=unselected)
+
+    def _try_select(self) -> tuple[Selection | None, str | None]:
+        """This machine's model, or None and why none fits."""
+        try:
+            return self.select(), None
+        except VibrantError as err:
+            return None, err.message
 
     def model_info(self, model_id: str) -> ModelStatus:
         model = self.registry.get(model_id)
         partial = next((p for p in self.cache.partials() if p.model_id == model_id), None)
-        try:
-            selected: str | None = self.select().model_id
-        except Exception:
-            selected = None
+        selection, _ = self._try_select()
+        selected = selection.model_id if selection else None
         status = self._status(model, self.cache.get(model_id), partial, selected)
         # Nothing known of its architecture: the entry alone.
         with contextlib.suppress(VibrantError):

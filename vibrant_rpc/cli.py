@@ -107,17 +107,17 @@ def _auto_or_int(text: str) -> int | Literal["auto"]:
 
 def cmd_list(ctx: Context) -> int:
     scope: Scope = "cached" if ctx.args.cached else "all" if ctx.args.all else "default"
-    models = ctx.app.list_models(scope)
+    listing = ctx.app.list_models(scope)
 
     def for_people() -> None:
-        render.model_table(ctx.out, models)
-        try:
-            selection = ctx.app.select()
-            ctx.out.print(f"This machine: {selection.reason}.", markup=False, soft_wrap=True)
-        except VibrantError as err:
-            ctx.out.print(f"This machine: {err.message}", markup=False)
+        render.model_table(ctx.out, listing.models)
+        if listing.selection is not None:
+            reason = listing.selection.reason
+            ctx.out.print(f"This machine: {reason}.", markup=False, soft_wrap=True)
+        else:
+            ctx.out.print(f"This machine: {listing.unselected}", markup=False)
 
-    return ctx.show(models, for_people)
+    return ctx.show(listing.models, for_people)
 
 
 def cmd_info(ctx: Context) -> int:

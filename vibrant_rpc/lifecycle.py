@@ -32,7 +32,7 @@ from .memory import MemoryInfo
 from .paths import Paths
 from .registry import ModelInfo, Registry
 from .runtime import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
-from .selection import Selection, size_key
+from .selection import Selection
 from .states import ModelState
 from .units import format_bytes
 
@@ -67,6 +67,8 @@ class Models(Protocol):
     ) -> Fit: ...
 
     def resolve_id(self, model_id: str) -> str: ...
+
+    def smaller_cached(self, model_id: str) -> list[str]: ...
 
 
 class ModelHandle(Protocol):
@@ -243,15 +245,6 @@ class Lifecycle:
         cached = [self.app.registry.get(i) for i in entries]
         return self.app.select(models=cached).model_id
 
-    def _fallbacks(self, failed: str) -> list[str]:
-        """Cached models smaller than ``failed``, the next smaller first."""
-        reg = self.app.registry
-        entries = {e.id: e for e in self.app.cache.entries() if e.id in reg}
-        failed_entry = entries.get(failed)
-        limit = size_key(reg.get(failed), failed_entry.size_bytes if failed_entry else None)
-        keys = {i: size_key(reg.get(i), e.size_bytes) for i, e in entries.items()}
-        return sorted((i for i in entries if keys[i] < limit), key=keys.__getitem__, reverse=True)
-
     # -- locking -----------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -302,7 +295,7 @@ class Lifecycle:
         except ModelLoadFailedError as err:
             first_error = err
         # Only now look for smaller models: the common path reads the manifest less.
-        candidates = [target, *self._fallbacks(target)]
+        candidates = [target, *self.app.smaller_cached(target)]
         for i, candidate in enumerate(candidates):
             if i > 0:
                 reason = f"{target} failed to load ({first_error.message}); loading {candidate}"

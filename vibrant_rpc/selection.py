@@ -49,11 +49,15 @@ def label(model: ModelInfo) -> str:
     return text or model.id
 
 
-def size_key(model: ModelInfo, size_bytes: int | None = None) -> tuple[int, int]:
-    """Models in order of the memory they need, then of their size: the bytes on disk when
-    known, else the registry's estimate."""
-    on_disk = size_bytes if size_bytes is not None else (model.file_size_mb or 0) * 1_000_000
-    return (model.ram_required_mb, on_disk)
+def disk_bytes(model: ModelInfo, size_bytes: int | None = None) -> int:
+    """A model's size: the bytes on disk when known, else the registry's."""
+    return size_bytes if size_bytes is not None else (model.file_size_mb or 0) * 1_000_000
+
+
+def order_key(model: ModelInfo, need: NeedFn, size_bytes: int | None = None) -> tuple[int, int]:
+    """Models in order of the memory they need, then of their size. Selection and the
+    fallback after a failed load both sort by it, so they agree on what is smaller."""
+    return (need(model).order, disk_bytes(model, size_bytes))
 
 
 def select_model(
@@ -70,7 +74,7 @@ def select_model(
     needs = {m.id: need(m) for m in models if not m.deprecated}
     candidates = sorted(
         (m for m in models if m.id in needs),
-        key=lambda m: (needs[m.id].order, size_key(m)[1]),
+        key=lambda m: (needs[m.id].order, disk_bytes(m)),
     )
     usable = max(0, ram_bytes - OS_BUFFER_BYTES)
     head = f"{format_gib(ram_bytes)} total, {format_gib(usable)} usable"

@@ -24,7 +24,7 @@ from . import protocol as p
 from .app import ModelStatus, Vibrant
 from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
-from .errors import Cancelled, VibrantError
+from .errors import Cancelled
 from .lifecycle import Lifecycle, StateChange
 from .load_plan import LoadRequest
 from .offline import is_offline
@@ -261,14 +261,11 @@ class Service:
     # -- models ------------------------------------------------------------------------
 
     def list_models(self, params: p.ListModelsParams) -> p.ListModelsResult:
-        statuses = self.app.list_models(params.scope or "default")
+        listing = self.app.list_models(params.scope or "default")
         loaded = self.lifecycle.loaded_model_id
-        try:
-            recommended: str | None = self.app.select().model_id
-        except VibrantError:
-            recommended = None
         return p.ListModelsResult(
-            models=[model_entry(s, loaded) for s in statuses], recommended=recommended
+            models=[model_entry(s, loaded) for s in listing.models],
+            recommended=listing.selection.model_id if listing.selection else None,
         )
 
     def model_info(self, params: p.ModelInfoParams) -> p.ModelEntry:
