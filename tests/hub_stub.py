@@ -59,6 +59,8 @@ __all__ = [
 CHUNK = 1 << 20  # 1 MiB
 ENDPOINT_HOST = "127.0.0.1"
 CDN_HOST = "127.0.0.2"
+# How long ``requests`` waits for a request still being answered to be recorded.
+SETTLE_S = 2.0
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -297,6 +299,10 @@ class HubStub:
         self._endpoint_port = endpoint_port
         self._cdn_port = cdn_port
         self._lock = threading.RLock()
+        # Requests being answered and not yet recorded: a client can hold the whole
+        # response before its handler has recorded it.
+        self._unrecorded = 0
+        self._recorded = threading.Condition(self._lock)
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, Blob] = {}
         self._counter = 0
@@ -485,8 +491,10 @@ class HubStub:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """Snapshot of the recorded requests (oldest first)."""
-        with self._lock:
+        """Snapshot of the recorded requests (oldest first), once the requests being
+        answered are recorded too (waiting at most SETTLE_S for a stalled one)."""
+        with self._recorded:
+            self._recorded.wait_for(lambda: self._unrecorded == 0, timeout=SETTLE_S)
             return list(self._requests)
 
     @property
@@ -511,9 +519,16 @@ class HubStub:
 
     # ---- internals used by the handler ----------------------------------
 
-    def _record(self, rec: RequestRecord) -> None:
+    def _answering(self) -> None:
         with self._lock:
-            self._requests.append(rec)
+            self._unrecorded += 1
+
+    def _record(self, rec: RequestRecord | None) -> None:
+        with self._recorded:
+            if rec is not None:
+                self._requests.append(rec)
+            self._unrecorded -= 1
+            self._recorded.notify_all()
 
     def _add_served(self, n: int) -> None:
         if n:
@@ -748,6 +763,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._sent = 0
         split = urlsplit(self.path)
         self._record_this = not (self.role == "endpoint" and split.path.startswith("/_stub/"))
+        self.stub._answering()
         try:
             if not self._record_this:
                 self._control(split.path, self._read_body())
@@ -779,20 +795,21 @@ class _Handler(BaseHTTPRequestHandler):
                 with contextlib.suppress(OSError):
                     self._send_json({"error": "internal stub error"}, status=500)
         finally:
-            if self._record_this:
-                self.stub._record(
-                    RequestRecord(
-                        host=self.role,
-                        method=self.command,
-                        path=self.path,
-                        headers={k.lower(): v for k, v in self.headers.items()},
-                        status=self._status,
-                        range=self.headers.get("Range"),
-                        body_bytes_sent=self._sent,
-                        conn_id=self.conn_id,
-                        time=time.time(),
-                    )
+            self.stub._record(
+                None
+                if not self._record_this
+                else RequestRecord(
+                    host=self.role,
+                    method=self.command,
+                    path=self.path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    status=self._status,
+                    range=self.headers.get("Range"),
+                    body_bytes_sent=self._sent,
+                    conn_id=self.conn_id,
+                    time=time.time(),
                 )
+            )
 
     # ---- control API ---------------------------------------------------
 
