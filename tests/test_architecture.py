@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
                  "download", "updates", "runtime", "lifecycle",
                  "gguf_header", "estimate", "architectures", "gpu", "kv_reuse", "lookup_draft",
-                 "greedy_decode",
+                 "draft_policy", "greedy_decode",
                  "typed_through", "other_caches", "llama_setup", "text_stream", "headers",
                  "fit", "load_plan"}),
     ("service", {"app", "service", "protocol"}),

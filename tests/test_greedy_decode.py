@@ -14,6 +14,7 @@ import pytest
 
 from tests.gguf_fixtures import gemma_path, tiny_fim_path
 from vibrant_rpc import greedy_decode, runtime
+from vibrant_rpc.draft_policy import DraftPolicy
 from vibrant_rpc.llama_setup import COMPUTE
 from vibrant_rpc.runtime import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
 
@@ -56,6 +57,7 @@ def run(
     """A completion from an empty cache, and the tokens the cache holds after it;
     ``chosen``: filled with the tokens greedy decoding chose (see ``chosen_tokens``)."""
     model.draft_max = draft_max
+    model.draft_policy = DraftPolicy(adaptive=False)  # every draft, whatever it costs here
     model.complete(greedy("x", max_tokens=1))
     if chosen is not None:
         chosen.clear()
@@ -158,6 +160,7 @@ def test_same_text_as_one_token_at_a_time_but_at_near_ties(
 
 def test_drafts_stop_at_the_end_of_the_context() -> None:
     model = LoadedModel.load("gemma-small", gemma_path(), LoadOptions(context_size=512, threads=2))
+    model.draft_policy = DraftPolicy(adaptive=False)
     try:
         # Repetitive code: the drafts are taken right up to the context's last cell.
         line = "    result.append(values[index] * 2)\n"
@@ -184,3 +187,27 @@ def test_tiny_fim_model_gives_the_same_text_with_drafts() -> None:
         assert drafted.text == plain.text
     finally:
         model.close()
+
+
+class Refusing(DraftPolicy):
+    def wants(self, match: int, after_right: bool) -> bool:
+        return False
+
+
+def test_the_runtime_times_its_steps_and_follows_its_policy(gemma: LoadedModel) -> None:
+    prompt = windows()[1]
+    plain, _ = run(gemma, greedy(prompt), draft_max=0)
+    gemma.draft_max = 1
+    gemma.draft_policy = Refusing()
+    refused = gemma.complete(greedy(prompt))
+    assert refused.drafted == 0 and refused.text == plain.text  # the same 1-token decodes
+    gemma.draft_policy = policy = DraftPolicy()
+    for prompt in windows()[:4]:
+        gemma.complete(greedy(prompt))
+    plain_ms, drafted_ms, kept = policy.snapshot()
+    print(f"plain step {plain_ms:.1f} ms, drafted {drafted_ms:.1f} ms, kept {kept}")
+    # Both steps were timed (a drafted one decodes 2 positions, a plain one 1) and drafts
+    # of more than one kind were checked.
+    assert plain_ms is not None and drafted_ms is not None
+    assert 0 < plain_ms < 1000 and 0.8 < drafted_ms / plain_ms < 4
+    assert len(kept) >= 2 and all(0 <= rate <= 1 for rate in kept.values())

@@ -7,17 +7,32 @@ from array import array
 
 import pytest
 
-from vibrant_rpc.lookup_draft import LookupDrafter
+from vibrant_rpc.lookup_draft import MATCH_MAX, LookupDrafter
 
 
 def reference(tokens: list[int], limit: int, ngram_max: int, ngram_min: int) -> list[int]:
     """The same rule as a plain Python search: the longest n, then the latest start."""
+    return reference_lookup(tokens, limit, ngram_max, ngram_min)[0]
+
+
+def reference_lookup(
+    tokens: list[int], limit: int, ngram_max: int, ngram_min: int
+) -> tuple[list[int], int]:
+    """The draft, and the longest m <= MATCH_MAX with the m tokens before the found
+    start's draft equal to the history's last m."""
+    if limit < 1:
+        return [], 0
     for n in range(min(ngram_max, len(tokens) - 1), ngram_min - 1, -1):
         pattern = tokens[-n:]
         for start in range(len(tokens) - n - 1, -1, -1):
             if tokens[start : start + n] == pattern:
-                return tokens[start + n : start + n + limit]
-    return []
+                after = start + n
+                match = max(
+                    m for m in range(n, min(MATCH_MAX, after) + 1)
+                    if tokens[after - m : after] == tokens[len(tokens) - m :]
+                )  # fmt: skip
+                return tokens[after : after + limit], match
+    return [], 0
 
 
 def test_the_tokens_after_the_latest_occurrence() -> None:
@@ -74,8 +89,20 @@ def test_agrees_with_a_plain_search(seed: int) -> None:
     ngram_max = rng.randint(1, 5)
     ngram_min = rng.randint(1, ngram_max)
     limit = rng.randint(0, 6)
-    got = LookupDrafter(tokens, ngram_max=ngram_max, ngram_min=ngram_min).draft(limit)
-    assert got == reference(tokens, limit, ngram_max, ngram_min)
+    drafter = LookupDrafter(tokens, ngram_max=ngram_max, ngram_min=ngram_min)
+    assert drafter.draft(limit) == reference(tokens, limit, ngram_max, ngram_min)
+    assert drafter.lookup(limit) == reference_lookup(tokens, limit, ngram_max, ngram_min)
+
+
+def test_lookup_says_how_far_back_the_match_goes() -> None:
+    #        0  1  2  3  4  5  6  7  8  9 10 11
+    tokens = [8, 1, 2, 3, 4, 5, 9, 7, 1, 2, 3, 4]
+    # "2 3 4" found at 2, followed by 5; before it "1" matches too, "8" against "7" not.
+    assert LookupDrafter(tokens).lookup(1) == ([5], 4)
+    # A repeated block: the match runs back to the history's start, capped at MATCH_MAX.
+    block = list(range(100, 140))
+    assert LookupDrafter(block + block[:30]).lookup(2) == ([130, 131], MATCH_MAX)
+    assert LookupDrafter([1, 2, 3, 4]).lookup(2) == ([], 0)
 
 
 def test_bad_ngram_bounds() -> None:

@@ -15,6 +15,7 @@ from array import array
 from collections.abc import Iterable
 
 _ITEM = 4  # bytes per token in the search buffer (array typecode "i")
+MATCH_MAX = 16  # how far back ``lookup`` measures a match
 
 
 class LookupDrafter:
@@ -39,16 +40,31 @@ class LookupDrafter:
         """Up to ``limit`` tokens that followed the latest earlier occurrence of the
         history's last n tokens, for the longest n in [ngram_min, ngram_max] that occurs
         earlier; [] when none does."""
+        return self.lookup(limit)[0]
+
+    def lookup(self, limit: int) -> tuple[list[int], int]:
+        """``draft(limit)`` and how many tokens before it match the history's last ones
+        (the n it was found by, extended back, at most ``MATCH_MAX``; 0 with no draft):
+        a draft after a long match is right far more often (``draft_policy``)."""
         tokens = self._tokens
         if limit < 1 or len(tokens) < 2:
-            return []
+            return [], 0
         data = tokens.tobytes()
-        for n in range(min(self.ngram_max, len(tokens) - 1), self.ngram_min - 1, -1):
-            start = self._latest(data, len(tokens) - n, n)
+        end = len(tokens)
+        for n in range(min(self.ngram_max, end - 1), self.ngram_min - 1, -1):
+            start = self._latest(data, end - n, n)
             if start >= 0:
                 after = start + n
-                return tokens[after : after + limit].tolist()
-        return []
+                match = n
+                # start + n <= end - 1, so the earlier copy stays behind the later one.
+                while (
+                    match < MATCH_MAX
+                    and after - match > 0
+                    and tokens[after - match - 1] == tokens[end - match - 1]
+                ):
+                    match += 1
+                return tokens[after : after + limit].tolist(), match
+        return [], 0
 
     @staticmethod
     def _latest(data: bytes, at: int, n: int) -> int:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from vibrant_rpc.draft_policy import DraftPolicy
 from vibrant_rpc.errors import ModelLoadFailedError
 from vibrant_rpc.estimate import FLASH_ATTENTION
 from vibrant_rpc.greedy_decode import DRAFT_MAX, DraftStats, decode_at, greedy_tokens
@@ -163,6 +164,8 @@ class LoadedModel:
         self.reuse_min_chunk = REUSE_MIN_CHUNK
         # Tokens a greedy step drafts from the prompt (greedy_decode); 0: one at a time.
         self.draft_max = DRAFT_MAX
+        # Which drafts pay on this machine, learnt over this model's completions.
+        self.draft_policy = DraftPolicy()
         # A cancel stops a prompt's llama_decode between graph nodes, not only between
         # batches: a 512-token batch takes a second or more on a small CPU. ggml calls it
         # for every graph node (a Python call each), so it is set for the prompt only;
@@ -434,6 +437,7 @@ class LoadedModel:
                             limit=self.context_size,
                             draft_max=self.draft_max,
                             stats=drafts,
+                            policy=self.draft_policy,
                         )
                         if req.temperature == 0
                         else llm.generate(prompt.tokens, temp=req.temperature)
