@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.gguf_fixtures import GEMMA_SIZE, gemma_path, gemma_split_paths
+from tests.gguf_fixtures import GEMMA_SIZE, gemma_path, gemma_split_paths, tiny_fim_path
 from tests.helpers import GEMMA_ARCH, write_registry
 from tests.hub_stub import HubStub
 from vibrant_rpc import headers as headers_module
@@ -21,7 +22,7 @@ from vibrant_rpc.app import Vibrant
 from vibrant_rpc.architectures import header_for
 from vibrant_rpc.config import Settings
 from vibrant_rpc.gguf_header import RANGE_LIMIT_BYTES, read_header
-from vibrant_rpc.headers import HeaderStore
+from vibrant_rpc.headers import HUB_RECHECK_S, HeaderStore
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import ModelInfo
 
@@ -181,6 +182,47 @@ def test_a_record_for_another_revision_is_not_used(paths: Paths, hub: HubStub) -
     hub.reset_stats()
     known = pinned.headers.known(model(pinned, "gemma"), fetch=True)
     assert known is not None and known.source == "hub" and hub.bytes_served > 0
+
+
+def age(record: Path, seconds: float) -> None:
+    """Make a kept Hub header look checked ``seconds`` ago."""
+    data = json.loads(record.read_text())
+    data["fetched_at"] -= seconds
+    record.write_text(json.dumps(data))
+
+
+def test_a_hub_header_is_checked_again_after_a_week(paths: Paths, hub: HubStub) -> None:
+    repo = "test/gemma-moving"
+    first_commit = hub.add_repo(repo, {"gemma.gguf": gemma_path()})
+    v = vibrant(paths, entry("moving", repo))
+    m = model(v, "moving")
+    first = v.headers.known(m, fetch=True)
+    assert first is not None and first.commit == first_commit
+    record = paths.models / ".headers" / "moving.json"
+    # The branch moves to other files under the same name (quantised again).
+    new_commit = hub.publish(repo, {"gemma.gguf": tiny_fim_path()})
+    hub.reset_stats()
+    # Within the week: the kept header, no network.
+    assert v.headers.known(m, fetch=True) == first and hub.requests == []
+    age(record, HUB_RECHECK_S - 60)
+    assert v.headers.known(m, fetch=True) == first and hub.requests == []
+    # Due, but the caller asked for no network: the kept header, still no network.
+    age(record, 120)
+    assert v.headers.known(m, fetch=False) == first and hub.requests == []
+    # Due, and the Hub answering 500: the kept header, not the registry's numbers.
+    hub.set_faults(status_sequence=[500] * 10, status_target="endpoint")
+    assert v.headers.known(m, fetch=True) == first
+    hub.reset_faults()
+    # Due and checked: the new files' header, and the new commit.
+    again = v.headers.known(m, fetch=True)
+    assert again is not None and again.source == "hub" and again.commit == new_commit
+    assert again.header == read_header(tiny_fim_path()) != first.header
+    # Checked again a week later on the same commit: HEADs only, no header bytes moved.
+    age(record, HUB_RECHECK_S + 1)
+    hub.reset_stats()
+    assert v.headers.known(m, fetch=True) == again
+    assert hub.requests and not [r for r in hub.requests if r.host == "cdn"]
+    assert json.loads(record.read_text())["fetched_at"] > time.time() - 60
 
 
 def registry_answer(

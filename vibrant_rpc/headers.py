@@ -8,7 +8,9 @@ unreachable or refusing, or the caller asking for no network; the answer says wh
 
 What was read or fetched is kept in ``models/.headers/<id>.json`` with what it came
 from (the files' sizes and modification times, or the repository, revision and file
-names), so a second look costs neither a re-read nor the network. A damaged or stale
+names), so a second look costs neither a re-read nor the network. A Hub header is
+checked again after ``HUB_RECHECK_S`` when the caller allows the network: the same
+commit keeps it, a moved branch fetches the new one, a failed check keeps it. A damaged or stale
 record is ignored and replaced, never an error: it is only a cache.
 
 The Hub is reached through the downloader's own ``hub_factory`` (its sources, mirrors
@@ -49,6 +51,10 @@ HeaderSource = Literal["file", "hub", "registry"]
 HUB_TIMEOUT_S = 5.0
 # After the Hub could not be reached, how long this store answers without trying it.
 HUB_RETRY_S = 300.0
+# A header fetched from the Hub is checked again after this long: a branch can move to
+# new files under the same names (a model quantised again). A check that finds the
+# same commit costs a HEAD per file and moves no header bytes.
+HUB_RECHECK_S = 7 * 24 * 3600.0
 _FROM_REGISTRY = "estimated from the registry's architecture numbers"
 
 
@@ -77,6 +83,7 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True):
     key: str  # what it was read from; a record whose key differs is stale
     header: ModelHeader
     commit: str | None = None
+    fetched_at: float | None = None  # "hub": when fetched or last found current (epoch s)
 
 
 class HeaderStore:
@@ -114,7 +121,7 @@ class HeaderStore:
                     why_not_file = f"the cached file's header could not be read ({err})"
                     log.warning("%s: %s", model.id, why_not_file)
             record = self._load(model.id, _hub_key(model))
-            if record is not None:
+            if record is not None and not (fetch and _due(record)):
                 return KnownHeader(header=record.header, source="hub", commit=record.commit)
             if is_offline():
                 why = "offline (HF_HUB_OFFLINE is set)"
@@ -124,7 +131,7 @@ class HeaderStore:
                 why = down
             else:
                 try:
-                    known = self._from_hub(model)
+                    known = self._from_hub(model, record)
                 except Exception as err:  # any failure of the Hub: the registry answers
                     why = _hub_failure(err)
                     log.info("%s: header not fetched: %s", model.id, why)
@@ -135,6 +142,8 @@ class HeaderStore:
                     with self._guard:
                         self._unreachable = None
                     return known
+            if record is not None:  # due for a check that could not be made: still the best
+                return KnownHeader(header=record.header, source="hub", commit=record.commit)
             return _from_registry(model, why_not_file or why)
 
     def _still_unreachable(self) -> str | None:
@@ -186,22 +195,35 @@ class HeaderStore:
             self._save(model.id, record)
         return KnownHeader(header=record.header, source="file")
 
-    def _from_hub(self, model: ModelInfo) -> KnownHeader:
+    def _from_hub(self, model: ModelInfo, kept: _Record | None) -> KnownHeader:
+        """The header of the Hub's files now; ``kept``: the one fetched before, kept
+        (and its check time moved on) if the files are still at its commit."""
         assert self.hub_factory is not None
         hub = self.hub_factory()
         try:
             hub.set_timeout(self.timeout)
             revision = model.revision or "main"
-            # every file's header: a split model's later shards hold their own tensor infos
             resolved = [hub.resolve(model.hf_repo, revision, f.filename) for f in model.files]
-            header = header_from_ranges(*(partial(hub.read_range, r.url) for r in resolved))
+            commit = resolved[0].commit
+            if kept is not None and commit is not None and kept.commit == commit:
+                header = kept.header
+            else:
+                # every file's header: a split model's later shards hold their own tensor infos
+                header = header_from_ranges(*(partial(hub.read_range, r.url) for r in resolved))
         finally:
             hub.close()
-        commit = resolved[0].commit
-        self._save(
-            model.id, _Record(source="hub", key=_hub_key(model), header=header, commit=commit)
+        record = _Record(
+            source="hub", key=_hub_key(model), header=header, commit=commit, fetched_at=time.time()
         )
+        self._save(model.id, record)
         return KnownHeader(header=header, source="hub", commit=commit)
+
+
+def _due(record: _Record) -> bool:
+    """A Hub header not checked for ``HUB_RECHECK_S`` (or kept before checks were timed)."""
+    if record.source != "hub":
+        return False
+    return record.fetched_at is None or time.time() - record.fetched_at >= HUB_RECHECK_S
 
 
 def _hub_key(model: ModelInfo) -> str:
