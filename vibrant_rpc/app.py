@@ -197,10 +197,11 @@ class Vibrant:
         mem = self.memory()
         need = self._need_fn(mem, self.gpus(mem), fetch=False)
 
-        keys = {
-            i: order_key(self.registry.get(i), need, e.size_bytes if e else None)
-            for i, e in [(model_id, entries.get(model_id)), *entries.items()]
-        }
+        def key(i: str) -> tuple[int, int]:
+            model, entry = self.registry.get(i), entries.get(i)
+            return order_key(model, need(model), entry.size_bytes if entry else None)
+
+        keys = {i: key(i) for i in {model_id, *entries}}
         limit = keys[model_id]
         return sorted((i for i in entries if keys[i] < limit), key=keys.__getitem__, reverse=True)
 

@@ -54,10 +54,10 @@ def disk_bytes(model: ModelInfo, size_bytes: int | None = None) -> int:
     return size_bytes if size_bytes is not None else (model.file_size_mb or 0) * 1_000_000
 
 
-def order_key(model: ModelInfo, need: NeedFn, size_bytes: int | None = None) -> tuple[int, int]:
+def order_key(model: ModelInfo, need: Need, size_bytes: int | None = None) -> tuple[int, int]:
     """Models in order of the memory they need, then of their size. Selection and the
     fallback after a failed load both sort by it, so they agree on what is smaller."""
-    return (need(model).order, disk_bytes(model, size_bytes))
+    return (need.order, disk_bytes(model, size_bytes))
 
 
 def select_model(
@@ -74,7 +74,7 @@ def select_model(
     needs = {m.id: need(m) for m in models if not m.deprecated}
     candidates = sorted(
         (m for m in models if m.id in needs),
-        key=lambda m: (needs[m.id].order, disk_bytes(m)),
+        key=lambda m: order_key(m, needs[m.id]),
     )
     usable = max(0, ram_bytes - OS_BUFFER_BYTES)
     head = f"{format_gib(ram_bytes)} total, {format_gib(usable)} usable"
