@@ -144,18 +144,26 @@ def test_same_text_as_one_token_at_a_time_but_at_near_ties(
         if drafted.text == plain.text:
             same += 1
             continue
-        # They can part at the last token, which is chosen and never decoded, or where one
-        # ends the generation: compared on the tokens chosen, not on the cache.
-        first = next(
-            i for i, (a, b) in enumerate(zip(plain_chosen, drafted_chosen, strict=False))
-            if a != b
-        )  # fmt: skip
-        prompt_tokens = cached[: plain.prompt_tokens]
-        logits = logits_after(gemma, prompt_tokens + plain_chosen[:first], len(prompt_tokens))
-        gap = abs(float(logits[plain_chosen[first]]) - float(logits[drafted_chosen[first]]))
-        print(f"differ at token {first} of {len(plain_chosen)}: logits {gap:.3f} apart")
-        assert gap < NEAR_TIE
+        assert_parted_at_a_near_tie(gemma, cached[: plain.prompt_tokens], plain_chosen, drafted_chosen)
     assert same >= len(prompts) // 2
+
+
+def assert_parted_at_a_near_tie(
+    model: LoadedModel, prompt_tokens: list[int], one: list[int], other: list[int]
+) -> None:
+    """Two greedy runs over the same prompt part only where the two tokens' logits (the
+    first run's, one token at a time) are within NEAR_TIE. They can part at the last
+    token, which is chosen and never decoded, or where one ends the generation: compared
+    on the tokens chosen, not on the cache."""
+    first = next(
+        (i for i, (a, b) in enumerate(zip(one, other, strict=False)) if a != b), None
+    )
+    if first is None:  # one run stopped at an end token the other never chose
+        return
+    logits = logits_after(model, prompt_tokens + one[:first], len(prompt_tokens))
+    gap = abs(float(logits[one[first]]) - float(logits[other[first]]))
+    print(f"differ at token {first} of {len(one)}: logits {gap:.3f} apart")
+    assert gap < NEAR_TIE
 
 
 def test_drafts_stop_at_the_end_of_the_context() -> None:
@@ -194,13 +202,24 @@ class Refusing(DraftPolicy):
         return False
 
 
-def test_the_runtime_times_its_steps_and_follows_its_policy(gemma: LoadedModel) -> None:
+def test_the_runtime_times_its_steps_and_follows_its_policy(
+    gemma: LoadedModel, chosen_tokens: list[int]
+) -> None:
     prompt = windows()[1]
-    plain, _ = run(gemma, greedy(prompt), draft_max=0)
+    plain, cached = run(gemma, greedy(prompt), draft_max=0, chosen=chosen_tokens)
+    plain_chosen = list(chosen_tokens)
     gemma.draft_max = 1
     gemma.draft_policy = Refusing()
+    chosen_tokens.clear()
     refused = gemma.complete(greedy(prompt))
-    assert refused.drafted == 0 and refused.text == plain.text  # the same 1-token decodes
+    assert refused.drafted == 0  # every draft refused: 1-token decodes only
+    # From a warm cache the prompt's last batch has another shape than from a cold one, and
+    # on an AMX Xeon that flips a near-tie ("a Namespace." / "a file object."): bounded,
+    # not asserted bit for bit.
+    if refused.text != plain.text:
+        assert_parted_at_a_near_tie(
+            gemma, cached[: plain.prompt_tokens], plain_chosen, list(chosen_tokens)
+        )
     gemma.draft_policy = policy = DraftPolicy()
     for prompt in windows()[:4]:
         gemma.complete(greedy(prompt))
