@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results import write_section  # noqa: E402
-from tests.gguf_fixtures import GEMMA_SHA256, GEMMA_SIZE, gemma_path  # noqa: E402
+from tests.support.gguf_fixtures import GEMMA_SHA256, GEMMA_SIZE, gemma_path  # noqa: E402
 
 PY = sys.executable
 VIBRANT = str(Path(PY).parent / "vibrant")

@@ -6,7 +6,7 @@ and the process reports its peak RSS (VmHWM) and its RSS before the load. The
 prediction is ``estimate(read_header(file), options).total_bytes`` plus that measured
 baseline (the interpreter is not the model's). The bar: every case within ±15 %.
 
-The cases load as the runtime does, flash attention on (``estimate.FLASH_ATTENTION``),
+The cases load as the runtime does, flash attention on (``inference.model.FLASH_ATTENTION``),
 and a few as llama-cpp-python's default has it, off.
 
 Run: ``.venv/bin/python -m bench.bench_memory`` (Gemma at 32768 tokens takes minutes
@@ -24,8 +24,8 @@ from pathlib import Path
 import msgspec
 
 from bench.memory_probe import Probe
-from vibrant_rpc.estimate import FLASH_ATTENTION, EstimateOptions, KvCacheType, estimate
-from vibrant_rpc.gguf_header import read_header
+from vibrant_rpc.fit.estimate import FLASH_ATTENTION, EstimateOptions, KvCacheType, estimate
+from vibrant_rpc.gguf.header import read_header
 
 BAR = 0.15
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,8 +61,8 @@ class Row(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def cases() -> list[Case]:
-    from tests.gguf_fixtures import gemma_path
-    from tests.qwen2_fixtures import QWEN2_7B_HEADS, QWEN_7B_LAYOUT, tiny_qwen2_path
+    from tests.support.gguf_fixtures import gemma_path
+    from tests.support.qwen2_fixtures import QWEN2_7B_HEADS, QWEN_7B_LAYOUT, tiny_qwen2_path
 
     gemma = gemma_path()
     layout = tiny_qwen2_path(QWEN_7B_LAYOUT)
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "process's RSS before the load (the interpreter, about 19 MB). The last "
             "column but one is the error on what the load added. Bar: every case within "
             "±15 %. Run: `.venv/bin/python -m bench.bench_memory`.\n\n"
-            "The tiny models are written by `tests/qwen2_fixtures.py`; llama.cpp's qwen2 "
+            "The tiny models are written by `tests/support/qwen2_fixtures.py`; llama.cpp's qwen2 "
             "graph ties the head dimension to the embedding, so the 7B's exact layout "
             "(28 layers, 28/4 heads, head dim 128) with a 256 embedding is a llama model, "
             "and the qwen2 model keeps the 7B's layers and heads at head dim 32. The constants "
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             "1024 (`docs/memory-estimate.md`); the qwen2 model, the layout at 2048, Gemma "
             "at 32768, flash attention and the q8_0 cache were not used to set any. "
             "Flash attention is on where the table says so: the runtime loads every model "
-            "with it (`estimate.FLASH_ATTENTION`, as llama-server does)."
+            "with it (`inference.model.FLASH_ATTENTION`, as llama-server does)."
         )
         write_section("Memory estimate", intro + "\n\n" + body)
     return 0 if all(abs(r.error) <= BAR for r in rows) else 1

@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_server import MODEL, THREADS, Server, setup_home  # noqa: E402
 from bench.results import write_section  # noqa: E402
-from tests.gguf_fixtures import gemma_path  # noqa: E402
-from vibrant_rpc.llama_setup import cpu_has_amx as _cpu_has_amx  # noqa: E402
+from tests.support.gguf_fixtures import gemma_path  # noqa: E402
+from vibrant_rpc.inference.llama_setup import cpu_has_amx as _cpu_has_amx  # noqa: E402
 
 PY = sys.executable
 STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
@@ -195,13 +195,13 @@ class Runtime:
     name = "runtime"
 
     def __init__(self) -> None:
-        from vibrant_rpc.runtime import LoadedModel, LoadOptions
+        from vibrant_rpc.inference.model import LoadedModel, LoadOptions
 
         opts = LoadOptions(context_size=CONTEXT, threads=THREADS, batch_size=512)
         self.model = LoadedModel.load("g", gemma_path(), opts)
 
     def complete(self, req: Request) -> Sample:
-        from vibrant_rpc.runtime import CompletionRequest
+        from vibrant_rpc.inference.model import CompletionRequest
 
         creq = CompletionRequest(
             prompt=req.prompt, suffix=req.suffix, max_tokens=MAX_TOKENS, temperature=0.0
@@ -305,7 +305,7 @@ def pct(values: list[float], q: float) -> float:
 
 def runtime_cancel_ms(lines: list[str]) -> list[float]:
     """In process: from setting the cancel event to complete() returning."""
-    from vibrant_rpc.runtime import CompletionRequest, LoadedModel, LoadOptions
+    from vibrant_rpc.inference.model import CompletionRequest, LoadedModel, LoadOptions
 
     model = LoadedModel.load("g", gemma_path(), LoadOptions(context_size=CONTEXT, threads=THREADS))
     out = []
@@ -336,7 +336,7 @@ def runtime_cancel_ms(lines: list[str]) -> list[float]:
 
 def typed_through_lookup_us() -> float:
     """Microseconds per lookup that hits, with a prompt of 12,000 characters."""
-    from vibrant_rpc.typed_through import TypedThrough
+    from vibrant_rpc.completion.typed_through import TypedThrough
 
     tt = TypedThrough()
     prompt = "x = 1\n" * 2000

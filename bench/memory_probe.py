@@ -97,7 +97,7 @@ def probe(
     proc = psutil.Process()
     rss_before = proc.memory_info().rss
     split = [_rss_split()]
-    from vibrant_rpc import runtime
+    from vibrant_rpc.inference import model as runtime
 
     runtime.warm_up()
     import llama_cpp

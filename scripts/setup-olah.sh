@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A venv of its own for olah, the Hugging Face mirror the tests run against (tests/olah_mirror.py).
+# A venv of its own for olah, the Hugging Face mirror the tests run against (tests/support/olah_mirror.py).
 # It is not a project dependency: it pins its own fastapi/pydantic/huggingface_hub, which
 # must not meet the project's. Idempotent and safe to run from parallel test workers.
 # Usage: scripts/setup-olah.sh [DIR]   (default ~/.cache/vibrant-tests/olah-venv)

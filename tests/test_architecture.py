@@ -11,19 +11,29 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vibrant_rpc"
 
-# Lowest first; a module may import its own layer and the ones below it.
-LAYERS: list[tuple[str, set[str]]] = [
-    ("primitives", {"units", "paths", "fsutil", "locks", "offline", "memory", "states", "priority",
-                    "errors", "redact", "__init__"}),
-    ("library", {"config", "registry", "manifest", "cache", "selection", "progress",
-                 "download", "updates", "runtime", "lifecycle",
-                 "gguf_header", "estimate", "architectures", "gpu", "kv_reuse", "lookup_draft",
-                 "draft_policy", "greedy_decode",
-                 "typed_through", "other_caches", "llama_setup", "text_stream", "headers",
-                 "fit", "load_plan"}),
-    ("service", {"app", "service", "protocol"}),
-    ("front ends", {"server", "cli", "render", "protocol_docs", "protocol_ts", "__main__"}),
-]  # fmt: skip
+# The packages, lowest first, as import-linter's ``layers`` contract writes them: a unit may
+# import its own modules and any unit in a lower layer; units in one layer ("a | b") are
+# independent siblings and never import each other. A unit is a package of vibrant_rpc or
+# a flat module; the primitives are one unit.
+PRIMITIVES = {"errors", "states", "units", "paths", "fsutil", "redact", "offline", "config",
+              "__init__"}  # fmt: skip
+LAYERS: list[str] = [
+    "primitives",
+    "gguf",
+    "registry",
+    "cache",
+    "inference",
+    "fit",
+    "completion | download",
+    "protocol",
+    "app",
+    "service",
+    "server | cli",
+    "__main__",
+]
+# Siblings that are independent although not in one layer: the header store (fit) is
+# handed the Hub, and the completion path never reaches the network.
+INDEPENDENT = [("fit", "download")]
 
 
 def _module_name(path: Path) -> str:
@@ -38,20 +48,15 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-
-
-def _imports(path: Path, *, top_level_only: bool) -> set[str]:
-    """vibrant_rpc modules that ``path`` imports at run time (not under TYPE_CHECKING)."""
-    name = _module_name(path)
+def _imports(path: Path, *, top_level_only: bool, name: str | None = None) -> set[str]:
+    """vibrant_rpc modules that ``path`` imports: at run time, in functions and under
+    TYPE_CHECKING alike (a type-only import still ties the packages together)."""
+    name = name or _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(nodes: list[ast.stmt], top: bool) -> None:
         for node in nodes:
-            if isinstance(node, ast.If) and _is_type_checking(node):
-                continue
             if isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")
@@ -76,22 +81,65 @@ def _imports(path: Path, *, top_level_only: bool) -> set[str]:
     return found
 
 
-def _layer(module: str) -> int:
+def _unit(module: str) -> str:
     first = module.split(".")[1] if "." in module else "__init__"
-    for i, (_, members) in enumerate(LAYERS):
-        if first in members:
+    return "primitives" if first in PRIMITIVES else first
+
+
+def _layer(unit: str) -> int:
+    for i, layer in enumerate(LAYERS):
+        if unit in layer.split(" | "):
             return i
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS and ARCHITECTURE.md")
+    raise AssertionError(f"{unit} is in no layer: add it to LAYERS and ARCHITECTURE.md")
+
+
+def upward_imports(modules: dict[str, Path]) -> list[str]:
+    """Every import that points up the layers or across independent siblings."""
+    wrong = []
+    for name, path in modules.items():
+        here = _unit(name)
+        for target in _imports(path, top_level_only=False, name=name):
+            there = _unit(target)
+            if target not in modules or there == here:
+                continue
+            if _layer(there) > _layer(here):
+                wrong.append(f"{name} ({here}) imports {target} ({there}), a higher layer")
+            elif _layer(there) == _layer(here) or {here, there} in map(set, INDEPENDENT):
+                wrong.append(f"{name} ({here}) imports {target} ({there}), an independent sibling")
+    return wrong
 
 
 def test_dependencies_point_one_way() -> None:
-    modules = _modules()
-    wrong = []
-    for name, path in modules.items():
-        for target in _imports(path, top_level_only=False):
-            if target in modules and _layer(target) > _layer(name):
-                wrong.append(f"{name} ({LAYERS[_layer(name)][0]}) imports {target}")
+    wrong = upward_imports(_modules())
     assert not wrong, "\n".join(wrong)
+
+
+def test_an_import_that_points_up_is_caught(tmp_path: Path) -> None:
+    """The check fails on a planted import: a cache module reaching up into downloads (the
+    one that ran back up a layer before), fit reaching up from a function, a type-only
+    import from gguf up into the registry, and downloads reaching across into fit."""
+    modules = _modules()
+    planted = {
+        "vibrant_rpc.cache.planted": "from ..download.hub import HubClient\n",
+        "vibrant_rpc.fit.planted": (
+            "if True:\n    def f() -> None:\n        from ..download import jobs\n"
+        ),
+        "vibrant_rpc.gguf.planted": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from ..registry import ModelInfo\n",
+        "vibrant_rpc.download.planted": "from ..fit.plan import Fit\n",
+    }
+    for name, text in planted.items():
+        fake = tmp_path / f"{name}.py"
+        fake.write_text(text)
+        modules[name] = fake
+    wrong = upward_imports(modules)
+    flagged = {w.split()[0]: w.rpartition(", ")[2] for w in wrong}
+    assert flagged == {
+        "vibrant_rpc.cache.planted": "a higher layer",
+        "vibrant_rpc.fit.planted": "a higher layer",
+        "vibrant_rpc.gguf.planted": "a higher layer",
+        "vibrant_rpc.download.planted": "an independent sibling",
+    }, wrong
 
 
 def test_no_import_cycles() -> None:
@@ -148,7 +196,7 @@ def test_no_module_holds_more_than_one_concept() -> None:
 
 def test_the_cli_starts_without_network_or_llama_code() -> None:
     code = (
-        "import sys, vibrant_rpc.cli; "
+        "import sys, vibrant_rpc.cli.commands; "
         "print(sorted(m for m in ('httpx', 'llama_cpp', 'pygls') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,24 +16,24 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from .cache import Cache, CacheStats, PartialDownload, RemovalResult
+from .cache.manifest import ManifestEntry, ModelVersion
+from .cache.store import Cache, CacheStats, PartialDownload, RemovalResult
 from .config import Settings, read_settings
+from .download.progress import ProgressCallback
 from .errors import VibrantError
-from .estimate import EstimateOptions, estimate
-from .fit import Fit, FitRequest, fit_model
-from .gpu import GpuDevice, detect_gpus
-from .manifest import ManifestEntry, ModelVersion
-from .memory import MemoryInfo, read_memory
+from .fit.estimate import EstimateOptions, estimate
+from .fit.gpu import GpuDevice, detect_gpus
+from .fit.plan import Fit, FitRequest, fit_model
+from .fit.ram import MemoryInfo, read_memory
+from .fit.selection import Need, NeedFn, Selection, label, order_key, registry_need, select_model
 from .paths import Paths
-from .progress import ProgressCallback
 from .registry import ModelInfo, Registry
-from .selection import Need, NeedFn, Selection, label, order_key, registry_need, select_model
 
 if TYPE_CHECKING:
+    from .cache.elsewhere import Found
     from .download.downloader import Downloader, DownloadResult
-    from .headers import HeaderStore, KnownHeader
-    from .other_caches import Found
-    from .updates import UpdateCheck, Updates
+    from .download.updates import UpdateCheck, Updates
+    from .fit.headers import HeaderStore, KnownHeader
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
@@ -275,14 +275,14 @@ class Vibrant:
     def verify(self, model_id: str) -> ManifestEntry:
         return self.cache.verify(model_id, force=True)
 
-    # -- downloads and updates (vibrant_rpc.download, vibrant_rpc.updates) --------------
+    # -- downloads and updates (vibrant_rpc.download, vibrant_rpc.download.updates) --------------
 
     @cached_property
     def downloader(self) -> Downloader:
+        from .cache.elsewhere import default_roots
         from .download.downloader import Downloader, transfer_config
         from .download.reuse import Reuse
         from .download.sources import open_hub
-        from .other_caches import default_roots
 
         roots = default_roots() if self.settings.use_other_caches else None
         s = self.settings
@@ -296,7 +296,7 @@ class Vibrant:
 
     @cached_property
     def updates(self) -> Updates:
-        from .updates import Updates
+        from .download.updates import Updates
 
         return Updates(
             self.registry,
@@ -309,9 +309,10 @@ class Vibrant:
     @cached_property
     def headers(self) -> HeaderStore:
         """GGUF headers, cached or not; the Hub client (and httpx) only once one is fetched."""
-        from .headers import HeaderStore
+        from .download.sources import HeaderHub
+        from .fit.headers import HeaderStore
 
-        return HeaderStore(self.paths, self.cache, lambda: self.downloader.hub_factory())
+        return HeaderStore(self.paths, self.cache, lambda: HeaderHub(self.downloader.hub_factory()))
 
     def resolve_id(self, model_id: str) -> str:
         """``auto`` is the selection's choice for this machine."""
@@ -340,7 +341,7 @@ class Vibrant:
 
     def scan_other_caches(self) -> list[Found]:
         """What other tools downloaded that registry models not cached here could take."""
-        from .other_caches import default_roots, scan
+        from .cache.elsewhere import default_roots, scan
 
         return scan(self.registry, default_roots(), skip=lambda m: self.cache.get(m.id) is not None)
 

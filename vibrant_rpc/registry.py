@@ -24,29 +24,13 @@ import msgspec
 
 from .errors import ModelNotFoundError, RegistryError
 from .fsutil import is_sha256
+from .gguf.architectures import ArchFacts
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class ArchFacts(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """An architecture's published numbers (config.json or the GGUF header): enough for
-    the memory estimate before the file is here (``architectures.header_from_arch``)."""
-
-    architecture: str  # llama.cpp's name, general.architecture: "qwen2", "gemma3"
-    layers: Positive
-    heads: Positive
-    kv_heads: Positive
-    hidden: Positive
-    head_dim: Positive
-    vocab: Positive
-    feed_forward: Positive
-    context_length: Positive
-    tied_embeddings: bool = False
-    sliding_window: Positive | None = None
 
 
 class ModelFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

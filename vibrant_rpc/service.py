@@ -22,19 +22,19 @@ import msgspec
 
 from . import protocol as p
 from .app import ModelStatus, Vibrant
+from .completion.lifecycle import Lifecycle, StateChange
+from .completion.load_plan import LoadRequest
+from .completion.typed_through import TypedThrough
 from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
+from .download.progress import Progress, ProgressCallback
 from .errors import Cancelled
-from .lifecycle import Lifecycle, StateChange
-from .load_plan import LoadRequest
+from .inference.model import CompletionRequest
 from .offline import is_offline
-from .progress import Progress, ProgressCallback
-from .runtime import CompletionRequest
-from .typed_through import TypedThrough
 
 if TYPE_CHECKING:
     from .download.downloader import DownloadResult
-    from .updates import UpdateInfo
+    from .download.updates import UpdateInfo
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class Service:
 
     def _warm_up_runtime(self) -> None:
         """With a model downloaded, a completion may come soon: import llama.cpp now."""
-        from .runtime import warm_up
+        from .inference.model import warm_up
 
         try:
             if self.app.cache.entries():
@@ -234,7 +234,7 @@ class Service:
         the autoUpdate setting download them in the background."""
         if is_offline():  # no network at all, and not even the import of the HTTP client
             return
-        from .updates import UpdateSchedule
+        from .download.updates import UpdateSchedule
 
         try:
             check = UpdateSchedule(self.app.updates).run_if_due()

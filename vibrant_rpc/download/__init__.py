@@ -1,10 +1,72 @@
-"""Downloads from the Hugging Face Hub into the cache.
+"""Downloads from the Hugging Face Hub into the cache, and what follows them.
 
-``hub`` speaks the Hub's HTTP API; ``transfer`` moves one file's bytes over ranged
-connections while hashing them; ``state`` is a partial download's record on disk;
-``downloader`` owns one model's download from resolve to install; ``jobs`` shares the
-downloads running in a process among the requests that wait for them.
+``hub`` speaks the Hub's HTTP API; ``sources`` tries a mirror first and the Hub last;
+``transfer`` moves one file's bytes over ranged connections while hashing them (``blocks``
+holds the ranges and the ordered hasher, ``priority`` lowers the threads' priority);
+``reuse`` adopts files other tools downloaded; ``install`` checks the disk and renames
+verified files into place; ``downloader`` owns one model's download from resolve to
+install; ``jobs`` shares a process's running downloads among the requests that wait on
+them; ``progress`` is a download's progress and its throttle; ``updates`` compares the
+Hub's refs with the cached files.
 
-Nothing is imported here: ``httpx`` costs a sixth of a second, and the CLI imports
-only what a command needs.
+The names below are looked up on first use (PEP 562, as huggingface_hub's ``__init__``
+does): ``httpx`` costs a sixth of a second, and the CLI imports only what a command needs.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .downloader import Downloader, DownloadResult
+    from .hub import HubClient
+    from .jobs import DownloadJobs, Ticket
+    from .progress import Progress, ProgressCallback, Reporter
+    from .sources import Sources, open_hub
+    from .updates import UpdateCheck, UpdateInfo, Updates, UpdateSchedule
+
+_WHERE = {
+    "DownloadJobs": "jobs",
+    "DownloadResult": "downloader",
+    "Downloader": "downloader",
+    "HubClient": "hub",
+    "Progress": "progress",
+    "ProgressCallback": "progress",
+    "Reporter": "progress",
+    "Sources": "sources",
+    "Ticket": "jobs",
+    "UpdateCheck": "updates",
+    "UpdateInfo": "updates",
+    "UpdateSchedule": "updates",
+    "Updates": "updates",
+    "open_hub": "sources",
+}
+__all__ = [
+    "DownloadJobs",
+    "DownloadResult",
+    "Downloader",
+    "HubClient",
+    "Progress",
+    "ProgressCallback",
+    "Reporter",
+    "Sources",
+    "Ticket",
+    "UpdateCheck",
+    "UpdateInfo",
+    "UpdateSchedule",
+    "Updates",
+    "open_hub",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import DownloadFailedError
-from ..priority import run_in_background
+from .priority import run_in_background
 
 MiB = 1024 * 1024
 FLUSH_EVERY_S = 1.0  # write the file back this often while hashing

@@ -23,7 +23,10 @@ from typing import TypeVar
 import msgspec
 from filelock import FileLock, Timeout
 
-from ..cache import MODIFIED, Cache
+from ..cache.locks import download_lock
+from ..cache.manifest import ManifestEntry, utcnow
+from ..cache.partials import FileProgress, PartialState, read_state, same_file, write_state
+from ..cache.store import MODIFIED, Cache
 from ..config import Settings
 from ..errors import (
     Cancelled,
@@ -34,18 +37,15 @@ from ..errors import (
     OfflineError,
 )
 from ..fsutil import is_regular
-from ..locks import download_lock
-from ..manifest import ManifestEntry, utcnow
 from ..offline import is_offline
 from ..paths import Paths
-from ..progress import Progress, ProgressCallback, Reporter
 from ..registry import ModelInfo
 from ..units import format_bytes
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
 from .install import check_disk, install
+from .progress import Progress, ProgressCallback, Reporter
 from .reuse import Adopted, Reuse, check_imported, take
 from .sources import fail_over
-from .state import FileProgress, PartialState, read_state, same_file, write_state
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,13 @@ import os
 import shutil
 from pathlib import Path
 
-from ..cache import Cache
+from ..cache.manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
+from ..cache.partials import PartialState
+from ..cache.store import Cache
 from ..errors import DiskFullError
 from ..fsutil import fsync_dir
-from ..manifest import ManifestEntry, ManifestFile, ModelVersion, utcnow
 from ..registry import ModelInfo
 from ..units import format_bytes
-from .state import PartialState
 
 MiB = 1024 * 1024
 

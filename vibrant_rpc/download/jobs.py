@@ -15,9 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
 from ..errors import Cancelled
-from ..progress import Progress, ProgressCallback
 from ..states import DownloadState
 from .downloader import DownloadResult
+from .progress import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 

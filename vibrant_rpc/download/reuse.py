@@ -16,8 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..errors import DownloadFailedError
-from ..other_caches import (
+from ..cache.elsewhere import (
     Candidate,
     Method,
     OtherCacheChecksumError,
@@ -26,8 +25,9 @@ from ..other_caches import (
     adopt,
     find_candidates,
 )
+from ..cache.partials import FileProgress, PartialState
+from ..errors import DownloadFailedError
 from ..units import format_bytes
-from .state import FileProgress, PartialState
 
 log = logging.getLogger(__name__)
 

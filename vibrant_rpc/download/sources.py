@@ -15,9 +15,11 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import DownloadFailedError, VibrantError
+import httpx
+
+from ..cache.partials import FileProgress
+from ..errors import DownloadFailedError, HubUnreachableError, VibrantError
 from .hub import DEFAULT_ENDPOINT, HubClient, Refs, Resolved, RevisionInfo, TransientError
-from .state import FileProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -157,3 +159,43 @@ def open_hub(sources: Sequence[str], token_sources: Sequence[str]) -> HubClient:
     from .hub import find_token
 
     return Sources(sources, find_token(), token_sources)
+
+
+class HeaderHub:
+    """A hub (``HubClient`` or ``Sources``) as ``fit.headers.HeaderStore`` asks for it: its
+    failures in the error tree's words, so that the store needs neither httpx nor this
+    package. A failure to get any answer (refused, reset, timed out) is a
+    ``HubUnreachableError`` with ``answered=False``; a 5xx or a connection the server
+    closed early is one with ``answered=True``; anything else passes as it is."""
+
+    def __init__(self, hub: HubClient | Sources) -> None:
+        self._hub = hub
+
+    def set_timeout(self, seconds: float) -> None:
+        self._hub.set_timeout(seconds)
+
+    def resolve(self, repo: str, revision: str, filename: str) -> Resolved:
+        try:
+            return self._hub.resolve(repo, revision, filename)
+        except TransientError as err:
+            raise _unreachable(err) from err
+
+    def read_range(self, url: str, start: int, end: int) -> bytes:
+        try:
+            return self._hub.read_range(url, start, end)
+        except TransientError as err:
+            raise _unreachable(err) from err
+
+    def close(self) -> None:
+        self._hub.close()
+
+
+def _unreachable(err: TransientError) -> HubUnreachableError:
+    seen: BaseException | None = err
+    answered = True
+    while seen is not None:
+        if isinstance(seen, httpx.NetworkError | httpx.TimeoutException):
+            answered = False
+            break
+        seen = seen.__cause__
+    return HubUnreachableError(str(err) or type(err).__name__, answered=answered)

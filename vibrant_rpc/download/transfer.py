@@ -22,12 +22,12 @@ from pathlib import Path
 
 import httpx
 
+from ..cache.partials import FileProgress
 from ..errors import Cancelled, DownloadFailedError, HubUnreachableError, VibrantError
 from ..fsutil import disk_full, is_no_space
-from ..priority import run_in_background
 from .blocks import OrderedHasher, add_range, batched, gaps
 from .hub import HubClient, TransientError, retry_after_seconds
-from .state import FileProgress
+from .priority import run_in_background
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024

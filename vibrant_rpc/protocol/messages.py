@@ -2,7 +2,7 @@
 
 These types are the contract editors code against. Field names are snake_case in
 Python and camelCase on the wire (``rename="camel"``); ``protocol/`` (README and
-JSON Schemas) is generated from this module by ``vibrant_rpc.protocol_docs``.
+JSON Schemas) is generated from this module by ``vibrant_rpc.protocol.docs``.
 
 Params types forbid unknown fields and bound every number, so that a typo or a
 hostile value becomes a -32602 naming the field rather than odd behaviour later.

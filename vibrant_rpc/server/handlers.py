@@ -27,9 +27,9 @@ from .progress import WorkDone
 from .wire import to_rpc_error
 
 if TYPE_CHECKING:
+    from ..completion.lifecycle import StateChange
     from ..download.jobs import Ticket
-    from ..lifecycle import StateChange
-    from ..progress import Progress
+    from ..download.progress import Progress
     from ..service import Service
 
 log = logging.getLogger(__name__)

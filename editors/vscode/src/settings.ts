@@ -1,6 +1,6 @@
 // Which of the extension's settings (`vibrant.<name>` in package.json) the server reads, and
 // under which of its names; the rest are the extension's own. No `vscode` import: tests run
-// it under plain Node and check package.json against it (tests/test_protocol_ts.py).
+// it under plain Node and check package.json against it (tests/unit/protocol/test_protocol_ts.py).
 import { ServerSetting } from './protocol';
 
 /** VS Code setting → the server setting it is sent as, in `initializationOptions`. */

@@ -1,6 +1,6 @@
-// src/window.ts on cases that tests/test_vscode.py writes, under plain Node:
+// src/window.ts on cases that tests/editors/test_vscode.py writes, under plain Node:
 //   node out/test/window-cases.js CASES.json RESULT.json
-// The judging is in Python (tests/editor_window.py).
+// The judging is in Python (tests/support/editor_window.py).
 import * as fs from 'fs';
 import { computeWindow, WindowOptions } from '../src/window';
 

@@ -1,6 +1,6 @@
 // The integration suite: runs inside VS Code's extension host (code-server), loaded through
 // the `extensionTestsPath` hook, against the real vibrant-rpc and the loopback Hub stand-in.
-// tests/test_vscode.py sets it up; VIBRANT_TEST_MODEL names the model its registry holds.
+// tests/editors/test_vscode.py sets it up; VIBRANT_TEST_MODEL names the model its registry holds.
 import * as assert from 'assert';
 import * as fs from 'fs';
 import * as vscode from 'vscode';

@@ -1,0 +1,384 @@
+"""The VS Code extension (editors/vscode), tested in a real VS Code.
+
+One test runs the whole thing: ``scripts/setup-vscode.sh`` (code-server 4.100.3,
+playwright-core, Debian's Chromium, the extension's node_modules), ``tsc --noEmit``
+against ``@types/vscode`` 1.100, the build, the offline ``.vsix`` packaging, and then the
+in-editor suite (``editors/vscode/test/suite``) in code-server driven by Playwright, against
+the real ``vibrant-rpc`` and the loopback Hub stand-in serving the Gemma 3 270M model.
+
+Artifacts (git-ignored) land in ``editors/vscode/test-artifacts/``: the screenshot of the
+download notification, a final screenshot, code-server's log and the suite's log.
+Set ``VIBRANT_SKIP_VSCODE=1`` to skip it (for a quick local run without Node).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.editor_window import (
+    check_window,
+    natural_start,
+    to_units,
+    utf16_starts,
+    well_formed_units,
+)
+from tests.support.gguf_fixtures import GEMMA_SIZE, gemma_path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXT = ROOT / "editors" / "vscode"
+ARTIFACTS = EXT / "test-artifacts"
+MODEL_ID = "gemma-270m"
+CANCEL_MODEL_ID = "gemma-270m-b"
+# conftest gives each test a temporary HOME; npm's cache (~/.npm) must stay the real one, or
+# every run would download code-server again.
+TOOLS_ENV = dict(os.environ)
+
+pytestmark = [
+    # A fresh machine installs code-server and Chromium first (a few minutes); after that the
+    # whole test takes about a minute.
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(
+        os.environ.get("VIBRANT_SKIP_VSCODE") == "1", reason="VIBRANT_SKIP_VSCODE=1"
+    ),
+]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float) -> str:
+    started = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=TOOLS_ENV,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    took = time.monotonic() - started
+    print(f"$ {' '.join(cmd)}  ({took:.1f} s)")
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited with {proc.returncode}:\n{proc.stdout[-8000:]}")
+    return proc.stdout
+
+
+def _start_hub(tmp_path: Path, gemma: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    ready = tmp_path / "hub-ready.json"
+    hub = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "support" / "hub_stub.py"),
+            "--repo",
+            f"test/gemma:gemma.gguf={gemma}",
+            "--ready-file",
+            str(ready),
+            # Slow enough (about 4 s for 253 MB) for a person, and the screenshot, to see
+            # the notification's progress.
+            "--throttle-bps",
+            "20000000",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60  # it hashes the 253 MB file first
+    while not ready.exists():
+        if hub.poll() is not None or time.monotonic() > deadline:
+            hub.kill()
+            pytest.fail("the Hub stand-in did not start")
+        time.sleep(0.05)
+    return hub, json.loads(ready.read_text())
+
+
+def test_vscode_extension(tmp_path: Path) -> None:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.fail("Node.js and npm are needed for the VS Code extension's tests")
+    started = time.monotonic()
+    _run(["bash", str(ROOT / "scripts" / "setup-vscode.sh")], ROOT, timeout=1500)
+    setup_s = time.monotonic() - started
+
+    # Types against @types/vscode 1.100 (the engine), then the build and an offline .vsix.
+    _run(["npm", "run", "--silent", "typecheck"], EXT, timeout=300)
+    _run(["npm", "run", "--silent", "compile"], EXT, timeout=300)
+    vsix = tmp_path / "vibrant.vsix"
+    _run(
+        [
+            "npx",
+            "--no-install",
+            "vsce",
+            "package",
+            "--allow-missing-repository",
+            "--skip-license",
+            "-o",
+            str(vsix),
+        ],
+        EXT,
+        timeout=300,
+    )
+    with zipfile.ZipFile(vsix) as z:
+        names = set(z.namelist())
+    assert "extension/package.json" in names
+    assert "extension/out/src/extension.js" in names
+    assert "extension/node_modules/vscode-languageclient/package.json" in names
+    assert not any(n.startswith("extension/src/") or "/test/suite/" in n for n in names)
+
+    # The Hub stand-in serving Gemma, and a registry that names it.
+    gemma = gemma_path()
+    # For the update test: the Hub's next commit changes the file (1 MiB more).
+    update_file = tmp_path / "gemma-v2.gguf"
+    shutil.copyfile(gemma, update_file)
+    with update_file.open("ab") as f:
+        f.write(b"\0" * (1 << 20))
+    hub, hub_info = _start_hub(tmp_path, gemma)
+    registry = tmp_path / "registry.json"
+    registry.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "id": MODEL_ID,
+                        "hf_repo": "test/gemma",
+                        "filename": "gemma.gguf",
+                        "ram_required_mb": 600,
+                        "recommended": True,
+                    },
+                    # The same file under another id: the download the suite cancels.
+                    {
+                        "id": CANCEL_MODEL_ID,
+                        "hf_repo": "test/gemma",
+                        "filename": "gemma.gguf",
+                        "ram_required_mb": 700,
+                    },
+                ]
+            }
+        )
+    )
+    if ARTIFACTS.exists():
+        shutil.rmtree(ARTIFACTS)
+    ARTIFACTS.mkdir(parents=True)
+    suite_log = ARTIFACTS / "suite.log"
+    env = dict(os.environ)
+    env.update(
+        {
+            # conftest's isolated_home set HOME and VIBRANT_HOME to this test's folder.
+            "VIBRANT_REGISTRY": str(registry),
+            "HF_ENDPOINT": hub_info["endpoint"],
+            "VIBRANT_TEST_LOG": str(suite_log),
+            "VIBRANT_TEST_MODEL": MODEL_ID,
+            "VIBRANT_TEST_CANCEL_MODEL": CANCEL_MODEL_ID,
+            "VIBRANT_TEST_MODEL_BYTES": str(GEMMA_SIZE),
+            "VIBRANT_TEST_UPDATE_FILE": str(update_file),
+            "VIBRANT_LOG_LEVEL": "info",
+        }
+    )
+    env.pop("HF_HUB_OFFLINE", None)
+    settings = {
+        "vibrant.serverPath": str(Path(sys.executable).parent / "vibrant-rpc"),
+        "vibrant.contextSize": 1024,
+        "vibrant.threads": 2,
+        "vibrant.inlineCompletions.maxTokens": 24,
+    }
+    runner = subprocess.Popen(
+        [
+            "node",
+            str(EXT / "test" / "runner.mjs"),
+            "--env",
+            os.environ.get("VIBRANT_VSCODE_ENV", str(ROOT / ".cache" / "vscode-test-env")),
+            "--workspace",
+            str(tmp_path / "workspace"),
+            "--state",
+            str(tmp_path / "code-server"),
+            "--artifacts",
+            str(ARTIFACTS),
+            "--settings",
+            json.dumps(settings),
+            "--timeout",
+            "240",
+        ],
+        cwd=EXT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    suite_started = time.monotonic()
+    try:
+        output, _ = runner.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        hub.terminate()
+        hub.wait(timeout=10)
+    suite_s = time.monotonic() - suite_started
+    suite = suite_log.read_text() if suite_log.exists() else "(the suite wrote no log)\n"
+    report = f"{output}\n--- suite log ---\n{suite}"
+    print(report)
+    print(f"setup {setup_s:.1f} s, in-editor suite {suite_s:.1f} s")
+    assert runner.returncode == 0, f"the VS Code suite failed (exit {runner.returncode}):\n{report}"
+    assert "PASS the server is not running before the first command" in suite
+    assert "all " in suite and " tests passed" in suite
+    shot = ARTIFACTS / "download-notification.png"
+    assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot of the download"
+
+
+# The request's window (editors/vscode/src/window.ts) under Node, on cases judged here ----
+
+MIX = "é中文😀x"  # 1-unit, 1-unit and 2-unit (a surrogate pair) characters
+DEFAULTS = {
+    "prefix_lines": 256,
+    "suffix_lines": 64,
+    "window_step": 32,
+    "max_prefix_chars": 16000,
+    "max_suffix_chars": 4000,
+}
+TS_NAMES = {
+    "prefix_lines": "prefixLines",
+    "suffix_lines": "suffixLines",
+    "window_step": "windowStep",
+    "max_prefix_chars": "maxPrefixChars",
+    "max_suffix_chars": "maxSuffixChars",
+}
+
+
+def run_window_cases(
+    tmp_path: Path, docs: list[list[str]], cases: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Cases in code units (tests.support.editor_window.to_units); results likewise."""
+    if not (EXT / "node_modules" / "typescript").is_dir():
+        _run(["npm", "ci", "--loglevel=error"], EXT, timeout=600)
+    _run(["npx", "--no-install", "tsc", "-p", "."], EXT, timeout=300)
+    cases_file, result = tmp_path / "cases.json", tmp_path / "window.json"
+    ts_cases = [
+        {
+            "doc": c["doc"],
+            "line": c["row"],
+            "character": c["col"],
+            "opts": {TS_NAMES[k]: v for k, v in c["opts"].items()},
+        }
+        for c in cases
+    ]
+    # ensure_ascii: code units travel as \\uXXXX, so JavaScript gets exactly these units.
+    cases_file.write_text(json.dumps({"docs": docs, "cases": ts_cases}, ensure_ascii=True))
+    _run(["node", "out/test/window-cases.js", str(cases_file), str(result)], EXT, timeout=120)
+    out: list[dict[str, Any]] = json.loads(result.read_text(encoding="utf-8"))["results"]
+    assert len(out) == len(cases)
+    return [
+        {
+            "prompt": to_units(r["prompt"]),
+            "suffix": to_units(r["suffix"]),
+            "start_row": r["startLine"],
+            "end_row": r["endLine"],
+            "prompt_cut": r["promptCut"],
+            "suffix_cut": r["suffixCut"],
+        }
+        for r in out
+    ]
+
+
+def check(lines: list[str], case: dict[str, Any], r: dict[str, Any]) -> None:
+    """What the server receives: no lone surrogate, and the window editor_window defines."""
+    assert well_formed_units(r["prompt"]) and well_formed_units(r["suffix"]), r
+    opts = {**DEFAULTS, **case["opts"]}
+    check_window(lines, case["row"], case["col"], opts, r, utf16_starts, "\n")
+
+
+def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
+    """Every cap from 1 to 60 lands inside 😀's surrogate pair somewhere: the cut keeps
+    the pair whole; where lines fit, it is on line boundaries."""
+    doc = [to_units(f"l{i} {MIX * (i % 5)}") for i in range(400)]
+    doc[150] = to_units(MIX * 40)
+    long_line = doc[150]
+    cases: list[dict[str, Any]] = []
+    for cap in range(1, 61):
+        for col in utf16_starts(long_line)[::7]:
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": 150,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap},
+                }
+            )
+    for cap in (10, 50, 100, 333, 1000, 2000, 3000, 4000):
+        for row in (0, 1, 31, 32, 149, 151, 257, 300, 399):
+            col = min(s for s in utf16_starts(doc[row]) if s >= len(doc[row]) // 2)
+            cases.append(
+                {
+                    "doc": 0,
+                    "row": row,
+                    "col": col,
+                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap, "prefix_lines": 64},
+                }
+            )
+    for row in range(0, 400, 13):
+        cases.append({"doc": 0, "row": row, "col": len(doc[row]), "opts": {}})
+    results = run_window_cases(tmp_path, [doc], cases)
+    for case, r in zip(cases, results, strict=True):
+        check(doc, case, r)
+    assert sum(r["prompt_cut"] for r in results) > 100
+    assert sum(r["suffix_cut"] for r in results) > 100
+    # The cap fell between the halves of a pair, and the cut moved off it, at both ends.
+    pair_cuts = [
+        (case, r)
+        for case, r in zip(cases, results, strict=True)
+        if r["prompt_cut"] and len(r["prompt"]) == case["opts"]["max_prefix_chars"] - 1
+    ]
+    assert pair_cuts, "no prefix cap landed inside a surrogate pair"
+    pair_cuts = [
+        (case, r)
+        for case, r in zip(cases, results, strict=True)
+        if r["suffix_cut"] and len(r["suffix"]) == case["opts"]["max_suffix_chars"] - 1
+    ]
+    assert pair_cuts, "no suffix cap landed inside a surrogate pair"
+    stepped = [
+        r
+        for case, r in zip(cases, results, strict=True)
+        if r["start_row"] - natural_start(case["row"], {**DEFAULTS, **case["opts"]}) >= 32
+        and case["row"] - r["start_row"] >= 32
+    ]
+    assert len(stepped) >= 3, len(stepped)
+
+
+def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
+    """Typing on a line only appends to the prompt; moving down moves the start only
+    every windowStep lines; a lone surrogate in the document is sent as U+FFFD."""
+    base = [to_units(f"line {i} {MIX}") for i in range(300)]
+    docs = [base]
+    cases: list[dict[str, Any]] = []
+    typed = to_units("é中😀 = x")
+    row = 200
+    starts = utf16_starts(typed)
+    for end in starts[1:]:
+        doc = [*base[:row], base[row] + typed[:end], *base[row + 1 :]]
+        docs.append(doc)
+        cases.append({"doc": len(docs) - 1, "row": row, "col": len(doc[row]), "opts": {}})
+    for r in range(100, 300):
+        cases.append({"doc": 0, "row": r, "col": 0, "opts": {"prefix_lines": 50}})
+    lone = [*base[:10], "a\ud83d b", "\ude00 c", *base[12:]]
+    docs.append(lone)
+    cases.append({"doc": len(docs) - 1, "row": 11, "col": 1, "opts": {}})
+    results = run_window_cases(tmp_path, docs, cases)
+    typing = results[: len(starts) - 1]
+    for case, r in zip(cases[:-1], results[:-1], strict=True):
+        check(docs[case["doc"]], case, r)
+    assert {r["start_row"] for r in typing} == {natural_start(row, DEFAULTS)}
+    for a, b, (i, j) in zip(typing, typing[1:], itertools.pairwise(starts[1:]), strict=False):
+        assert b["prompt"] == a["prompt"] + typed[i:j]
+    moved = [r["start_row"] for r in results[len(starts) - 1 : -1]]
+    assert moved == [max(0, r - 50) // 32 * 32 for r in range(100, 300)]
+    last = results[-1]
+    assert last["prompt"].endswith("a\ufffd b\n\ufffd"), last["prompt"][-10:]
+    assert last["suffix"].startswith(" c\n"), last["suffix"][:10]

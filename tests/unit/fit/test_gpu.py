@@ -1,0 +1,146 @@
+"""GPU detection (never an error without a GPU) and the layer plan as a pure function."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from tests.support.qwen2_fixtures import QWEN_7B_LAYOUT, tiny_qwen2_path
+from vibrant_rpc.fit.estimate import EstimateOptions, compute_reserved_bytes, kv_bytes_per_layer
+from vibrant_rpc.fit.gpu import (
+    MINIMUM_MEMORY,
+    GpuDevice,
+    apple_unified,
+    detect_gpus,
+    nvidia_gpus,
+    plan_gpu_layers,
+)
+from vibrant_rpc.fit.ram import MemoryInfo
+from vibrant_rpc.gguf.header import ModelHeader, read_header
+
+MIB = 2**20
+GIB = 2**30
+OPTIONS = EstimateOptions(context=4096, gpu_layers=-1)
+
+
+def header() -> ModelHeader:
+    return read_header(tiny_qwen2_path(QWEN_7B_LAYOUT))
+
+
+def cuda(free: int, index: int = 0) -> GpuDevice:
+    return GpuDevice(index=index, kind="cuda", name="test", total_bytes=free, free_bytes=free)
+
+
+def layer_size(h: ModelHeader) -> int:
+    return h.layer_bytes[0] + kv_bytes_per_layer(h, OPTIONS)
+
+
+def test_detection_never_raises() -> None:
+    # Here: nvidia-ml-py without a driver, so []; on a GPU machine, its devices.
+    found = nvidia_gpus()
+    assert all(d.kind == "cuda" and 0 <= d.free_bytes <= d.total_bytes for d in found)
+    if platform.system() == "Linux":
+        memory = MemoryInfo(total_bytes=16 * GIB, available_bytes=8 * GIB)
+        assert [(d.index, d.name) for d in detect_gpus(memory)] == [
+            (d.index, d.name) for d in found
+        ]
+
+
+def test_nvml_failures_mean_no_gpus() -> None:
+    import pynvml  # type: ignore[import-untyped]
+
+    def no_library() -> list[GpuDevice]:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    def no_driver() -> list[GpuDevice]:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+
+    def no_module() -> list[GpuDevice]:
+        raise ImportError("No module named 'pynvml'")
+
+    def a_bug() -> list[GpuDevice]:
+        raise ZeroDivisionError
+
+    for load in (no_library, no_driver, no_module):
+        assert nvidia_gpus(load) == []
+    with pytest.raises(ZeroDivisionError):
+        nvidia_gpus(a_bug)
+
+
+def test_apple_silicon_is_one_unified_pool() -> None:
+    memory = MemoryInfo(total_bytes=32 * GIB, available_bytes=20 * GIB)
+    (device,) = apple_unified(memory, "Darwin", "arm64")
+    assert (device.kind, device.total_bytes, device.free_bytes) == ("metal", 32 * GIB, 20 * GIB)
+    assert apple_unified(memory, "Darwin", "x86_64") == []
+    assert apple_unified(memory, "Linux", "arm64") == []
+
+
+def test_no_devices_or_zero_layers_run_on_the_cpu() -> None:
+    h = header()
+    assert plan_gpu_layers([], h, OPTIONS).gpu_layers == 0
+    cpu = plan_gpu_layers([cuda(80 * GIB)], h, EstimateOptions(context=4096, gpu_layers=0))
+    assert cpu.gpu_layers == 0 and cpu.bytes_by_device == [0]
+
+
+def test_a_large_gpu_takes_everything() -> None:
+    h = header()
+    plan = plan_gpu_layers([cuda(80 * GIB)], h, OPTIONS)
+    assert plan.full_offload and plan.output_offloaded
+    assert plan.gpu_layers == h.block_count + 1 == 29
+    assert plan.layers_by_device == [29]
+
+
+def test_a_small_gpu_takes_what_fits_less_the_margin() -> None:
+    h = header()
+    graph = compute_reserved_bytes(h, OPTIONS)
+    size = layer_size(h)
+    # Room for the reserve, the graph, one buffer layer and exactly 10 layers more.
+    free = MINIMUM_MEMORY["cuda"] + graph + size + 10 * size + size // 2
+    plan = plan_gpu_layers([cuda(free)], h, OPTIONS)
+    assert plan.gpu_layers == plan.offloaded_blocks == 10
+    assert not plan.output_offloaded and not plan.full_offload
+    assert plan.bytes_by_device[0] < free
+    assert "10 of 28 layers" in plan.reason
+
+
+def test_more_free_memory_never_offloads_fewer_layers() -> None:
+    h = header()
+    counts = [
+        plan_gpu_layers([cuda(free)], h, OPTIONS).gpu_layers
+        for free in range(256 * MIB, 4 * GIB, 64 * MIB)
+    ]
+    assert counts == sorted(counts)
+    assert counts[0] == 0 and counts[-1] == 29
+
+
+def test_too_little_for_the_graph_is_cpu_only() -> None:
+    h = header()
+    graph = compute_reserved_bytes(h, OPTIONS)
+    plan = plan_gpu_layers([cuda(MINIMUM_MEMORY["cuda"] + graph)], h, OPTIONS)
+    assert plan.gpu_layers == 0 and "too little" in plan.reason
+
+
+def test_gpu_layers_caps_the_plan() -> None:
+    h = header()
+    plan = plan_gpu_layers([cuda(80 * GIB)], h, EstimateOptions(context=4096, gpu_layers=5))
+    assert plan.gpu_layers == 5 and not plan.output_offloaded
+
+
+def test_two_gpus_share_the_layers() -> None:
+    h = header()
+    plan = plan_gpu_layers([cuda(40 * GIB, 0), cuda(40 * GIB, 1)], h, OPTIONS)
+    assert plan.full_offload
+    assert sum(plan.layers_by_device) == 29
+    assert abs(plan.layers_by_device[0] - plan.layers_by_device[1]) <= 1
+    # A device too small for even the graph takes no layers.
+    tiny = plan_gpu_layers([cuda(40 * GIB, 0), cuda(100 * MIB, 1)], h, OPTIONS)
+    assert tiny.layers_by_device == [29, 0] and tiny.bytes_by_device[1] == 0
+
+
+def test_longer_context_offloads_fewer_layers() -> None:
+    h = header()
+    free = 2 * GIB
+    short = plan_gpu_layers([cuda(free)], h, EstimateOptions(context=2048, gpu_layers=-1))
+    long = plan_gpu_layers([cuda(free)], h, EstimateOptions(context=16384, gpu_layers=-1))
+    assert long.gpu_layers < short.gpu_layers
