@@ -20,14 +20,29 @@ unchanged. The CLI prints ``message`` and ``hint`` and exits 1; the server answe
     │   ├── DiskFullError            -31011   DiskFull          the disk itself is full
     │   ├── ModelInUseError          -31012   ModelInUse
     │   ├── RegistryError            -31013   RegistryError     a user registry entry refused
-    │   └── ConfigError              -31014   ConfigError       a setting refused
+    │   ├── ConfigError              -31014   ConfigError       a setting refused
+    │   └── GGUFFormatError          (its parent's)             not a GGUF header we can read
     ├── Cancelled                    -32800   Cancelled         the user stopped it: not a failure
     └── InvalidParams                -32602   InvalidParams     params that don't match their type
+
+    RuntimeError
+    └── ModelClosedError             (a bug: the wire's InternalError, -32603)
 
 vibrant's own codes are the block -31000 … -31099: outside JSON-RPC's reserved
 -32768 … -32000 (which holds LSP's -32002 ServerNotInitialized and -32001
 UnknownErrorCode) and LSP's -32899 … -32800. Cancellation and bad params use the codes
 JSON-RPC and LSP define for them. Clients should match ``data.kind``, not the code.
+
+A class without a ``kind`` of its own (``GGUFFormatError``) is its parent on the wire, so
+the protocol's error list (``tree``) leaves it out. ``ModelClosedError`` is a bug, not a
+user's error: it is no ``VibrantException``, so the wire answers it as an internal error.
+
+Not here, on purpose: exceptions that never leave their module, signals one function
+raises for its caller to act on (``gguf.header.NeedMoreBytes``: read more and parse
+again; ``download.hub.TransientError`` and ``download.transfer``'s ``RangeIgnored``,
+``RemoteChanged``, ``UrlExpired``: retry, resolve again, restart the file). Each ends
+as one of the errors above, or not at all. And ``server.wire.RpcError``, a pygls
+exception that only the transport may import.
 """
 
 from __future__ import annotations
@@ -180,6 +195,10 @@ class ConfigError(VibrantError):
     kind = "ConfigError"
 
 
+class GGUFFormatError(VibrantError):
+    """The bytes are not a GGUF header this reader understands."""
+
+
 class Cancelled(VibrantException):
     """Cancelled by ``$/cancelRequest``, ``window/workDoneProgress/cancel`` or
     ``vibrant/cancelDownload``; a download keeps its partial."""
@@ -205,14 +224,20 @@ class InvalidParams(VibrantException):
         self.method, self.field, self.reason = method, field, reason
 
 
+class ModelClosedError(RuntimeError):
+    """``complete`` on a model that was closed."""
+
+
 def tree() -> list[type[VibrantException]]:
-    """Every error class, parents before children (what protocol/ documents)."""
+    """Every error class with a kind of its own, parents before children (what protocol/
+    documents); a class that reuses its parent's kind is its parent on the wire."""
     out: list[type[VibrantException]] = []
 
     def walk(cls: type[VibrantException]) -> None:
         for sub in cls.__subclasses__():
             if sub.__module__ == __name__:
-                out.append(sub)
+                if "kind" in vars(sub):
+                    out.append(sub)
                 walk(sub)
 
     walk(VibrantException)

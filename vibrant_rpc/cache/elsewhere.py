@@ -44,7 +44,8 @@ from ..registry import ModelInfo, Registry
 # "file": a path the user named (`vibrant model import <path>`), adopted the same way.
 Tool = Literal["huggingface_hub", "llama.cpp", "lmstudio", "ollama", "file"]
 Method = Literal["reflink", "hardlink", "copy"]
-Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+# Told (bytes hashed so far, bytes in all) as an adopted file is hashed (and copied).
+OnHashed = Callable[[int, int], None]
 
 # linux/fs.h: _IOW(0x94, 9, int). A reflink is a copy-on-write clone: no bytes move and
 # a write to either file never reaches the other.
@@ -62,11 +63,6 @@ _CANNOT_SHARE = {
     errno.ENOSYS,
     errno.EBADF,
 }
-
-
-# A file in another tool's cache that is not the file the reference names is refused with
-# the downloader's own checksum error: one kind for a client to match, one place in the tree.
-OtherCacheChecksumError = ChecksumMismatchError
 
 
 class Roots(msgspec.Struct, frozen=True, kw_only=True):
@@ -312,7 +308,7 @@ def adopt(
     candidate: Candidate,
     target_path: Path,
     expected_sha256: str,
-    progress: Progress | None = None,
+    on_hashed: OnHashed | None = None,
     *,
     allow_link: bool = True,
 ) -> AdoptResult:
@@ -320,7 +316,7 @@ def adopt(
     ``expected_sha256``: a reflink, else a hard link on the same filesystem, else a copy.
 
     The target appears whole or not at all (a temporary name, then a rename). A mismatch
-    raises ``OtherCacheChecksumError`` and leaves the other tool's file untouched.
+    raises ``ChecksumMismatchError`` and leaves the other tool's file untouched.
     """
     source = Path(candidate.path)
     target_path.parent.mkdir(parents=True, exist_ok=True)
@@ -328,9 +324,9 @@ def adopt(
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     try:
-        method, copied, digest, size = _place(source, tmp, progress, allow_link)
+        method, copied, digest, size = _place(source, tmp, on_hashed, allow_link)
         if digest != expected_sha256:
-            raise OtherCacheChecksumError(
+            raise ChecksumMismatchError(
                 f"{source} ({candidate.tool}) is not the file vibrant needs: its SHA-256 is "
                 f"{digest}, the reference is {expected_sha256}. It was left as it is.",
                 hint="Another tool's copy is damaged or a different file; vibrant will "
@@ -351,12 +347,12 @@ def adopt(
 
 
 def _place(
-    source: Path, tmp: Path, progress: Progress | None, allow_link: bool
+    source: Path, tmp: Path, on_hashed: OnHashed | None, allow_link: bool
 ) -> tuple[Method, int, str, int]:
     total = source.stat().st_size
     if allow_link:
         if _reflink(source, tmp):
-            return "reflink", 0, _hash(tmp, total, progress), total
+            return "reflink", 0, _hash(tmp, total, on_hashed), total
         try:
             os.link(source, tmp)
         except OSError as err:
@@ -364,8 +360,8 @@ def _place(
                 raise
         else:
             # The link is the other tool's inode: hashing it is hashing what we keep.
-            return "hardlink", 0, _hash(tmp, total, progress), total
-    digest, copied = _copy(source, tmp, total, progress)
+            return "hardlink", 0, _hash(tmp, total, on_hashed), total
+    digest, copied = _copy(source, tmp, total, on_hashed)
     return "copy", copied, digest, copied
 
 
@@ -386,19 +382,19 @@ def _reflink(source: Path, tmp: Path) -> bool:
         raise
 
 
-def _hash(path: Path, total: int, progress: Progress | None) -> str:
+def _hash(path: Path, total: int, on_hashed: OnHashed | None) -> str:
     h = hashlib.sha256()
     done = 0
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
             done += len(chunk)
-            if progress:
-                progress(done, total)
+            if on_hashed:
+                on_hashed(done, total)
     return h.hexdigest()
 
 
-def _copy(source: Path, tmp: Path, total: int, progress: Progress | None) -> tuple[str, int]:
+def _copy(source: Path, tmp: Path, total: int, on_hashed: OnHashed | None) -> tuple[str, int]:
     h = hashlib.sha256()
     done = 0
     with open(source, "rb", buffering=0) as src, open(tmp, "xb") as dst:
@@ -406,8 +402,8 @@ def _copy(source: Path, tmp: Path, total: int, progress: Progress | None) -> tup
             h.update(chunk)
             dst.write(chunk)
             done += len(chunk)
-            if progress:
-                progress(done, total)
+            if on_hashed:
+                on_hashed(done, total)
         dst.flush()
         os.fsync(dst.fileno())
     return h.hexdigest(), done

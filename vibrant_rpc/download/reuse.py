@@ -19,14 +19,13 @@ import msgspec
 from ..cache.elsewhere import (
     Candidate,
     Method,
-    OtherCacheChecksumError,
     Roots,
     Tool,
     adopt,
     find_candidates,
 )
 from ..cache.partials import FileProgress, PartialState
-from ..errors import DownloadFailedError
+from ..errors import ChecksumMismatchError, DownloadFailedError
 from ..units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -82,14 +81,14 @@ def take(
     for c in reuse.candidates(repo, fp):
         seen = 0
 
-        def progress(done: int, total: int) -> None:
+        def hashed(done: int, total: int) -> None:
             nonlocal seen
             on_bytes(done - seen)
             seen = done
 
         try:
-            got = adopt(c, part, expected, progress)
-        except OtherCacheChecksumError as err:
+            got = adopt(c, part, expected, hashed)
+        except ChecksumMismatchError as err:
             on_bytes(-seen)
             log.warning("%s", err.message)
             continue
@@ -124,7 +123,7 @@ def check_imported(
     if taken == 0:
         if state.downloaded_bytes == 0:  # no partial of its own: none is left behind
             shutil.rmtree(folder, ignore_errors=True)
-        raise OtherCacheChecksumError(
+        raise ChecksumMismatchError(
             f"{named} is not a file of {model_id}: no file of it has that size and SHA-256.",
             hint="Check the path and --model; nothing was changed.",
             modelId=model_id,

@@ -2,8 +2,9 @@
 prefix of it (``header``), and a header built from an architecture's published numbers
 for a model not downloaded yet (``architectures``). Knows nothing of the registry."""
 
+from ..errors import GGUFFormatError  # the error tree's; the face keeps it beside the reader
 from .architectures import ArchFacts, header_from_arch
-from .header import GGML_TYPES, GGUFFormatError, ModelHeader, header_from_ranges, read_header
+from .header import GGML_TYPES, ModelHeader, header_from_ranges, read_header
 
 __all__ = [
     "GGML_TYPES",

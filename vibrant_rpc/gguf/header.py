@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from vibrant_rpc.errors import VibrantError
+from vibrant_rpc.errors import GGUFFormatError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -97,10 +97,8 @@ _LAYER = re.compile(r"^blk\.(\d+)\.")
 Scalar = str | int | float | bool
 
 
-class GGUFFormatError(VibrantError):
-    """The bytes are not a GGUF header this reader understands."""
-
-
+# Not in errors.py: a signal between the parser and its callers here (fetch more, parse
+# again), never a user's error; when no more bytes can come it becomes a GGUFFormatError.
 class NeedMoreBytes(Exception):
     """The prefix ended inside the header; ``needed`` is the least total length to try next."""
 

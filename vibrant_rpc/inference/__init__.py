@@ -4,13 +4,13 @@ thread all llama.cpp work runs on (``llama_setup``); the KV cache kept across pr
 ``draft_policy``) and UTF-8 text from token bytes (``text_stream``). llama_cpp itself
 is imported on the first load, not here."""
 
+from ..errors import ModelClosedError  # the error tree's; the face keeps it beside the model
 from .model import (
     FLASH_ATTENTION,
     CompletionRequest,
     CompletionResult,
     LoadedModel,
     LoadOptions,
-    ModelClosedError,
     warm_up,
 )
 

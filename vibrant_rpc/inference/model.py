@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from vibrant_rpc.errors import ModelLoadFailedError
+from vibrant_rpc.errors import ModelClosedError, ModelLoadFailedError
 from vibrant_rpc.inference.draft_policy import DraftPolicy
 from vibrant_rpc.inference.greedy_decode import DRAFT_MAX, DraftStats, decode_at, greedy_tokens
 from vibrant_rpc.inference.kv_reuse import (
@@ -129,10 +129,6 @@ class Prompt(msgspec.Struct, frozen=True):
     fim: bool
     # Text was cut to fit the context: the start of the prefix, the end of the suffix.
     truncated: bool
-
-
-class ModelClosedError(RuntimeError):
-    """``complete`` on a model that was closed."""
 
 
 class LoadedModel:

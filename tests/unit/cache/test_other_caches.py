@@ -14,13 +14,13 @@ from tests.support.helpers import tiny_model, write_registry
 from tests.support.hub_stub import HubStub
 from vibrant_rpc.cache.elsewhere import (
     Candidate,
-    OtherCacheChecksumError,
     Roots,
     adopt,
     default_roots,
     find_candidates,
     scan,
 )
+from vibrant_rpc.errors import ChecksumMismatchError
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import Registry
 
@@ -85,6 +85,7 @@ def test_default_roots_and_the_tools_own_variables(tmp_path: Path) -> None:
 # -- huggingface_hub, for real ---------------------------------------------------------------
 
 
+@pytest.mark.hub
 def test_hf_cache_made_by_huggingface_hub_is_found_and_hard_linked(
     hub: HubStub, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_hf_cache_made_by_huggingface_hub_is_found_and_hard_linked(
     assert blob_path.read_bytes() == DATA
 
 
+@pytest.mark.hub
 def test_name_match_without_a_known_sha_is_found_by_repo_and_file(
     hub: HubStub, tmp_path: Path
 ) -> None:
@@ -139,6 +141,7 @@ def test_name_match_without_a_known_sha_is_found_by_repo_and_file(
     assert find_candidates(REPO, FILE, "0" * 64, roots_in(home)) == []
 
 
+@pytest.mark.hub
 def test_tampered_file_in_the_hf_cache_is_refused_and_left_alone(
     hub: HubStub, tmp_path: Path
 ) -> None:
@@ -152,7 +155,7 @@ def test_tampered_file_in_the_hf_cache_is_refused_and_left_alone(
     (c,) = find_candidates(REPO, FILE, sha(DATA), roots_in(home))
     target = tmp_path / "vibrant/models/tiny.gguf"
     for allow_link in (True, False):
-        with pytest.raises(OtherCacheChecksumError) as err:
+        with pytest.raises(ChecksumMismatchError) as err:
             adopt(c, target, sha(DATA), allow_link=allow_link)
         assert err.value.kind == "ChecksumMismatch"
         assert str(blob_path) in err.value.message and sha(bytes(tampered)) in err.value.message
@@ -282,6 +285,7 @@ def test_llama_cpp_flat_names_old_and_newer(tmp_path: Path) -> None:
     assert c.path == str(oldest) and c.matched_by == "name"
 
 
+@pytest.mark.hub
 def test_llama_cpp_hub_layout_in_llama_cache(hub: HubStub, tmp_path: Path) -> None:
     # recent llama.cpp writes huggingface_hub's layout, into $LLAMA_CACHE when it is set
     hub.add_repo(REPO, {FILE: DATA})
@@ -295,6 +299,7 @@ def test_llama_cpp_hub_layout_in_llama_cache(hub: HubStub, tmp_path: Path) -> No
 # -- scan ------------------------------------------------------------------------------------
 
 
+@pytest.mark.hub
 def test_scan_lists_what_it_found_and_what_it_would_save(
     hub: HubStub, tmp_path: Path, paths: Paths
 ) -> None:

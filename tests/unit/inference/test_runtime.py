@@ -19,15 +19,16 @@ from tests.support.gguf_fixtures import (
     tiny_fim_path,
     tiny_fim_token_id,
 )
-from vibrant_rpc.errors import ModelLoadFailedError
+from vibrant_rpc.errors import ModelClosedError, ModelLoadFailedError
 from vibrant_rpc.inference.model import (
     CompletionRequest,
     FimTokens,
     LoadedModel,
     LoadOptions,
-    ModelClosedError,
 )
 from vibrant_rpc.inference.text_stream import TextStream
+
+pytestmark = pytest.mark.llama
 
 OPTS = LoadOptions(context_size=512, threads=2)
 CODE = "def fibonacci(n):\n"
