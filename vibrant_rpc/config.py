@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import psutil
 
-from .errors import ConfigError
+from .errors import ConfigError, validation_problem
 from .units import parse_size
 
 
@@ -79,7 +79,7 @@ def _normalise(raw: dict[str, Any], source: str, warnings: list[str]) -> dict[st
         try:
             out[name] = _one(name, value)
         except (ValueError, msgspec.ValidationError) as err:
-            reason = str(err).split(" - at ")[0]
+            reason = validation_problem(err).reason
             warnings.append(f"{source}: setting {key!r} = {value!r} ignored: {reason}.")
     return out
 

@@ -40,14 +40,18 @@ user's error: it is no ``VibrantException``, so the wire answers it as an intern
 Not here, on purpose: exceptions that never leave their module, signals one function
 raises for its caller to act on (``gguf.header.NeedMoreBytes``: read more and parse
 again; ``download.hub.TransientError`` and ``download.transfer``'s ``RangeIgnored``,
-``RemoteChanged``, ``UrlExpired``: retry, resolve again, restart the file). Each ends
-as one of the errors above, or not at all. And ``server.wire.RpcError``, a pygls
+``RemoteChanged``, ``UrlExpired``: retry, resolve again, restart the file;
+``cache.manifest.Unreadable``: the cache sets the manifest aside and rebuilds it). Each
+ends as one of the errors above, or not at all. And ``server.wire.RpcError``, a pygls
 exception that only the transport may import.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
+
+import msgspec
 
 from .redact import redact, redact_value
 
@@ -242,3 +246,44 @@ def tree() -> list[type[VibrantException]]:
 
     walk(VibrantException)
     return out
+
+
+# -- msgspec's words ---------------------------------------------------------------------
+# msgspec says where a value failed only in its message ("Expected `int`, got `str` - at
+# `$.options.contextSize`"), and names an unknown or missing field only there too. Its
+# message is taken apart here alone; the wire (InvalidParams), the registry and the
+# settings word it each their way.
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
+_NAMED = re.compile(r"Object (?P<how>contains unknown|missing required) field `(?P<name>[^`]*)`")
+
+
+class ValidationProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """A value that did not match its type: msgspec's words, and where."""
+
+    reason: str  # msgspec's words without the place: "Expected `int`, got `str`"
+    path: str  # where the bad value is: "options.contextSize", "files[0]"; "" for the top
+    unknown: str | None = None  # a field the type doesn't have
+    missing: str | None = None  # a required field that is absent
+
+    def field(self, *, missing: bool = True) -> str:
+        """The path of the field at fault: the field the words name (an unknown one; a
+        missing one too with ``missing``) inside ``path``, else ``path``."""
+        named = self.unknown or (self.missing if missing else None)
+        if named is None:
+            return self.path
+        return f"{self.path}.{named}" if self.path else named
+
+
+def validation_problem(err: ValueError) -> ValidationProblem:
+    """msgspec's ``ValidationError`` taken apart (any other ValueError: its words alone)."""
+    text = str(err)
+    m = _AT.match(text)
+    reason, path = (m.group("reason"), m.group("path") or "") if m else (text, "")
+    named = _NAMED.search(reason)
+    how, name = named.group("how", "name") if named else (None, None)
+    return ValidationProblem(
+        reason=reason,
+        path=path,
+        unknown=name if how == "contains unknown" else None,
+        missing=name if how == "missing required" else None,
+    )

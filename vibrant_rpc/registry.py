@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .errors import ModelNotFoundError, RegistryError
+from .errors import ModelNotFoundError, RegistryError, validation_problem
 from .fsutil import is_sha256
 from .gguf.architectures import ArchFacts
 
@@ -178,18 +178,6 @@ def _unique(names: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-_FIELD_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
-
-
-def _describe_decode_error(err: msgspec.ValidationError) -> tuple[str, str]:
-    text = str(err)
-    m = _FIELD_AT.match(text)
-    msg, path = (m.group("msg"), m.group("path") or "") if m else (text, "")
-    if f := re.search(r"field `([^`]+)`", msg):
-        return (f"{path}.{f.group(1)}" if path else f.group(1)), msg
-    return path or "(entry)", msg
-
-
 def parse_entries(data: bytes, source: str) -> tuple[list[ModelInfo], list[RegistryError]]:
     """Parse a registry file; return the valid entries and one error per refused entry."""
     try:
@@ -212,7 +200,8 @@ def parse_entries(data: bytes, source: str) -> tuple[list[ModelInfo], list[Regis
         try:
             info = msgspec.json.decode(raw, type=ModelInfo)
         except msgspec.ValidationError as err:
-            field, reason = _describe_decode_error(err)
+            problem = validation_problem(err)
+            field, reason = problem.field() or "(entry)", problem.reason
         else:
             problem = _validate(info)
             if problem is None:

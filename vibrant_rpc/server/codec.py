@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import InvalidParams
+from ..errors import InvalidParams, validation_problem
 from ..protocol import Params
 
-_PATH = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 P = TypeVar("P", bound=Params)
 
 
@@ -29,13 +27,9 @@ def decode_params(method: str, raw: object, cls: type[P]) -> P:
     try:
         return msgspec.convert(raw, cls)
     except msgspec.ValidationError as err:
-        m = _PATH.match(str(err))
-        reason, path = (m.group("reason"), m.group("path") or "") if m else (str(err), "")
-        field = path.lstrip(".")
-        unknown = re.match(r"Object contains unknown field `([^`]*)`", reason)
-        if unknown:
-            field = f"{field}.{unknown.group(1)}" if field else unknown.group(1)
-        raise InvalidParams(method, field, reason) from None
+        problem = validation_problem(err)
+        # A missing field is named by its object's path ("" is the params themselves).
+        raise InvalidParams(method, problem.field(missing=False), problem.reason) from None
 
 
 def _unencodable(value: object, path: str = "") -> tuple[str, int] | None:

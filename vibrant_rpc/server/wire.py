@@ -106,7 +106,10 @@ class VibrantProtocol(LanguageServerProtocol):
         except UnicodeDecodeError as err:
             self._not_utf8(body, err)
             return
-        except (ValueError, RecursionError) as err:
+        except RecursionError:
+            self._too_deep(body)
+            return
+        except ValueError as err:
             self.reply_error(None, p.PARSE_ERROR, f"Parse error: {err}")
             return
         if isinstance(data, list):
@@ -171,6 +174,25 @@ class VibrantProtocol(LanguageServerProtocol):
             if is_request:
                 self.reply_error(msg_id, p.INTERNAL_ERROR, f"Internal error in {method}.")
 
+    def _too_deep(self, body: bytes) -> None:
+        """Valid JSON nested deeper than the parser recurses (about 980 levels): answer the
+        request by its id, read from the top level alone, or the editor waits forever."""
+        reason = (
+            "nested too deeply to parse (arrays and objects about 980 levels inside each other)"
+        )
+        top = _top_level_scalars(body)
+        msg_id, method = top.get("id"), top.get("method")
+        if isinstance(msg_id, int | str) and not isinstance(msg_id, bool):
+            where = f" for {method}" if isinstance(method, str) else ""
+            self.reply_error(
+                msg_id,
+                InvalidParams.code,
+                f"Invalid params{where}: {reason}.",
+                {"kind": InvalidParams.kind, "field": "", "reason": reason},
+            )
+        else:
+            self.reply_error(None, p.PARSE_ERROR, f"Parse error: the message is {reason}.")
+
     def _not_utf8(self, body: bytes, err: UnicodeDecodeError) -> None:
         """A body that is not UTF-8 is a parse error; but when the rest parses, answer the
         request by its id, so that the editor's request does not wait forever."""
@@ -202,6 +224,57 @@ def _envelope_problem(data: dict[str, Any]) -> str | None:
     if "id" in data and ("result" in data) != ("error" in data):
         return None  # a response
     return "A message needs a `method` (or, for a response, an `id` and a result or error)."
+
+
+# What no bracket count needs: everything but quotes and brackets (one C-speed pass).
+_NOT_STRUCTURE = re.compile(rb'[^"\[\]{}]+')
+_WHOLE_STRING = re.compile(rb'"[^"]*"')  # in text whose escaped quotes are blanked
+_ENVELOPE_KEY = re.compile(rb'"(id|method)"\s*:\s*')
+_SCALAR = re.compile(rb'"[^"]*"|-?[0-9][0-9.eE+-]*')
+_MAX_KEYS_TRIED = 10_000  # keys named "id" or "method" looked at (a few ms), then give up
+
+
+def _top_level_scalars(body: bytes) -> dict[str, Any]:
+    """``id`` and ``method`` of a JSON object too deep for ``json.loads``, found without
+    recursion: a key counts where its brackets are balanced to the top level. Linear, and
+    every step a C-speed search or count, since this runs on the event loop (a 10 MB body
+    of brackets takes milliseconds, where a loop over characters took seconds).
+    Empty when the top level holds neither."""
+    # Blank escapes, equal lengths kept: the quotes left delimit strings exactly.
+    clean = body.replace(b"\\\\", b"  ").replace(b'\\"', b"  ")
+    out: dict[str, Any] = {}
+    depth, in_string, done = 0, False, 0
+    for tried, m in enumerate(_ENVELOPE_KEY.finditer(clean)):
+        if tried == _MAX_KEYS_TRIED:
+            break
+        depth, in_string = _advance(clean[done : m.start()], depth, in_string)
+        done = m.start()
+        if in_string or depth != 1:
+            continue
+        value = _SCALAR.match(clean, m.end())
+        if value is not None:
+            try:
+                out[m.group(1).decode()] = json.loads(body[value.start() : value.end()])
+            except ValueError:
+                continue
+    return out
+
+
+def _advance(segment: bytes, depth: int, in_string: bool) -> tuple[int, bool]:
+    """Depth and whether inside a string, after ``segment`` (escaped quotes blanked)."""
+    marks = _NOT_STRUCTURE.sub(b"", segment)
+    if in_string:
+        close = marks.find(b'"')
+        if close < 0:
+            return depth, True
+        marks = marks[close + 1 :]
+    if b'"' in marks:
+        marks = _WHOLE_STRING.sub(b"", marks)
+    opened = marks.find(b'"')  # a string that goes on past the segment
+    if opened >= 0:
+        marks, in_string = marks[:opened], True
+    depth += marks.count(b"[") + marks.count(b"{") - marks.count(b"]") - marks.count(b"}")
+    return depth, in_string
 
 
 class _RawRequest:
