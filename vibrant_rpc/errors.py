@@ -274,7 +274,7 @@ class ValidationProblem(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.path}.{named}" if self.path else named
 
 
-def validation_problem(err: ValueError) -> ValidationProblem:
+def validation_problem(err: msgspec.ValidationError | ValueError) -> ValidationProblem:
     """msgspec's ``ValidationError`` taken apart (any other ValueError: its words alone)."""
     text = str(err)
     m = _AT.match(text)

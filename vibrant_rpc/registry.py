@@ -200,8 +200,8 @@ def parse_entries(data: bytes, source: str) -> tuple[list[ModelInfo], list[Regis
         try:
             info = msgspec.json.decode(raw, type=ModelInfo)
         except msgspec.ValidationError as err:
-            problem = validation_problem(err)
-            field, reason = problem.field() or "(entry)", problem.reason
+            mismatch = validation_problem(err)
+            field, reason = mismatch.field() or "(entry)", mismatch.reason
         else:
             problem = _validate(info)
             if problem is None:
