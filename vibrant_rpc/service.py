@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import datetime, timedelta
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
@@ -53,51 +54,19 @@ class Events(Protocol):
 
 
 def model_entry(status: ModelStatus, loaded: str | None) -> p.ModelEntry:
-    m = status.model
-    partial = status.partial
-    return p.ModelEntry(
-        id=m.id,
-        name=m.name,
-        family=m.family,
-        parameters=m.parameters,
-        quantization=m.quantization,
-        context_window=m.context_window,
-        file_size_mb=m.file_size_mb,
-        ram_required_mb=m.ram_required_mb,
-        download_bytes=m.download_bytes,
-        hf_repo=m.hf_repo,
-        files=[p.ModelFileInfo(f.filename, f.size_bytes, f.sha256) for f in m.files],
-        sha256=m.sha256,
-        revision=m.revision,
-        recommended=m.recommended,
-        description=m.description,
-        tags=list(m.tags),
-        deprecated=m.deprecated,
-        replaced_by=m.replaced_by,
-        cached=status.cached,
-        size_bytes=status.size_bytes,
-        last_used=datetime.fromisoformat(status.last_used) if status.last_used else None,
-        use_count=status.use_count,
-        cached_revision=status.revision,
-        versions=[
-            p.VersionSeen(
-                revision=v.revision, seen_at=v.seen_at, size_bytes=v.size_bytes, sha256=v.sha256
-            )
-            for v in status.versions
-        ],
-        sources=dict(status.sources),
-        partial=p.PartialDownloadInfo(
-            downloaded_bytes=partial.downloaded_bytes,
-            total_bytes=partial.total_bytes,
-            updated_at=partial.updated_at,
-            active=partial.active,
-        )
-        if partial
-        else None,
-        selected=status.selected,
-        loaded=m.id == loaded,
-        fit=wire(status.fit, p.FitResult) if status.fit else None,
-    )
+    """A registry entry and its cache state as the wire's entry, field by field by name
+    (``wire``); only what the names don't say is written here."""
+    model = status.model
+    fields = {
+        **msgspec.structs.asdict(model),
+        "download_bytes": model.download_bytes,  # a property, not a field
+        **msgspec.structs.asdict(status),
+        # Both have a revision: the wire's is the registry's pin, the cache's is renamed.
+        "revision": model.revision,
+        "cached_revision": status.revision,
+        "loaded": model.id == loaded,
+    }
+    return wire(SimpleNamespace(**fields), p.ModelEntry)
 
 
 W = TypeVar("W", bound=msgspec.Struct)
