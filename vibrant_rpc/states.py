@@ -15,3 +15,14 @@ DownloadState = Literal[
 
 # Why a completion ended: end of text or a stop string, max tokens, or cancelled.
 FinishReason = Literal["stop", "length", "cancelled"]
+
+# Why a completion ended, as the completion pipeline says (completion/pipeline/): the
+# model's end ("end"), a stop string or a language's stop line ("stop"), max tokens,
+# cancelled, or the rule that ended it: one line asked ("oneLine"), a line out of the
+# cursor's block ("scope"), a closing bracket the rest of the line has ("bracket"), the
+# rest of the line reached ("lineSuffix"), the code below reached ("codeBelow"), a
+# repeated line or block ("repetition"), the time budget spent ("timeBudget").
+StopReason = Literal[
+    "end", "stop", "length", "cancelled", "oneLine", "scope", "bracket", "lineSuffix",
+    "codeBelow", "repetition", "timeBudget",
+]  # fmt: skip
