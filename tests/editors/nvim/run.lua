@@ -170,12 +170,12 @@ local function run()
     local lines = { "# Add two numbers.", "def add(a, b):", "    return ", "", "", "print(add(1, 2))" }
     vim.api.nvim_buf_set_lines(0, 0, -1, false, lines)
     vim.api.nvim_win_set_cursor(0, { 3, #lines[3] })
-    local _, _, _, prompt, suffix = require("vibrant.commands").context(0)
-    R.complete_context = { prompt, suffix }
+    local ctx = require("vibrant.completion").context(0)
+    R.complete_context = { ctx.prompt, ctx.suffix }
     R.before = vim.api.nvim_buf_get_lines(0, 0, -1, false)
     local n = #R.notifications
     local done, err = false, nil
-    require("vibrant.commands").complete(function(e)
+    require("vibrant.completion").complete(function(e)
       done, err = true, e
     end)
     wait(120000, function()
@@ -192,10 +192,10 @@ local function run()
     vim.api.nvim_buf_set_lines(0, 0, -1, false, { "The quick brown fox" })
     vim.api.nvim_win_set_cursor(0, { 1, 18 })
     local first, second = nil, nil
-    require("vibrant.commands").complete(function(e, r)
+    require("vibrant.completion").complete(function(e, r)
       first = { err = e, result = r }
     end)
-    require("vibrant.commands").complete(function(e, r)
+    require("vibrant.completion").complete(function(e, r)
       second = { err = e, result = r }
     end)
     wait(120000, function()

@@ -135,7 +135,7 @@ handlers["vibrant/updateAvailable"] = function(_, params)
     return
   end
   M.state.updates[params.modelId] = params
-  require("vibrant.commands").update_available(params)
+  require("vibrant.updates").update_available(params)
 end
 
 function M.handlers()

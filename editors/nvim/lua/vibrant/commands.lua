@@ -1,21 +1,17 @@
 -- The :Vibrant* commands. Every one talks to the server asynchronously (the editor never
 -- waits on it) and reports through vim.notify; long work reports $/progress, which
--- vim.lsp.status(), the LspProgress autocmd and fidget.nvim show.
+-- vim.lsp.status(), the LspProgress autocmd and fidget.nvim show. :VibrantComplete is
+-- vibrant.completion's, :VibrantUpdate vibrant.updates'; they are defined here with the rest.
 local client = require("vibrant.client")
+local completion = require("vibrant.completion")
 local config = require("vibrant.config")
+local updates = require("vibrant.updates")
 local util = require("vibrant.util")
-local window = require("vibrant.window")
 
 local M = {}
 local val = util.val
 local levels = vim.log.levels
 local state = client.state
-
-local token_seq = 0
-local function new_token(kind)
-  token_seq = token_seq + 1
-  return string.format("vibrant-%s-%d-%d", kind, vim.fn.getpid(), token_seq)
-end
 
 -- Models --------------------------------------------------------------------------------
 
@@ -131,7 +127,7 @@ end
 --- "auto" (the server's choice for this machine).
 function M.download(id)
   id = (id and id ~= "") and id or state.model or config.options.settings.model or "auto"
-  local token = new_token("download")
+  local token = util.work_token("download")
   util.notify(id == "auto" and "vibrant: downloading the model for this machine…" or string.format("vibrant: downloading %s…", id))
   client.request("vibrant/downloadModel", { modelId = id, workDoneToken = token }, function(err, result)
     if err then
@@ -328,218 +324,6 @@ function M.statusline()
   return "vibrant: " .. ms.state
 end
 
--- Completion --------------------------------------------------------------------------
-
-local ns = vim.api.nvim_create_namespace("vibrant")
-local pending -- the completion in flight: { request_id, buf, mark }
-
---- Prompt (the text before the cursor) and suffix (the text after) of a window's buffer,
---- and where the completion goes: buf, row (0-based), col (a byte index), prompt, suffix.
---- Whole lines around the cursor (see vibrant.window), never a broken character.
-function M.context(win)
-  local buf = vim.api.nvim_win_get_buf(win)
-  local row, col = unpack(vim.api.nvim_win_get_cursor(win)) -- row 1-based, col a byte index
-  -- In insert mode (a <Cmd> mapping) the cursor is between two characters; in normal mode
-  -- it is on one, and the completion goes after it, as `a` would insert.
-  if not vim.api.nvim_get_mode().mode:match("^[iR]") then
-    local line = vim.api.nvim_buf_get_lines(buf, row - 1, row, false)[1] or ""
-    if #line > 0 then
-      col = col + vim.str_utf_end(line, col + 1) + 1
-    end
-  end
-  local w = window.of_buffer(buf, row - 1, col, config.options.complete)
-  return buf, row - 1, col, w.prompt, w.suffix, w
-end
-
---- :VibrantComplete: fill in the middle at the cursor. The text is inserted where the
---- cursor was when asked (tracked with an extmark), whatever happened meanwhile; a new
---- request cancels the one still running.
-function M.complete(cb)
-  local opts = config.options.complete
-  local win = vim.api.nvim_get_current_win()
-  local buf, row, col, prompt, suffix = M.context(win)
-  if pending then
-    client.cancel(pending.request_id)
-    pcall(vim.api.nvim_buf_del_extmark, pending.buf, ns, pending.mark)
-    pending = nil
-  end
-  local mark = vim.api.nvim_buf_set_extmark(buf, ns, row, col, { right_gravity = false })
-  local this = { buf = buf, mark = mark }
-  pending = this
-  local params = {
-    prompt = prompt,
-    suffix = suffix,
-    maxTokens = opts.max_tokens,
-    temperature = opts.temperature,
-    stop = opts.stop,
-    modelId = state.model,
-  }
-  client.request("vibrant/complete", params, function(err, result)
-    if pending == this then
-      pending = nil
-    end
-    local ok, pos = pcall(vim.api.nvim_buf_get_extmark_by_id, buf, ns, mark, {})
-    pcall(vim.api.nvim_buf_del_extmark, buf, ns, mark)
-    if err then
-      if err.code ~= -32800 then -- cancelled by a newer request: nothing to say
-        util.show_error(err, "completion")
-      end
-      if cb then
-        cb(err, nil)
-      end
-      return
-    end
-    state.last_completion = result
-    local text = result.text or ""
-    if text == "" then
-      util.notify("vibrant: the model had nothing to add here.")
-    elseif ok and pos[1] and vim.api.nvim_buf_is_valid(buf) then
-      local r, c = pos[1], pos[2]
-      local new = vim.split(text, "\n", { plain = true })
-      local set, why = pcall(vim.api.nvim_buf_set_text, buf, r, c, r, c, new)
-      if not set then
-        util.notify("vibrant: could not insert the completion: " .. tostring(why), levels.ERROR)
-        if cb then
-          cb({ code = -32099, message = tostring(why) }, result)
-        end
-        return
-      end
-      -- Move the cursor past the text if it is still where the completion was asked.
-      if vim.api.nvim_win_is_valid(win) and vim.api.nvim_win_get_buf(win) == buf then
-        local cur = vim.api.nvim_win_get_cursor(win)
-        if cur[1] - 1 == r and cur[2] == c then
-          local end_row = r + #new - 1
-          local end_col = (#new == 1 and c or 0) + #new[#new]
-          vim.api.nvim_win_set_cursor(win, { end_row + 1, end_col })
-        end
-      end
-    end
-    if cb then
-      cb(nil, result)
-    end
-  end, {
-    on_id = function(id)
-      this.request_id = id
-    end,
-  })
-end
-
--- Updates -----------------------------------------------------------------------------
-
-local function update(id)
-  local token = new_token("update")
-  client.request("vibrant/updateModel", { modelId = id, workDoneToken = token }, function(err, result)
-    if err then
-      util.show_error(err, "updating " .. id)
-      return
-    end
-    state.updates[id] = nil
-    local rev = val(result and result.revision)
-    util.notify(string.format("vibrant: %s updated%s; the new file is used from its next load.", id, rev and (" to " .. rev:sub(1, 12)) or ""))
-  end)
-  return token
-end
-M.update_model = update
-
--- "1111111 → 2222222, 253.1 MB" (what is known of it).
-local function update_details(u)
-  local parts = {}
-  local from, to = val(u.currentRevision), val(u.latestRevision)
-  if type(from) == "string" and type(to) == "string" then
-    parts[#parts + 1] = from:sub(1, 7) .. " → " .. to:sub(1, 7)
-  end
-  if (val(u.sizeBytes) or 0) > 0 then
-    parts[#parts + 1] = util.bytes(u.sizeBytes)
-  end
-  return table.concat(parts, ", ")
-end
-
-local function update_line(u)
-  local details = update_details(u)
-  return details ~= "" and (u.modelId .. " (" .. details .. ")") or u.modelId
-end
-
---- :VibrantUpdate [id]: update one model; without id, check the Hub and offer the updates.
-function M.update(id)
-  if id and id ~= "" then
-    util.notify(string.format("vibrant: updating %s…", id))
-    update(id)
-    return
-  end
-  client.request("vibrant/checkUpdates", nil, function(err, result)
-    if err then
-      util.show_error(err, "checking for updates")
-      return
-    end
-    local updates = result.updates or {}
-    if #updates == 0 then
-      util.notify("vibrant: every downloaded model is up to date.")
-      return
-    end
-    local items = vim.deepcopy(updates)
-    if #updates > 1 then
-      items[#items + 1] = { all = true }
-    end
-    vim.ui.select(items, {
-      prompt = "vibrant: updates available",
-      kind = "vibrant.update",
-      format_item = function(u)
-        return u.all and "Update all" or update_line(u)
-      end,
-    }, function(choice)
-      if not choice then
-        return
-      end
-      for _, u in ipairs(choice.all and updates or { choice }) do
-        update(u.modelId)
-      end
-    end)
-  end)
-end
-
--- Once the user is out of insert and command-line mode: a prompt never interrupts typing.
-local function when_idle(fn)
-  local mode = vim.api.nvim_get_mode().mode
-  if mode:match("^[iRc]") then
-    vim.api.nvim_create_autocmd({ "InsertLeave", "CmdlineLeave" }, {
-      once = true,
-      callback = function()
-        vim.schedule(function()
-          when_idle(fn)
-        end)
-      end,
-    })
-    return
-  end
-  fn()
-end
-
---- vibrant/updateAvailable: a notice, and an "Update" action through vim.ui.select.
-function M.update_available(u)
-  local details = update_details(u)
-  util.notify(string.format(
-    "vibrant: an update of %s is available%s. Run :VibrantUpdate %s to get it.",
-    u.modelId,
-    details ~= "" and (" (" .. details .. ")") or "",
-    u.modelId
-  ))
-  if not config.options.update_prompt then
-    return
-  end
-  vim.schedule(function()
-    when_idle(function()
-      vim.ui.select({ "Update", "Not now" }, {
-        prompt = string.format("vibrant: update %s?", u.modelId),
-        kind = "vibrant.confirm",
-      }, function(choice)
-        if choice == "Update" then
-          M.update(u.modelId)
-        end
-      end)
-    end)
-  end)
-end
-
 -- Definitions -------------------------------------------------------------------------
 
 local function model_ids(filter)
@@ -592,10 +376,10 @@ function M.define()
     M.status()
   end, { desc = "vibrant: the model's state and running downloads" })
   cmd("VibrantComplete", function()
-    M.complete()
+    completion.complete()
   end, { desc = "vibrant: insert a completion at the cursor" })
   cmd("VibrantUpdate", function(a)
-    M.update(a.args)
+    updates.update(a.args)
   end, {
     nargs = "?",
     complete = model_ids(function(m)

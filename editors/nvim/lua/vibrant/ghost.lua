@@ -1,10 +1,8 @@
 -- Suggestions shown as ghost text (virtual text) at the cursor in insert mode. Typing the
 -- start of a suggestion keeps showing its rest at once, without asking the server again;
 -- typing anything else drops it. With `complete.auto`, a pause in typing asks for one.
-local client = require("vibrant.client")
-local commands = require("vibrant.commands")
+local completion = require("vibrant.completion")
 local config = require("vibrant.config")
-local util = require("vibrant.util")
 
 local M = {}
 
@@ -23,7 +21,7 @@ M.history = {}
 -- The suggestion shown: buf, anchor (extmark where it was asked; stays left of what is
 -- typed there), text (the whole completion), rest (what is shown now), mark (the display).
 local current
-local pending -- the request in flight: { request_id, buf, tick }
+local pending -- the request in flight: { req, buf, tick }
 local timer
 
 local function opts()
@@ -114,35 +112,21 @@ function M.suggest(cb)
   if not attached then
     M.attach()
   end
-  local o = opts()
-  local win = vim.api.nvim_get_current_win()
-  local buf, row, col, prompt, suffix, w = commands.context(win)
+  local ctx = completion.context(vim.api.nvim_get_current_win())
+  local buf, row, col = ctx.buf, ctx.row, ctx.col
   if pending then
-    client.cancel(pending.request_id)
+    completion.cancel(pending.req)
   end
   local this = { buf = buf, tick = vim.api.nvim_buf_get_changedtick(buf) }
   pending = this
-  local record = { prompt = prompt, suffix = suffix, start_row = w.start_row }
-  local params = {
-    prompt = prompt,
-    suffix = suffix,
-    maxTokens = o.max_tokens,
-    temperature = o.temperature,
-    stop = o.stop,
-    modelId = client.state.model,
-  }
-  client.request("vibrant/complete", params, function(err, result)
+  local record = { prompt = ctx.prompt, suffix = ctx.suffix, start_row = ctx.start_row }
+  this.req = completion.request(ctx, function(err, result)
     if pending == this then
       pending = nil
     end
     record.err = err
     remember(record)
-    if err then
-      if err.code ~= -32800 then
-        util.show_error(err, "completion")
-      end
-    else
-      client.state.last_completion = result
+    if not err then
       local text = result.text or ""
       record.text = text
       record.usage, record.timings = result.usage, result.timings
@@ -163,11 +147,7 @@ function M.suggest(cb)
     if cb then
       cb(err, record)
     end
-  end, {
-    on_id = function(id)
-      this.request_id = id
-    end,
-  })
+  end)
 end
 
 --- Insert the suggestion's rest at the cursor. Returns whether there was one: a mapping

@@ -13,7 +13,9 @@ local M = {}
 local config = require("vibrant.config")
 local client = require("vibrant.client")
 local commands = require("vibrant.commands")
+local completion = require("vibrant.completion")
 local ghost = require("vibrant.ghost")
+local updates = require("vibrant.updates")
 
 function M.setup(opts)
   config.set(opts)
@@ -33,8 +35,8 @@ M.cancel = commands.cancel
 M.remove = commands.remove
 M.cache = commands.cache
 M.status = commands.status
-M.complete = commands.complete
-M.update = commands.update
+M.complete = completion.complete
+M.update = updates.update
 M.statusline = commands.statusline
 -- Ghost text: suggest() shows one at the cursor, accept() inserts what is shown.
 M.suggest = ghost.suggest

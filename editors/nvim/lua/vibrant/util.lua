@@ -64,6 +64,13 @@ function M.time(t)
   return t
 end
 
+local token_seq = 0
+--- A fresh $/progress token (workDoneToken) for a long request: unique in this editor.
+function M.work_token(kind)
+  token_seq = token_seq + 1
+  return string.format("vibrant-%s-%d-%d", kind, vim.fn.getpid(), token_seq)
+end
+
 function M.notify(msg, level)
   vim.notify(msg, level or vim.log.levels.INFO, { title = "vibrant" })
 end
