@@ -28,10 +28,11 @@ from .completion.load_plan import LoadRequest
 from .completion.typed_through import TypedThrough
 from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
-from .download.progress import Progress, ProgressCallback
+from .download.progress import Progress
 from .errors import Cancelled
 from .inference.model import CompletionRequest
 from .offline import is_offline
+from .registry import ModelInfo
 
 if TYPE_CHECKING:
     from .download.downloader import DownloadResult
@@ -131,22 +132,9 @@ class Service:
             reason = f" ({change.reason})" if change.reason else ""
             log.info("model %s: %s%s", change.model_id, change.state, reason)
 
-        def fetch(
-            model_id: str, update: bool, progress: ProgressCallback, cancel: threading.Event
-        ) -> DownloadResult:
-            if update:
-                return app.update_model(model_id, progress, cancel)
-            return app.download(model_id, progress, cancel)
-
-        def resolve(model_id: str, update: bool) -> str:
-            resolved = app.resolve_id(model_id)
-            if update:
-                app.cache.require(resolved)
-            return resolved
-
         downloads = DownloadJobs(
-            fetch,
-            resolve,
+            app.downloader,
+            app.updates,
             pool,
             on_progress=lambda progress: events.download_progress(download_progress(progress)),
         )
@@ -216,7 +204,7 @@ class Service:
                 self._events.update_available(self.update_available(update, auto))
             if auto:
                 log.info("auto-update: downloading %s in the background", update.model_id)
-                self.downloads.start(update.model_id, update=True)
+                self.downloads.start(self._job_model(update.model_id, True), update=True)
         self._check_updates_in(UPDATE_POLL_S)
 
     def close(self) -> None:
@@ -252,12 +240,21 @@ class Service:
     def start_download(
         self, params: p.DownloadModelParams, listener: Callable[[Progress], None] | None = None
     ) -> Ticket:
-        return self.downloads.join(params.model_id, listener)
+        return self.downloads.join(self._job_model(params.model_id, False), listener)
 
     def start_update(
         self, params: p.UpdateModelParams, listener: Callable[[Progress], None] | None = None
     ) -> Ticket:
-        return self.downloads.join(params.model_id, listener, update=True)
+        model = self._job_model(params.model_id, True)
+        return self.downloads.join(model, listener, update=True)
+
+    def _job_model(self, model_id: str, update: bool) -> ModelInfo:
+        """The model a download job runs for ("auto" is chosen now, an alias is the model
+        it names); an update's must be cached. Both raise before any job exists."""
+        model = self.app.registry.get(self.app.resolve_id(model_id))
+        if update:
+            self.app.cache.require(model.id)
+        return model
 
     def check_updates(self, params: p.CheckUpdatesParams) -> p.CheckUpdatesResult:
         check = self.app.check_updates(params.model_ids)

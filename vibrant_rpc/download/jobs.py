@@ -1,8 +1,10 @@
 """Downloads running in this process: one job per model, shared by the requests that wait.
 
-Plain Python: a job runs a download on a worker thread and fans its progress out to
-listeners (the server turns them into notifications). Two requests for the same model
-share one job, each holding a ``Ticket``. A request that gives up leaves the job; the
+Plain Python: a job runs a download (the ``Downloader``) or an update (``Updates``) on a
+worker thread and fans its progress out to listeners (the server turns them into
+notifications). The caller resolves the model ("auto", an alias) before a job exists;
+the job hands that model down, never an id to resolve again. Two requests for the same
+model share one job, each holding a ``Ticket``. A request that gives up leaves the job; the
 transfer stops only when its last waiter leaves (or on an explicit ``cancel``), so one
 editor's cancel never stops a download another request still waits for.
 """
@@ -11,18 +13,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
 from ..errors import Cancelled
+from ..registry import ModelInfo
 from ..states import DownloadState
-from .downloader import DownloadResult
+from .downloader import Downloader, DownloadResult
 from .progress import Progress, ProgressCallback
+from .updates import Updates
 
 log = logging.getLogger(__name__)
-
-# (model id, update?, progress, cancel) -> result: the facade's download or update.
-Fetch = Callable[[str, bool, ProgressCallback, threading.Event], DownloadResult]
 
 
 class Ticket:
@@ -45,8 +45,9 @@ class Ticket:
 
 
 class DownloadJob:
-    def __init__(self, model_id: str, *, update: bool = False) -> None:
-        self.model_id = model_id
+    def __init__(self, model: ModelInfo, *, update: bool = False) -> None:
+        self.model = model
+        self.model_id = model.id
         self.update = update  # fetch the latest files beside the cached ones
         self.cancel_event = threading.Event()
         self.future: Future[DownloadResult] = Future()
@@ -154,46 +155,46 @@ def _settle(
 class DownloadJobs:
     def __init__(
         self,
-        fetch: Fetch,
-        resolve: Callable[[str, bool], str],
+        downloader: Downloader,
+        updates: Updates,
         executor: Executor,
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        self._fetch = fetch
-        self._resolve = resolve  # "auto" → an id; raises before any job exists
+        self._downloader = downloader
+        self._updates = updates
         self._executor = executor
         self._on_progress = on_progress
         self._lock = threading.Lock()
         self._jobs: dict[str, DownloadJob] = {}
 
-    def start(self, model_id: str, *, update: bool = False) -> DownloadJob:
-        """Start (or find) the download of ``model_id`` (``auto`` allowed); never blocks on
-        it. With ``update``, the model's latest files (it must be cached already).
-
-        Raises ModelNotFound / InsufficientRam (for ``auto``) / NotCached (for an update)
-        before any job exists.
-        """
-        resolved = self._resolve(model_id, update)
+    def start(self, model: ModelInfo, *, update: bool = False) -> DownloadJob:
+        """Start (or find) the download of ``model``; never blocks on it. With ``update``,
+        the model's latest files (the caller has checked that it is cached)."""
         with self._lock:
-            job = self._jobs.get(resolved)
+            job = self._jobs.get(model.id)
             if job is not None:
                 return job
-            job = DownloadJob(resolved, update=update)
+            job = DownloadJob(model, update=update)
             if self._on_progress is not None:
                 job.subscribe(self._on_progress)
-            self._jobs[resolved] = job
+            self._jobs[model.id] = job
         self._executor.submit(self._run, job)
         return job
 
     def join(
-        self, model_id: str, listener: ProgressCallback | None = None, *, update: bool = False
+        self, model: ModelInfo, listener: ProgressCallback | None = None, *, update: bool = False
     ) -> Ticket:
         """``start``, then wait on it as one more request."""
-        return self.start(model_id, update=update).join(listener)
+        return self.start(model, update=update).join(listener)
+
+    def _fetch(self, job: DownloadJob) -> DownloadResult:
+        if job.update:
+            return self._updates.update(job.model_id, job.report, job.cancel_event)
+        return self._downloader.download(job.model, job.report, job.cancel_event)
 
     def _run(self, job: DownloadJob) -> None:
         try:
-            result = self._fetch(job.model_id, job.update, job.report, job.cancel_event)
+            result = self._fetch(job)
         except BaseException as err:
             job.finish("cancelled" if isinstance(err, Cancelled) else "failed")
             self._forget(job)
