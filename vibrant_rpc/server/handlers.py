@@ -23,8 +23,8 @@ from .. import protocol as p
 from ..errors import Cancelled
 from . import codec
 from .language_server import VibrantServer
-from .progress import WorkDone
 from .wire import to_rpc_error
+from .work_done import WorkDone
 
 if TYPE_CHECKING:
     from ..completion.lifecycle import StateChange
@@ -72,55 +72,55 @@ def rpc(method: str) -> Callable[[Callable[[VibrantServer, P], Awaitable[R]]], H
 
 @rpc("vibrant/listModels")
 async def list_models(ls: VibrantServer, params: p.ListModelsParams) -> p.ListModelsResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.list_models(params))
 
 
 @rpc("vibrant/modelInfo")
 async def model_info(ls: VibrantServer, params: p.ModelInfoParams) -> p.ModelEntry:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.model_info(params))
 
 
 @rpc("vibrant/selectModel")
 async def select_model(ls: VibrantServer, params: p.SelectModelParams) -> p.SelectModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.select_model(params))
 
 
 @rpc("vibrant/fitModel")
 async def fit_model(ls: VibrantServer, params: p.FitModelParams) -> p.FitResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.fit_model(params))
 
 
 @rpc("vibrant/removeModel")
 async def remove_model(ls: VibrantServer, params: p.RemoveModelParams) -> p.RemoveModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.remove_model(params))
 
 
 @rpc("vibrant/cacheStats")
 async def cache_stats(ls: VibrantServer, params: p.NoParams) -> p.CacheStatsResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.cache_stats(params))
 
 
 @rpc("vibrant/cleanCache")
 async def clean_cache(ls: VibrantServer, params: p.CleanCacheParams) -> p.RemovalResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.clean_cache(params))
 
 
 @rpc("vibrant/pruneCache")
 async def prune_cache(ls: VibrantServer, params: p.PruneCacheParams) -> p.RemovalResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.prune_cache(params))
 
 
 @rpc("vibrant/unloadModel")
 async def unload_model(ls: VibrantServer, params: p.NoParams) -> p.UnloadModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.unload_model(params))
 
 
@@ -128,20 +128,20 @@ async def unload_model(ls: VibrantServer, params: p.NoParams) -> p.UnloadModelRe
 async def cancel_download(
     ls: VibrantServer, params: p.CancelDownloadParams
 ) -> p.CancelDownloadResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.cancel_download(params))
 
 
 @rpc("vibrant/checkUpdates")
 async def check_updates(ls: VibrantServer, params: p.CheckUpdatesParams) -> p.CheckUpdatesResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await ls.blocking(lambda: svc.check_updates(params))
 
 
 @rpc("vibrant/status")
 async def status(ls: VibrantServer, params: p.NoParams) -> p.StatusResult:
     # Memory reads only: answered on the loop at once, whatever else is running.
-    svc = await ls.backend()
+    svc = await ls.service()
     return svc.status(params)
 
 
@@ -198,7 +198,7 @@ async def _wait_for_download(
 
 @rpc("vibrant/downloadModel")
 async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> p.DownloadModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await _wait_for_download(
         ls,
         params.work_done_token,
@@ -209,7 +209,7 @@ async def download_model(ls: VibrantServer, params: p.DownloadModelParams) -> p.
 
 @rpc("vibrant/updateModel")
 async def update_model(ls: VibrantServer, params: p.UpdateModelParams) -> p.DownloadModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     return await _wait_for_download(
         ls,
         params.work_done_token,
@@ -233,7 +233,7 @@ def _load_listener(
 
 @rpc("vibrant/loadModel")
 async def load_model(ls: VibrantServer, params: p.LoadModelParams) -> p.LoadModelResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     cancel = threading.Event()
     token = await ls.progress_token(params.work_done_token)
     work = WorkDone(ls, token, cancel.set) if token is not None else None
@@ -252,7 +252,7 @@ async def load_model(ls: VibrantServer, params: p.LoadModelParams) -> p.LoadMode
 
 @rpc("vibrant/complete")
 async def complete(ls: VibrantServer, params: p.CompleteParams) -> p.CompleteResult:
-    svc = await ls.backend()
+    svc = await ls.service()
     cancel = threading.Event()
     work = None
     if params.work_done_token is not None or svc.lifecycle.snapshot().state != "ready":
@@ -302,7 +302,7 @@ def _warn_user(ls: VibrantServer, message: str) -> None:
     ls.soon(ls.window_show_message, params)
 
 
-def build_backend(ls: VibrantServer, options: Any) -> Service:
+def build_service(ls: VibrantServer, options: Any) -> Service:
     """Settings, registry, cache, lifecycle: on a worker thread, after `initialize`.
     initializationOptions, then config.toml, then defaults; a bad option is dropped with
     a warning rather than leaving the editor without a server."""
@@ -331,7 +331,7 @@ def on_initialize(ls: VibrantServer, params: types.InitializeParams) -> None:
     ls._service_ready = ready
 
     def start() -> None:  # on the loop, once the answer to `initialize` is written
-        fut = ls.pool.submit(build_backend, ls, options)
+        fut = ls.pool.submit(build_service, ls, options)
         fut.add_done_callback(lambda f: _chain(f, ready))
 
     assert ls.loop is not None
@@ -342,7 +342,7 @@ def _chain(
     src: concurrent.futures.Future[Service], dst: concurrent.futures.Future[Service]
 ) -> None:
     if (err := src.exception()) is not None:
-        log.error("the backend failed to start: %s", err)
+        log.error("the service failed to start: %s", err)
         dst.set_exception(err)
     else:
         dst.set_result(src.result())
@@ -358,7 +358,7 @@ async def on_shutdown(ls: VibrantServer, params: None) -> None:
         cancel.set()
     if ls._service_ready is not None:
         try:
-            service = await ls.backend()
+            service = await ls.service()
         except Exception:
             return  # it never started: nothing to stop
         assert ls.loop is not None

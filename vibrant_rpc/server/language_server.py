@@ -28,7 +28,7 @@ from . import codec
 from .wire import FrameReader, RpcError, VibrantProtocol, Writer, read_messages
 
 if TYPE_CHECKING:
-    # The backend is imported after `initialize` is answered: an editor waits for that
+    # The service is imported after `initialize` is answered: an editor waits for that
     # answer, and these imports cost a tenth of a second.
     from ..service import Service
 
@@ -62,7 +62,7 @@ class VibrantServer(LanguageServer):
         self.exit_code = 1  # 0 once `shutdown` was answered, as LSP asks
         self.cancels: set[threading.Event] = set()  # of the requests running now
 
-    async def backend(self) -> Service:
+    async def service(self) -> Service:
         """The service, once built; requests that come before it wait for it."""
         if self._service is not None:
             return self._service
