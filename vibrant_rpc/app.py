@@ -32,6 +32,7 @@ from .registry import ModelInfo, Registry
 if TYPE_CHECKING:
     from .cache.elsewhere import Found
     from .download.downloader import Downloader, DownloadResult
+    from .download.sources import HeaderHub
     from .download.updates import UpdateCheck, Updates
     from .fit.headers import HeaderStore, KnownHeader
 
@@ -50,6 +51,9 @@ class ModelStatus(msgspec.Struct, kw_only=True):
     versions: list[ModelVersion] = []  # Hub commits seen for it, oldest first
     sources: dict[str, str] = {}  # Hub file name -> where it came from
     fit: Fit | None = None  # what it needs here (``model_info`` only), when known
+    # Its memory estimate here (at the configured context), as selection and ``fit`` have
+    # it; None: nothing is known of it but the registry's ram_required_mb.
+    ram_needed_bytes: int | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):
@@ -180,12 +184,15 @@ class Vibrant:
         models: list[ModelInfo] | None = None,
         *,
         fetch: bool = False,
+        need: NeedFn | None = None,
     ) -> Selection:
         """The model for this machine (or for ``ram_bytes`` of RAM), by each model's memory
-        estimate at the configured context; ``models``: choose among these only."""
+        estimate at the configured context; ``models``: choose among these only; ``need``:
+        this machine's needs, already asked (``list_models`` shows them too)."""
         mem = self.memory() if ram_bytes is None else MemoryInfo(ram_bytes, ram_bytes)
         # A machine of ``ram_bytes``: still this one's GPUs, with their free memory now.
-        need = self._need_fn(mem, self.gpus(mem if ram_bytes is None else None), fetch)
+        if need is None:
+            need = self._need_fn(mem, self.gpus(mem if ram_bytes is None else None), fetch)
         available = None if ram_bytes is not None else mem.available_bytes
         return select_model(models or self.registry, mem.total_bytes, available, need)
 
@@ -228,9 +235,20 @@ class Vibrant:
         )
 
     def list_models(self, scope: Scope = "default") -> ModelList:
+        """Each model's cache state and memory need here, and this machine's model: each
+        need is asked once, for the selection and the list both."""
         manifest = self.cache.snapshot().models
         partials = {p.model_id: p for p in self.cache.partials()}
-        selection, unselected = self._try_select()
+        mem = self.memory()
+        asked = self._need_fn(mem, self.gpus(mem), fetch=False)
+        needs: dict[str, Need] = {}
+
+        def need(model: ModelInfo) -> Need:
+            if (known := needs.get(model.id)) is None:
+                known = needs[model.id] = asked(model)
+            return known
+
+        selection, unselected = self._try_select(need)
         selected = selection.model_id if selection else None
         out = []
         for model in self.registry:
@@ -239,25 +257,38 @@ class Vibrant:
                 continue
             if scope == "default" and model.deprecated and entry is None:
                 continue
-            out.append(self._status(model, entry, partials.get(model.id), selected))
+            status = self._status(model, entry, partials.get(model.id), selected)
+            status.ram_needed_bytes = _estimated(need(model))
+            out.append(status)
         return ModelList(models=out, selection=selection, unselected=unselected)
 
-    def _try_select(self) -> tuple[Selection | None, str | None]:
+    def _try_select(
+        self, need: NeedFn | None = None, models: list[ModelInfo] | None = None
+    ) -> tuple[Selection | None, str | None]:
         """This machine's model, or None and why none fits."""
         try:
-            return self.select(), None
+            return self.select(models=models, need=need), None
         except VibrantError as err:
             return None, err.message
 
+    def _selected_id(self) -> str | None:
+        """This machine's model, the recommended models asked first: whenever one of them
+        fits, the selection picks among them alone, so one model's info costs the few
+        recommended models' needs rather than the whole registry's."""
+        recommended = [m for m in self.registry if m.recommended and not m.deprecated]
+        selection = self._try_select(models=recommended)[0] if recommended else None
+        if selection is None:  # none of them fits: the others may
+            selection = self._try_select()[0]
+        return selection.model_id if selection else None
+
     def model_info(self, model_id: str) -> ModelStatus:
         model = self.registry.get(model_id)
-        partial = next((p for p in self.cache.partials() if p.model_id == model_id), None)
-        selection, _ = self._try_select()
-        selected = selection.model_id if selection else None
-        status = self._status(model, self.cache.get(model_id), partial, selected)
+        partial = next((p for p in self.cache.partials() if p.model_id == model.id), None)
+        status = self._status(model, self.cache.get(model.id), partial, self._selected_id())
         # Nothing known of its architecture: the entry alone.
         with contextlib.suppress(VibrantError):
             status.fit = self.fit(model.id)
+            status.ram_needed_bytes = status.fit.ram_needed_bytes
         return status
 
     def remove(self, model_id: str) -> int:
@@ -309,10 +340,16 @@ class Vibrant:
     @cached_property
     def headers(self) -> HeaderStore:
         """GGUF headers, cached or not; the Hub client (and httpx) only once one is fetched."""
-        from .download.sources import HeaderHub
         from .fit.headers import HeaderStore
 
-        return HeaderStore(self.paths, self.cache, lambda: HeaderHub(self.downloader.hub_factory()))
+        def hub() -> HeaderHub:
+            # imported here: download.sources brings httpx (0.3 s), which a look at the
+            # registry's models (list, select) never needs
+            from .download.sources import HeaderHub
+
+            return HeaderHub(self.downloader.hub_factory())
+
+        return HeaderStore(self.paths, self.cache, hub)
 
     def resolve_id(self, model_id: str) -> str:
         """``auto`` is the selection's choice for this machine."""
@@ -355,3 +392,9 @@ class Vibrant:
         cancel: threading.Event | None = None,
     ) -> DownloadResult:
         return self.updates.update(model_id, progress, cancel)
+
+
+def _estimated(need: Need) -> int | None:
+    """A need's bytes where they come from a memory estimate (which has its breakdown),
+    None where they are only the registry's ram_required_mb."""
+    return need.bytes if need.breakdown is not None else None

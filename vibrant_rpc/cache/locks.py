@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from filelock import FileLock
+
+from .readonly import READ_ONLY_ERRNOS
+
+log = logging.getLogger(__name__)
 
 
 def download_lock(locks_dir: Path, model_id: str) -> FileLock:
@@ -21,22 +26,25 @@ def download_lock(locks_dir: Path, model_id: str) -> FileLock:
 
 
 def is_download_active(locks_dir: Path, model_id: str) -> bool:
-    lock = download_lock(locks_dir, model_id)
-    try:
-        lock.acquire(timeout=0)
-    except Exception:
-        return True
-    lock.release()
-    return False
+    # Only looked at, never created: a read-only folder can be asked too.
+    return _held(locks_dir / f"{model_id}.download.lock")
 
 
 class InUseMark:
     """Held (shared) while a model is loaded; ``is_in_use`` sees it from any process."""
 
     def __init__(self, locks_dir: Path, model_id: str) -> None:
-        locks_dir.mkdir(parents=True, exist_ok=True)
         self.model_id = model_id
-        self._fd = os.open(locks_dir / f"{model_id}.inuse", os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = -1
+        try:
+            locks_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(locks_dir / f"{model_id}.inuse", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno not in READ_ONLY_ERRNOS:
+                raise
+            # A read-only folder: no process here can prune it, so there is nothing to mark.
+            log.info("%s is not marked in use: %s is read-only", model_id, locks_dir)
+            return
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
     def release(self) -> None:
@@ -49,10 +57,14 @@ class InUseMark:
 
 
 def is_in_use(locks_dir: Path, model_id: str) -> bool:
-    path = locks_dir / f"{model_id}.inuse"
+    return _held(locks_dir / f"{model_id}.inuse")
+
+
+def _held(path: Path) -> bool:
+    """Some process holds a lock on ``path`` (opened read-only: nothing is created)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -24,8 +23,9 @@ from ..paths import Paths
 from ..registry import ModelInfo, Registry
 from ..units import format_bytes
 from .locks import is_download_active, is_in_use
-from .manifest import Manifest, ManifestEntry, ManifestFile, ManifestStore, utcnow
+from .manifest import ManifestEntry, ManifestFile, utcnow
 from .partials import read_state
+from .reconcile import ReconciledManifest
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class CacheStats(msgspec.Struct, kw_only=True):
     partial_bytes: int
 
 
-class Cache:
+class Cache(ReconciledManifest):
     """Everything that reads or changes the cache folder goes through here."""
 
     def __init__(
@@ -65,130 +65,11 @@ class Cache:
         max_bytes: int | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.paths = paths
-        self.registry = registry
+        super().__init__(paths, registry)
         self.max_bytes = max_bytes
         self.clock = clock
-        self.store = ManifestStore(paths.manifest, paths.locks / "manifest.lock")
-        self.warnings: list[str] = []
-
-    # -- the manifest, always reconciled with the files on disk ------------------------
-
-    def _warn(self, message: str) -> None:
-        log.warning("%s", message)
-        self.warnings.append(message)
-
-    @contextmanager
-    def transaction(
-        self, recording: str | None = None, *, read_only: bool = False
-    ) -> Iterator[Manifest]:
-        """Read, let the caller change, and write the manifest under the cross-process lock.
-        ``read_only``: written only if it had to be repaired (no fsync for a mere look)."""
-        self.paths.models.mkdir(parents=True, exist_ok=True)
-        with self.store.locked():
-            manifest = self.store.read()
-            repaired = manifest is None
-            if manifest is None:
-                aside = self.store.set_aside()
-                self._warn(
-                    f"The cache manifest was unreadable; it was kept as {aside.name} and "
-                    "rebuilt from the model files on disk."
-                )
-                manifest = Manifest()
-            repaired |= self._reconcile(manifest, recording)
-            yield manifest
-            if repaired or not read_only:
-                self.store.write(manifest)
-
-    def _reconcile(self, manifest: Manifest, recording: str | None = None) -> bool:
-        """Drop entries whose files are gone, adopt known models found on disk; True if any."""
-        changed = self._rename_aliases(manifest)
-        for model_id, entry in list(manifest.models.items()):
-            missing = [f.path for f in entry.files if not (self.paths.models / f.path).is_file()]
-            if missing:
-                del manifest.models[model_id]
-                changed = True
-                self._warn(f"{model_id}: file {missing[0]} is gone; dropped from the manifest.")
-        for model in self.registry:
-            if model.id in manifest.models or model.id == recording:
-                continue
-            files = self._files_on_disk(model)
-            if all(f.is_file() for f in files):
-                if foreign := [f.name for f in files if not _adoptable(f)]:
-                    # A link, or a file that is no GGUF: never trusted with a model's id.
-                    log.info("%s: not adopting %s (a link or not GGUF)", model.id, foreign[0])
-                    continue
-                manifest.models[model.id] = self._adopt(model, files)
-                changed = True
-                self._warn(f"{model.id}: found on disk and adopted into the manifest.")
-        return changed
-
-    def _adopt(self, model: ModelInfo, files: list[Path]) -> ManifestEntry:
-        stats = [f.stat() for f in files]
-        return ManifestEntry(
-            id=model.id,
-            files=[
-                ManifestFile(
-                    path=f.name,
-                    size_bytes=st.st_size,
-                    sha256=None,  # verified on first use rather than hashing GBs now
-                    mtime_ns=st.st_mtime_ns,
-                    remote_filename=remote.filename,
-                )
-                for f, st, remote in zip(files, stats, model.files, strict=True)
-            ],
-            size_bytes=sum(st.st_size for st in stats),
-            checksum=None,
-            downloaded_at=datetime.fromtimestamp(max(st.st_mtime for st in stats), tz=UTC),
-            hf_repo=model.hf_repo,
-            revision=None,
-        )
-
-    def snapshot(self) -> Manifest:
-        with self.transaction(read_only=True) as manifest:
-            return msgspec.structs.replace(manifest, models=dict(manifest.models))
-
-    # -- aliases: a renamed model's earlier ids (issue 10) --------------------------------
-
-    def _rename_aliases(self, manifest: Manifest) -> bool:
-        """Entries written under an alias move to the id (their files keep their names);
-        a second entry for the same files is dropped. True if the manifest changed."""
-        changed = False
-        for key, entry in list(manifest.models.items()):
-            model_id = self.registry.canonical_id(key)
-            if model_id == key:
-                continue
-            current = manifest.models.get(model_id)
-            if current is None:
-                entry.id = model_id
-                manifest.models[model_id] = entry
-            elif current.paths == entry.paths:
-                current.use_count = max(current.use_count, entry.use_count)
-                used = [t for t in (current.last_used, entry.last_used) if t is not None]
-                current.last_used = max(used, default=None)
-            else:
-                continue  # another copy: kept under the alias until the id's copy is removed
-            del manifest.models[key]
-            changed = True
-            log.info("%s: cache entry renamed to %s, the model's id now", key, model_id)
-        return changed
-
-    def _files_on_disk(self, model: ModelInfo) -> list[Path]:
-        """The model's files under its id or, failing that, under an alias (named before
-        the rename); the id's names when neither is complete."""
-        for name in [model.id, *reversed(model.aliases)]:
-            files = [self.paths.models / n for n in model.local_filenames(name)]
-            if all(f.is_file() for f in files):
-                return files
-        return [self.paths.models / n for n in model.local_filenames()]
 
     # -- queries ---------------------------------------------------------------------
-
-    def entries(self) -> list[ManifestEntry]:
-        return list(self.snapshot().models.values())
-
-    def get(self, model_id: str) -> ManifestEntry | None:
-        return self.snapshot().models.get(self.registry.canonical_id(model_id))
 
     def require(self, model_id: str) -> ManifestEntry:
         model_id = self.registry.canonical_id(model_id)
@@ -236,9 +117,10 @@ class Cache:
         if not self.paths.downloading.is_dir():
             return out
         for folder in sorted(self.paths.downloading.iterdir()):
-            if not folder.is_dir():
+            link = folder.is_symlink()  # listed (clean removes it), never read through
+            if not link and not folder.is_dir():
                 continue
-            state = read_state(folder)
+            state = None if link else read_state(folder)
             out.append(
                 PartialDownload(
                     model_id=folder.name,
@@ -268,8 +150,12 @@ class Cache:
     # -- changes ---------------------------------------------------------------------
 
     def touch(self, model_id: str) -> ManifestEntry:
-        """Record a use: last_used now, use_count + 1."""
+        """Record a use: last_used now, use_count + 1 (not in a read-only folder: a use
+        is bookkeeping, and loading from a shared folder must work)."""
         model_id = self.registry.canonical_id(model_id)
+        if self.read_only():
+            log.info("%s: use not recorded, %s is read-only", model_id, self.paths.models)
+            return self.require(model_id)
         with self.transaction() as manifest:
             entry = manifest.models.get(model_id)
             if entry is None:
@@ -293,7 +179,12 @@ class Cache:
         return freed
 
     def _delete_partial(self, model_id: str) -> int:
+        """Delete a partial download's folder; the bytes freed. A link planted in its place
+        goes itself, never what it points to (it freed nothing)."""
         folder = self.paths.partial_dir(model_id)
+        if folder.is_symlink():
+            folder.unlink()
+            return 0
         if not folder.is_dir() or is_download_active(self.paths.locks, model_id):
             return 0
         freed = dir_size(folder)
@@ -305,6 +196,7 @@ class Cache:
         model_id = self.registry.canonical_id(model_id)
         if model_id not in self.registry and self.get(model_id) is None:
             self.registry.get(model_id)  # raises ModelNotFoundError with suggestions
+        self.writable(f"remove {model_id}")
         if self.in_use(model_id):
             raise ModelInUseError(
                 f"{model_id} is loaded by a running vibrant server and can't be removed now.",
@@ -331,6 +223,7 @@ class Cache:
         result = RemovalResult()
         if limit is None:
             return result
+        self.writable("prune models")
         keep = set(protect)
         with self.transaction() as manifest:
             total = sum(e.size_bytes for e in manifest.models.values())
@@ -371,6 +264,7 @@ class Cache:
 
     def clean(self, older_than: timedelta | None = None) -> RemovalResult:
         """Remove partial downloads (not active ones) and, with ``older_than``, unused models."""
+        self.writable("clean the cache")
         result = RemovalResult()
         for partial in self.partials():
             freed = self._delete_partial(partial.model_id)
@@ -388,8 +282,11 @@ class Cache:
         return result
 
     def clean_stale_partials(self, max_age: timedelta = STALE_PARTIAL_AGE) -> RemovalResult:
-        """At start-up: partial downloads nobody touched for ``max_age`` are removed."""
+        """At start-up: partial downloads nobody touched for ``max_age`` are removed (none
+        from a read-only folder: a start-up chore, not worth an error)."""
         result = RemovalResult()
+        if self.read_only():
+            return result
         cutoff = self.clock() - max_age
         for partial in self.partials():
             folder = self.paths.partial_dir(partial.model_id)
@@ -450,6 +347,9 @@ class Cache:
             )
         if updated == entry.files and not entry.damaged:
             return entry
+        if self.read_only():  # the files are fine; a shared folder can't remember it
+            log.info("%s: verified, not recorded (%s is read-only)", model_id, self.paths.models)
+            return msgspec.structs.replace(entry, files=updated, damaged=None)
         try:
             with self.transaction() as manifest:
                 current = manifest.models.get(model_id)
@@ -468,6 +368,9 @@ class Cache:
 
     def _mark_damaged(self, model_id: str, why: str) -> None:
         """Remember a failed check, so loads refuse the file until a download replaces it."""
+        if self.read_only():
+            self._warn(f"{model_id}: {why}; {self.paths.models} is read-only, so not recorded")
+            return
         try:
             with self.transaction() as manifest:
                 current = manifest.models.get(model_id)
@@ -479,7 +382,3 @@ class Cache:
 
 def repair_hint(model_id: str) -> str:
     return f"Run `vibrant model download {model_id}`: it replaces the damaged file."
-
-
-def _adoptable(path: Path) -> bool:
-    return is_regular(path) and has_gguf_magic(path)

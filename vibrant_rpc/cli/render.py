@@ -62,10 +62,21 @@ def partial_text(p: PartialDownload) -> str:
     return text + (", downloading now" if p.active else "")
 
 
+RAM_NOTE = (
+    "RAM NEEDED: the memory estimate at the configured context (`vibrant model fit ID` "
+    "shows it by part); (registry): only the registry's figure is known of that model."
+)
+
+
+def ram_needed(s: ModelStatus) -> str:
+    """The estimate's need; the registry's figure, labelled so, only where none exists."""
+    if s.ram_needed_bytes is not None:
+        return size(s.ram_needed_bytes)
+    return f"{size(s.model.ram_required_bytes)} (registry)"
+
+
 def model_table(console: Console, models: list[ModelStatus]) -> None:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("", "ID", "PARAMS", "QUANT", "SIZE", "RAM", "STATE", "LAST USED"):
-        table.add_column(col)
+    rows = []
     for s in models:
         m = s.model
         if s.cached:
@@ -76,19 +87,36 @@ def model_table(console: Console, models: list[ModelStatus]) -> None:
             state = "-"
         if m.deprecated:
             state += f" (deprecated{', use ' + m.replaced_by if m.replaced_by else ''})"
-        table.add_row(
-            "*" if s.selected else "",
-            m.id,
-            m.parameters,
-            m.quantization,
-            size(s.size_bytes if s.size_bytes is not None else m.download_bytes),
-            size(m.ram_required_bytes),
-            state,
-            ago(s.last_used) if s.cached else "",
+        rows.append(
+            [
+                "*" if s.selected else "",
+                m.id,
+                m.parameters,
+                m.quantization,
+                size(s.size_bytes if s.size_bytes is not None else m.download_bytes),
+                ram_needed(s),
+                state,
+                ago(s.last_used) if s.cached else "",
+            ]
         )
-    console.print(table)
+    head = ["", "ID", "PARAMS", "QUANT", "SIZE", "RAM NEEDED", "STATE", "LAST USED"]
+    plain_table(console, head, rows)
     if any(s.selected for s in models):
         console.print("* the model this machine gets", markup=False)
+    console.print(RAM_NOTE, markup=False, soft_wrap=True)
+
+
+def plain_table(console: Console, head: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell, written as plain lines: rich's Table lays out
+    each cell as a renderable (about 2 ms a row: 20 s for a registry of 10,000 models)."""
+    widths = [max(len(c) for c in column) for column in zip(head, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    console.print(Text(line(head), style="bold"), soft_wrap=True)
+    console.file.write("".join(line(r) + "\n" for r in rows))
+    console.file.flush()
 
 
 def model_info(console: Console, s: ModelStatus) -> None:
