@@ -24,8 +24,9 @@ from pathlib import Path
 import msgspec
 
 from bench.memory_probe import Probe
-from vibrant_rpc.fit.estimate import FLASH_ATTENTION, EstimateOptions, KvCacheType, estimate
+from vibrant_rpc.fit.estimate import EstimateOptions, KvCacheType, estimate
 from vibrant_rpc.gguf.header import read_header
+from vibrant_rpc.inference.model import FLASH_ATTENTION
 
 BAR = 0.15
 ROOT = Path(__file__).resolve().parent.parent

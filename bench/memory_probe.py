@@ -2,8 +2,8 @@
 
 Run as ``python -m bench.memory_probe MODEL CONTEXT [--batch N] [--ubatch N]
 [--kv-type T] [--flash]``: it loads MODEL in llama-cpp-python with the settings vibrant
-uses (``runtime.warm_up`` installs its log callback and its AMX workaround; the load
-options are the ones ``runtime.LoadedModel.load`` passes), fills the context with a real
+uses (``inference.model.warm_up`` installs its log callback and its AMX workaround; the
+load options are the ones ``inference.LoadedModel.load`` passes), fills the context with a real
 prompt, and prints one JSON line (``Probe``). A fresh process per measurement: RSS, once
 high, stays high.
 """
@@ -97,9 +97,9 @@ def probe(
     proc = psutil.Process()
     rss_before = proc.memory_info().rss
     split = [_rss_split()]
-    from vibrant_rpc.inference import model as runtime
+    from vibrant_rpc.inference import model
 
-    runtime.warm_up()
+    model.warm_up()
     import llama_cpp
 
     llm = llama_cpp.Llama(

@@ -1,3 +1,3 @@
-"""vibrant's model backend: registry, selection, downloads, cache and runtime."""
+"""vibrant's local models: registry, selection, downloads, cache and completions."""
 
 __version__ = "0.1.0"

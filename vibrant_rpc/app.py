@@ -1,4 +1,4 @@
-"""The backend as plain Python: what the CLI and the service both call.
+"""The facade (``Vibrant``): what the CLI and the service both call, in plain Python.
 
 It knows nothing of argparse or JSON-RPC; each method takes and returns typed values.
 The parts that reach the network (downloader, updates) are built on first use: httpx

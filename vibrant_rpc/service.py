@@ -74,7 +74,7 @@ W = TypeVar("W", bound=msgspec.Struct)
 
 
 def wire(value: object, wire_type: type[W]) -> W:
-    """A backend value as its wire type: same field names (the wire adds camelCase and
+    """A library value as its wire type: same field names (the wire adds camelCase and
     the schema); fields the wire type lacks are left out, and a missing one is an error."""
     return msgspec.convert(value, wire_type, from_attributes=True)
 

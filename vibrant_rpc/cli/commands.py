@@ -1,4 +1,4 @@
-"""``vibrant model ...``: the backend's operations in a terminal.
+"""``vibrant model ...``: the facade's (``Vibrant``, app.py) operations in a terminal.
 
 Exit codes: 0 success, 1 a failure the user can act on (message on stderr, no
 traceback), 2 bad usage.

@@ -1,7 +1,7 @@
 """A file another tool already downloaded, taken instead of downloading it again.
 
 Before a file's transfer, the caches of huggingface_hub, llama.cpp, LM Studio and Ollama
-(``other_caches``) are looked in; a file whose bytes hash to the reference is linked (or
+(``cache.elsewhere``) are looked in; a file whose bytes hash to the reference is linked (or
 copied) into the partial's place and marked complete, so install renames it like any
 download. Only against a reference known in advance: a name match without one would be
 recorded unchecked, and another tool's file is not worth that risk.

@@ -101,7 +101,7 @@ class Sources(HubClient):
                 self.current = i
                 return answer
         if refused is None:
-            # chained: whether the last source answered at all (headers.py asks)
+            # chained: whether the last source answered at all (fit.headers asks)
             raise TransientError("no source answered: " + "; ".join(said)) from last
         others = [s for s in said if not s.endswith(refused.message)]
         also = f" (and {'; '.join(others)})" if others else ""

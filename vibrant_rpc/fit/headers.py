@@ -11,7 +11,7 @@ from (the files' sizes and modification times, or the repository, revision and f
 names), so a second look costs neither a re-read nor the network. A Hub header is
 checked again after ``HUB_RECHECK_S`` when the caller allows the network: the same
 commit keeps it, a moved branch fetches the new one, a failed check keeps it. A damaged
-or stale record is ignored and replaced, never an error: it is only a cache.
+or stale record is ignored and replaced, never an error: it only saves work.
 
 The Hub is reached through the downloader's own ``hub_factory`` (its sources, mirrors
 and token), imported lazily so that a command that never fetches never loads httpx.

@@ -116,7 +116,8 @@ class TensorInfo(msgspec.Struct, frozen=True):
 
 
 class ModelHeader(msgspec.Struct, frozen=True, kw_only=True):
-    """What a GGUF header says about a model's size; JSON-serialisable for the cache."""
+    """What a GGUF header says about a model's size; JSON-serialisable for the header store
+    (``fit.headers``)."""
 
     architecture: str
     name: str | None = None

@@ -69,7 +69,7 @@ def decode_at(
 def greedy_tokens(
     llm: Llama,
     memory: Any,
-    n_cached: int,
+    n_held: int,
     *,
     budget: int,
     limit: int,
@@ -77,7 +77,7 @@ def greedy_tokens(
     stats: DraftStats | None = None,
     policy: DraftPolicy | None = None,
 ) -> Generator[int, None, None]:
-    """The greedy continuation of the ``n_cached`` tokens in the cache, whose last
+    """The greedy continuation of the ``n_held`` tokens the KV cache holds, whose last
     logits are the last decode's. ``budget``: how many tokens the caller may take at
     most (drafts never run past it); ``limit``: the context's size (nor past that);
     ``policy``: which drafts to check, told what each step cost (None: every one)."""
@@ -94,8 +94,8 @@ def greedy_tokens(
         logits = llama_cpp.llama_get_logits_ith(ctx.ctx, i)
         return int(np.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax())
 
-    drafter = LookupDrafter(llm.input_ids[:n_cached].tolist()) if draft_max > 0 else None
-    pos = n_cached
+    drafter = LookupDrafter(llm.input_ids[:n_held].tolist()) if draft_max > 0 else None
+    pos = n_held
     token = argmax(-1)
     given = 0
     while True:

@@ -1,6 +1,7 @@
 """Which parts of the KV cache a new prompt can keep, and where they move.
 
-Pure token matching, no llama.cpp: the runtime applies the plan.
+Pure token matching, no llama.cpp: the loaded model (``model.py``) applies the plan.
+``held`` is always the tokens the KV cache holds now, in their cells' order.
 
 llama-server's ``--cache-reuse N`` keeps the common prefix, then walks the cache
 for chunks of at least N tokens that continue the new prompt exactly where it is,
@@ -9,7 +10,7 @@ typed before the cursor in a fill-in-the-middle prompt makes it evaluate the
 whole suffix again. This plan also lets the prompt skip tokens: a token the cache
 doesn't have is a gap to evaluate, and the chunks after it are shifted forward or
 back around it. (llama_decode only takes tokens right after a sequence's last
-position, so the runtime decodes a gap there and shifts it into its hole.)
+position, so the loaded model decodes a gap there and shifts it into its hole.)
 The last prompt token is always evaluated, so that the logits the first sample
 reads belong to this prompt.
 
@@ -29,7 +30,7 @@ _MAX_CANDIDATES = 8
 
 
 class Move(msgspec.Struct, frozen=True):
-    """Cache cells [src, src + length) go to prompt positions [dst, dst + length)."""
+    """KV cells [src, src + length) go to prompt positions [dst, dst + length)."""
 
     src: int
     dst: int
@@ -37,7 +38,7 @@ class Move(msgspec.Struct, frozen=True):
 
 
 class ReusePlan(msgspec.Struct, frozen=True):
-    # Cache and prompt agree on their first ``prefix`` tokens: kept where they are.
+    # ``held`` and the prompt agree on their first ``prefix`` tokens: kept where they are.
     prefix: int
     # In ascending order of both src and dst, disjoint, none covering the last token.
     moves: list[Move]
@@ -53,32 +54,32 @@ class ReusePlan(msgspec.Struct, frozen=True):
         return self.prefix + sum(m.length for m in self.moves)
 
 
-def common_prefix(cache: Sequence[int], prompt: Sequence[int]) -> int:
+def common_prefix(held: Sequence[int], prompt: Sequence[int]) -> int:
     n = 0
-    for a, b in zip(cache, prompt, strict=False):
+    for a, b in zip(held, prompt, strict=False):
         if a != b:
             break
         n += 1
     return n
 
 
-def plan_prefix(cache: Sequence[int], prompt: Sequence[int]) -> ReusePlan:
+def plan_prefix(held: Sequence[int], prompt: Sequence[int]) -> ReusePlan:
     """Only the common start, for memory that cannot shift."""
-    keep = min(common_prefix(cache, prompt), max(len(prompt) - 1, 0))
+    keep = min(common_prefix(held, prompt), max(len(prompt) - 1, 0))
     return ReusePlan(prefix=keep, moves=[], evaluate=_ranges_after(keep, [], len(prompt)))
 
 
-def plan_reuse(cache: Sequence[int], prompt: Sequence[int], min_chunk: int) -> ReusePlan:
+def plan_reuse(held: Sequence[int], prompt: Sequence[int], min_chunk: int) -> ReusePlan:
     """The common prefix, plus chunks of at least ``min_chunk`` tokens moved into place."""
     if min_chunk < 1:
         raise ValueError("min_chunk must be at least 1")
     n = len(prompt)
     # The last prompt token is never taken from the cache (see the module docstring).
     limit = max(n - 1, 0)
-    prefix = min(common_prefix(cache, prompt), limit)
+    prefix = min(common_prefix(held, prompt), limit)
     starts: dict[tuple[int, ...], list[int]] = {}
-    for i in range(prefix, len(cache) - min_chunk + 1):
-        starts.setdefault(tuple(cache[i : i + min_chunk]), []).append(i)
+    for i in range(prefix, len(held) - min_chunk + 1):
+        starts.setdefault(tuple(held[i : i + min_chunk]), []).append(i)
     moves: list[Move] = []
     head_c, head_p = prefix, prefix
     while head_p + min_chunk <= limit:
@@ -89,9 +90,9 @@ def plan_reuse(cache: Sequence[int], prompt: Sequence[int], min_chunk: int) -> R
                 continue
             length = min_chunk
             while (
-                src + length < len(cache)
+                src + length < len(held)
                 and head_p + length < limit
-                and cache[src + length] == prompt[head_p + length]
+                and held[src + length] == prompt[head_p + length]
             ):
                 length += 1
             if length > best_len:
@@ -144,15 +145,15 @@ def removed_ranges(prefix: int, moves: list[Move]) -> list[tuple[int, int]]:
     return ranges
 
 
-def apply_to_tokens(cache: Sequence[int], prompt: Sequence[int], plan: ReusePlan) -> list[int]:
-    """The tokens the cache holds after the plan, with gaps filled from the prompt.
+def apply_to_tokens(held: Sequence[int], prompt: Sequence[int], plan: ReusePlan) -> list[int]:
+    """The tokens the KV cache holds after the plan, with gaps filled from the prompt.
 
     Equal to ``prompt`` for every valid plan; tests check plans with it.
     """
     out: list[int | None] = [None] * len(prompt)
-    out[: plan.prefix] = cache[: plan.prefix]
+    out[: plan.prefix] = held[: plan.prefix]
     for m in plan.moves:
-        out[m.dst : m.dst + m.length] = cache[m.src : m.src + m.length]
+        out[m.dst : m.dst + m.length] = held[m.src : m.src + m.length]
     for start, end in plan.evaluate:
         out[start:end] = prompt[start:end]
     if any(t is None for t in out):

@@ -1,8 +1,8 @@
 """One GGUF model loaded in llama.cpp, and completions from it.
 
 Plain blocking Python, meant for a worker thread; it knows nothing of JSON-RPC.
-``llama_cpp`` is imported inside functions only: importing it costs about a
-quarter of a second, and the server's start-up must not pay that.
+``llama_cpp`` is imported inside functions only, through ``llama_setup`` (which says
+what the import costs).
 
 Three things work around llama-cpp-python 0.3.36 (the first in ``llama_setup``, with
 the AMX repacking that crashes in VMs):
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("vibrant_rpc.llama_cpp")
-__all__ = ["warm_up"]  # re-exported: the service warms llama.cpp up through the runtime
+__all__ = ["warm_up"]  # re-exported: the service warms llama.cpp up through this module
 
 
 # Shortest run of cached tokens moved into place rather than evaluated again. Shorter

@@ -358,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     for path in write(out):
         print(path)
     if not args:  # the editors' copies of the same types, beside protocol/
-        from . import typescript as protocol_ts
+        from . import typescript
 
-        for path, text in protocol_ts.render_ts().items():
+        for path, text in typescript.render_ts().items():
             path.write_text(text)
             print(path)
     return 0

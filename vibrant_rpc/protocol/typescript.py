@@ -5,7 +5,8 @@ the error codes, the server's setting names) and ``editors/nvim/lua/vibrant/sett
 
 A build tool, imported by neither the server nor the CLI. It walks whatever types the
 protocol's tables name at run time (``msgspec.inspect``), so renaming or adding a type
-needs no change here; ``tests/test_protocol_ts.py`` regenerates and fails on any drift.
+needs no change here; ``tests/unit/protocol/test_protocol_ts.py`` regenerates and fails on
+any drift.
 
 ``python -m vibrant_rpc.protocol.typescript`` rewrites both files; ``--check`` only compares.
 """
