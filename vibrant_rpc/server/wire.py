@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # bigger bodies are skipped unread, with an error reply
 
 
+# Not in errors.py: a pygls exception, and pygls is the transport's alone. It carries a
+# VibrantException (or a wire-level code) the last step to the reply.
 class RpcError(JsonRpcException):
     """An error reply we mean to send (not a server bug): logged in one line, no traceback."""
 
