@@ -13,6 +13,13 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
+# The engine tests (pytest -m engine) run the real llama-server, built once per machine
+# from the llama.cpp in the llama-cpp-python sdist into ~/.cache/vibrant-bench (about 20
+# minutes on 2 cores; the folder survives between runs): build it now when missing, so
+# pytest's per-test timeout never meets the build.
+echo "== llama-server"
+.venv/bin/python -m tests.support.llama_server
+
 echo "== ruff"
 .venv/bin/ruff check vibrant_rpc tests bench
 .venv/bin/ruff format --check vibrant_rpc tests bench
