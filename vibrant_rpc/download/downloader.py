@@ -122,6 +122,9 @@ class Downloader:
                 hint="Unset HF_HUB_OFFLINE to download it; downloaded models keep working.",
                 modelId=model.id,
             )
+        # A shared folder mounted read-only: cached models work, nothing can be added.
+        doing = "import" if (reuse or self.reuse).only else "download"
+        self.cache.writable(f"{doing} {model.id}")
         lock = download_lock(self.paths.locks, model.id)
         try:
             lock.acquire(timeout=0)
