@@ -123,11 +123,10 @@ class Vibrant:
         architecture numbers (the note says so)."""
         model = self.registry.get(self.resolve_id(model_id))
         known = self._known(model, fetch)
-        if known is None:
+        if isinstance(known, str):  # why no header: the file's or the Hub's failure, named
             raise VibrantError(
-                f"vibrant can't estimate {model.id}'s memory: it isn't downloaded, the Hub "
-                "wasn't asked or didn't answer, and its registry entry has no "
-                "architecture numbers.",
+                f"vibrant can't estimate {model.id}'s memory: {known}, and its registry "
+                "entry has no architecture numbers.",
                 hint=f"Its registry entry says {model.ram_required_mb} MB of RAM; add an "
                 "`architecture` to the entry, or try again online.",
                 modelId=model.id,
@@ -135,10 +134,11 @@ class Vibrant:
         memory = memory or self.memory()
         return self._fit(model, known, request or self.fit_request(), memory, self.gpus(memory))
 
-    def _known(self, model: ModelInfo, fetch: bool) -> KnownHeader | None:
-        known = self.headers.known(model, fetch=fetch)
-        if known is None:
-            return None
+    def _known(self, model: ModelInfo, fetch: bool) -> KnownHeader | str:
+        """The model's header (named as the registry names it), or why none is known."""
+        known = self.headers.known_or_why(model, fetch=fetch)
+        if isinstance(known, str):
+            return known
         # The registry's name ("7B Q5_K_M") in the words, not the file's general.name.
         header = msgspec.structs.replace(known.header, name=label(model))
         return msgspec.structs.replace(known, header=header)
@@ -166,7 +166,7 @@ class Vibrant:
 
         def need(model: ModelInfo) -> Need:
             known = self._known(model, fetch)
-            if known is None:
+            if isinstance(known, str):
                 return registry_need(model)
             f = self._fit(model, known, request, mem, devices)
             # The CPU need at 4096 tokens orders the models: the same on every machine,

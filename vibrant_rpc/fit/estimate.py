@@ -42,7 +42,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from vibrant_rpc.gguf.header import GGML_TYPES, ModelHeader
+from vibrant_rpc.errors import GGUFFormatError
+from vibrant_rpc.gguf.ggml import GGML_TYPES, MAX_MODEL_BYTES
+from vibrant_rpc.gguf.header import ModelHeader
 
 KvCacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl"]
 
@@ -218,6 +220,22 @@ def estimate(header: ModelHeader, options: EstimateOptions) -> MemoryEstimate:
         gpu_layers=blocks_on + (1 if output_on else 0),
         mapped_bytes=cpu_weights if options.mmap else 0,
     )
+
+
+def check_sizes(header: ModelHeader) -> ModelHeader:
+    """``header``, if a model of its numbers fits in ``MAX_MODEL_BYTES`` at its own context
+    with every layer's cache in f32 (the most any load allocates for it); else a
+    ``GGUFFormatError``. The parser bounds each tensor and their sum; this bounds what the
+    architecture's numbers multiply to (a head count of 2^60 parses, and was estimated as a
+    31-digit GiB figure). A few multiplications: no cost to a real header."""
+    worst = estimate(header, EstimateOptions(context=0, kv_cache_type="f32", gpu_layers=-1))
+    if worst.total_bytes > MAX_MODEL_BYTES:
+        raise GGUFFormatError(
+            f"the GGUF header's numbers make a model of {worst.total_bytes:.3g} bytes at its "
+            f"own context ({worst.context} tokens), more than any model "
+            f"({MAX_MODEL_BYTES:.3g}): it is damaged"
+        )
+    return header
 
 
 def label_of(header: ModelHeader) -> str:

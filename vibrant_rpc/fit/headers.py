@@ -18,10 +18,18 @@ and token), imported lazily so that a command that never fetches never loads htt
 A Hub that could not be reached at all (refused, timed out, the network down) is not
 asked again by the same store for ``HUB_RETRY_S``: the selection looks at every registry
 model, and a black-holed network would otherwise cost each of them the timeout.
+
+The whole look at the Hub (resolving the files, then the header's ranges) has one
+deadline, ``HUB_DEADLINE_S``, not only a timeout per read: a Hub that sends a byte a
+second never trips a read timeout, and held ``vibrant model fit`` past 75 s (and
+``listModels``, waiting on the same model, with it). A Hub that slow counts as
+unreachable. A header's bytes are untrusted: one whose numbers make a model bigger than
+any is refused (``estimate.check_sizes``), and no record larger than its header is kept.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -35,10 +43,11 @@ from ..cache.store import Cache
 from ..errors import HubUnreachableError, VibrantError
 from ..fsutil import atomic_write
 from ..gguf.architectures import header_from_arch
-from ..gguf.header import ModelHeader, header_from_ranges, read_header
+from ..gguf.header import FILE_LIMIT_BYTES, ModelHeader, header_from_ranges, read_header
 from ..offline import is_offline
 from ..paths import Paths
 from ..registry import ModelInfo
+from .estimate import check_sizes
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +55,15 @@ HeaderSource = Literal["file", "hub", "registry"]
 # A look before a download should not hang on a host that never answers: a
 # transfer's 30 s would stall `select` and `info` for that long.
 HUB_TIMEOUT_S = 5.0
+# The whole look at the Hub for one model: the revision's files resolved, then the
+# header's ranges (Gemma's 6.5 MB takes 1-2 s on loopback and well under this on a link of
+# a few MB/s); the caller answers from the registry's numbers after it.
+HUB_DEADLINE_S = 15.0
 # After the Hub could not be reached, how long this store answers without trying it.
 HUB_RETRY_S = 300.0
+# A record smaller than this is kept whatever its header's size: its field names alone
+# are a kilobyte, more than a tiny test model's header.
+_RECORD_FLOOR_BYTES = 64 * 1024
 # A header fetched from the Hub is checked again after this long: a branch can move to
 # new files under the same names (a model quantised again). A check that finds the
 # same commit costs a HEAD per file and moves no header bytes.
@@ -104,12 +120,14 @@ class HeaderStore:
         *,
         timeout: float = HUB_TIMEOUT_S,
         retry_after: float = HUB_RETRY_S,
+        deadline: float = HUB_DEADLINE_S,
     ) -> None:
         self.folder = paths.models / ".headers"
         self.cache = cache
         self.hub_factory = hub_factory
         self.timeout = timeout
         self.retry_after = retry_after
+        self.deadline = deadline
         self._guard = threading.Lock()
         self._model_locks: dict[str, threading.Lock] = {}
         # (monotonic time, why) of the last failure to reach the Hub; None: reachable
@@ -119,39 +137,58 @@ class HeaderStore:
         """The best header at hand for ``model``; ``fetch``: the Hub may be asked for it.
         None only when the model is not cached, no header was fetched and its registry
         entry has no architecture numbers (or no file size)."""
-        with self._lock_for(model.id):
-            why_not_file = None
-            if self.cache.get(model.id) is not None:
-                try:
-                    return self._from_file(model)
-                except (VibrantError, OSError) as err:
-                    why_not_file = f"the cached file's header could not be read ({err})"
-                    log.warning("%s: %s", model.id, why_not_file)
-            record = self._load(model.id, _hub_key(model))
-            if record is not None and not (fetch and _due(record)):
-                return KnownHeader(header=record.header, source="hub", commit=record.commit)
-            if is_offline():
-                why = "offline (HF_HUB_OFFLINE is set)"
-            elif not fetch or self.hub_factory is None:
-                why = "not downloaded and not fetched from the Hub"
-            elif (down := self._still_unreachable()) is not None:
-                why = down
-            else:
-                try:
-                    known = self._from_hub(model, record)
-                except Exception as err:  # any failure of the Hub: the registry answers
-                    why = _hub_failure(err)
-                    log.info("%s: header not fetched: %s", model.id, why)
-                    if _unreachable(err):
-                        with self._guard:
-                            self._unreachable = (time.monotonic(), why)
-                else:
+        known = self.known_or_why(model, fetch=fetch)
+        return known if isinstance(known, KnownHeader) else None
+
+    def known_or_why(self, model: ModelInfo, *, fetch: bool) -> KnownHeader | str:
+        """``known``, or in words why nothing is known (the cached file's header damaged,
+        the Hub's refused, offline, ...): what "can't estimate" then says."""
+        lock = self._lock_for(model.id)
+        # A look without the network doesn't wait on another's fetch of the same model
+        # (a slow Hub held `listModels` behind `fitModel`): it answers from what is here.
+        # (A look from the file or a record holds it for milliseconds.)
+        if not lock.acquire(timeout=self.deadline + 1 if fetch else 0.5):
+            return self._known(model, fetch=False, busy=True)
+        try:
+            return self._known(model, fetch=fetch, busy=False)
+        finally:
+            lock.release()
+
+    def _known(self, model: ModelInfo, *, fetch: bool, busy: bool) -> KnownHeader | str:
+        why_not_file = None
+        if self.cache.get(model.id) is not None:
+            try:
+                return self._from_file(model)
+            except (VibrantError, OSError) as err:
+                why_not_file = f"the cached file's header could not be read ({err})"
+                log.warning("%s: %s", model.id, why_not_file)
+        record = self._load(model.id, _hub_key(model))
+        if record is not None and not (fetch and _due(record)):
+            return KnownHeader(header=record.header, source="hub", commit=record.commit)
+        if is_offline():
+            why = "offline (HF_HUB_OFFLINE is set)"
+        elif busy:
+            why = "not downloaded, and its header is being fetched from the Hub"
+        elif not fetch or self.hub_factory is None:
+            why = "not downloaded and not fetched from the Hub"
+        elif (down := self._still_unreachable()) is not None:
+            why = down
+        else:
+            try:
+                known = self._from_hub(model, record)
+            except Exception as err:  # any failure of the Hub: the registry answers
+                why = _hub_failure(err)
+                log.info("%s: header not fetched: %s", model.id, why)
+                if _unreachable(err):
                     with self._guard:
-                        self._unreachable = None
-                    return known
-            if record is not None:  # due for a check that could not be made: still the best
-                return KnownHeader(header=record.header, source="hub", commit=record.commit)
-            return _from_registry(model, why_not_file or why)
+                        self._unreachable = (time.monotonic(), why)
+            else:
+                with self._guard:
+                    self._unreachable = None
+                return known
+        if record is not None:  # due for a check that could not be made: still the best
+            return KnownHeader(header=record.header, source="hub", commit=record.commit)
+        return _from_registry(model, why_not_file or why) or why_not_file or why
 
     def _still_unreachable(self) -> str | None:
         """Why the Hub is not asked now (it could not be reached a moment ago), or None."""
@@ -172,17 +209,27 @@ class HeaderStore:
     def _load(self, model_id: str, key: str) -> _Record | None:
         path = self.folder / f"{model_id}.json"
         try:
+            # Larger than any header's record: written from a hostile header before
+            # records were bounded (one was 537 MB), and not read into memory again.
+            if path.stat().st_size > FILE_LIMIT_BYTES:
+                raise OSError(f"{path.stat().st_size} bytes, more than any header's record")
             record = msgspec.json.decode(path.read_bytes(), type=_Record)
+            check_sizes(record.header)
         except FileNotFoundError:
             return None
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as err:
+        except (OSError, VibrantError, msgspec.DecodeError, msgspec.ValidationError) as err:
             log.info("%s: ignoring a damaged header record (%s)", path, err)
             return None
         return record if record.key == key else None
 
     def _save(self, model_id: str, record: _Record) -> None:
+        data = msgspec.json.encode(record)
+        # What a header is derived into is never larger on disk than the header itself.
+        if len(data) > max(record.header.header_bytes, _RECORD_FLOOR_BYTES):
+            log.warning("%s: header not kept (%d bytes of record)", model_id, len(data))
+            return
         try:
-            atomic_write(self.folder / f"{model_id}.json", msgspec.json.encode(record))
+            atomic_write(self.folder / f"{model_id}.json", data)
         except (VibrantError, OSError) as err:  # a full disk: known now, fetched again later
             log.warning("%s: header not kept (%s)", model_id, err)
 
@@ -198,32 +245,56 @@ class HeaderStore:
         record = self._load(model.id, key)
         if record is None or record.source != "file":
             # read_header finds a split model's other shards beside the first
-            record = _Record(source="file", key=key, header=read_header(files[0]))
+            record = _Record(source="file", key=key, header=check_sizes(read_header(files[0])))
             self._save(model.id, record)
         return KnownHeader(header=record.header, source="file")
 
     def _from_hub(self, model: ModelInfo, kept: _Record | None) -> KnownHeader:
         """The header of the Hub's files now; ``kept``: the one fetched before, kept
-        (and its check time moved on) if the files are still at its commit."""
+        (and its check time moved on) if the files are still at its commit. Within
+        ``deadline`` seconds, or a ``HubUnreachableError``."""
         assert self.hub_factory is not None
         hub = self.hub_factory()
+        hub.set_timeout(self.timeout)
+        done: concurrent.futures.Future[tuple[ModelHeader, str | None]] = (
+            concurrent.futures.Future()
+        )
+
+        def look() -> None:
+            try:
+                done.set_result(_look(hub, model, kept))
+            except BaseException as err:  # handed to the waiting caller
+                done.set_exception(err)
+            finally:
+                hub.close()
+
+        # Its own thread, so that the caller can stop waiting: httpx has no deadline for a
+        # whole request, and a response trickling in never trips its read timeout.
+        threading.Thread(target=look, name=f"header {model.id}", daemon=True).start()
         try:
-            hub.set_timeout(self.timeout)
-            revision = model.revision or "main"
-            resolved = [hub.resolve(model.hf_repo, revision, f.filename) for f in model.files]
-            commit = resolved[0].commit
-            if kept is not None and commit is not None and kept.commit == commit:
-                header = kept.header
-            else:
-                # every file's header: a split model's later shards hold their own tensor infos
-                header = header_from_ranges(*(partial(hub.read_range, r.url) for r in resolved))
-        finally:
-            hub.close()
+            header, commit = done.result(timeout=self.deadline)
+        except concurrent.futures.TimeoutError:
+            hub.close()  # the look's next read fails, and its thread ends
+            raise HubUnreachableError(
+                f"no header within {self.deadline:g} s", answered=False, slow=True
+            ) from None
         record = _Record(
             source="hub", key=_hub_key(model), header=header, commit=commit, fetched_at=time.time()
         )
         self._save(model.id, record)
         return KnownHeader(header=header, source="hub", commit=commit)
+
+
+def _look(hub: HubLike, model: ModelInfo, kept: _Record | None) -> tuple[ModelHeader, str | None]:
+    """(header, commit) of the model's files on the Hub now."""
+    revision = model.revision or "main"
+    resolved = [hub.resolve(model.hf_repo, revision, f.filename) for f in model.files]
+    commit = resolved[0].commit
+    if kept is not None and commit is not None and kept.commit == commit:
+        return kept.header, commit
+    # every file's header: a split model's later shards hold their own tensor infos
+    header = header_from_ranges(*(partial(hub.read_range, r.url) for r in resolved))
+    return check_sizes(header), commit
 
 
 def _due(record: _Record) -> bool:
@@ -246,6 +317,8 @@ def _unreachable(err: BaseException) -> bool:
 
 def _hub_failure(err: Exception) -> str:
     text = err.message if isinstance(err, VibrantError) else str(err) or type(err).__name__
+    if isinstance(err, HubUnreachableError) and err.details.get("slow"):
+        return f"the Hub was too slow ({text})"
     if isinstance(err, HubUnreachableError):
         return f"the Hub was unreachable ({text})"
     return f"the Hub gave no header ({text})"

@@ -4,7 +4,8 @@ for a model not downloaded yet (``architectures``). Knows nothing of the registr
 
 from ..errors import GGUFFormatError  # the error tree's; the face keeps it beside the reader
 from .architectures import ArchFacts, header_from_arch
-from .header import GGML_TYPES, ModelHeader, header_from_ranges, read_header
+from .ggml import GGML_TYPES
+from .header import ModelHeader, header_from_ranges, read_header
 
 __all__ = [
     "GGML_TYPES",

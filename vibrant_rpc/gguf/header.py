@@ -7,6 +7,14 @@ a model's needs before its weights move. A prefix that ends too early raises
 ``NeedMoreBytes`` with the least total length that could get further; the caller
 fetches at least that much and tries again.
 
+The bytes are untrusted (a file from anywhere, a Hub or mirror answering anything): every
+count, length and dimension is checked against the bytes it needs before anything is
+allocated or looped over (a count that needs more bytes than the file has, or than a
+header may have, is a ``NeedMoreBytes`` its caller turns into a ``GGUFFormatError``), a
+tensor has at most 4 dimensions (ggml's limit), and sizes over ``MAX_MODEL_BYTES`` are
+refused. Before, one tensor with 200,000 dimensions ran past 60 s, and a ``block_count``
+of 2^28 in a 4 KB header took 2.7 GB of memory.
+
 Own reader, not ``gguf.GGUFReader``: that one memory-maps the whole file and builds a
 numpy view of every metadata item (Gemma's 262k-token vocabulary alone is three arrays
 of 262k items), needs the complete file, and is a development dependency only. This
@@ -31,6 +39,8 @@ import msgspec
 
 from vibrant_rpc.errors import GGUFFormatError
 
+from .ggml import GGML_TYPES, MAX_DIMS, MAX_MODEL_BYTES, tensor_nbytes
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 # The first read of a file: most headers fit (Gemma's is 6.5 MB).
@@ -38,42 +48,11 @@ FIRST_READ_BYTES = 8 * 1024 * 1024
 # Over the network: start small, grow by doubling; never move more than the limit.
 FIRST_RANGE_BYTES = 2 * 1024 * 1024
 RANGE_LIMIT_BYTES = 16 * 1024 * 1024
-
-# ggml type id -> (name, elements per block, bytes per block): ggml.c's type_traits.
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 40),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66),
-    17: ("IQ2_XS", 256, 74),
-    18: ("IQ3_XXS", 256, 98),
-    19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18),
-    21: ("IQ3_S", 256, 110),
-    22: ("IQ2_S", 256, 82),
-    23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1),
-    25: ("I16", 1, 2),
-    26: ("I32", 1, 4),
-    27: ("I64", 1, 8),
-    28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56),
-    30: ("BF16", 1, 2),
-    34: ("TQ1_0", 256, 54),
-    35: ("TQ2_0", 256, 66),
-    39: ("MXFP4", 32, 17),
-}
+# The most a file's header is read to (Gemma's 262k-token vocabulary takes 6.5 MB).
+FILE_LIMIT_BYTES = 64 * 1024 * 1024
+# The fewest bytes each item takes in the header, to check a count before its loop.
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a one-byte value
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8  # name length, dimension count, type, offset
 
 # Metadata value types: id -> struct format of a scalar (8 string, 9 array).
 _SCALARS: dict[int, str] = {
@@ -100,12 +79,18 @@ Scalar = str | int | float | bool
 # Not in errors.py: a signal between the parser and its callers here (fetch more, parse
 # again), never a user's error; when no more bytes can come it becomes a GGUFFormatError.
 class NeedMoreBytes(Exception):
-    """The prefix ended inside the header; ``needed`` is the least total length to try next."""
+    """The prefix ended inside the header; ``needed`` is the least total length to try next,
+    ``what`` what needs it when that was a count or a length (``"2^40 tensor infos"``)."""
 
-    def __init__(self, needed: int, have: int) -> None:
+    def __init__(self, needed: int, have: int, what: str = "") -> None:
         super().__init__(f"GGUF header needs at least {needed} bytes, have {have}")
         self.needed = needed
         self.have = have
+        self.what = what
+
+    def cause(self) -> str:
+        """``at least N bytes[ for what]``: for the message of the error it becomes."""
+        return f"at least {self.needed} bytes" + (f" for {self.what}" if self.what else "")
 
 
 class TensorInfo(msgspec.Struct, frozen=True):
@@ -155,9 +140,9 @@ class _Cursor:
         self.data = memoryview(data)
         self.pos = 0
 
-    def _need(self, n: int) -> None:
+    def _need(self, n: int, what: str = "") -> None:
         if self.pos + n > len(self.data):
-            raise NeedMoreBytes(self.pos + n, len(self.data))
+            raise NeedMoreBytes(self.pos + n, len(self.data), what)
 
     def unpack(self, fmt: str) -> object:
         size = struct.calcsize(fmt)
@@ -178,14 +163,14 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.u64()
-        self._need(n)
+        self._need(n, f"a string of {n} bytes at byte {self.pos - 8}")
         raw = bytes(self.data[self.pos : self.pos + n])
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         n = self.u64()
-        self._need(n)
+        self._need(n, f"a string of {n} bytes at byte {self.pos - 8}")
         self.pos += n
 
 
@@ -201,32 +186,32 @@ def _value(cur: _Cursor, vtype: int) -> Scalar | list[Scalar] | int:
         raise GGUFFormatError(f"unknown GGUF metadata type {vtype} at byte {cur.pos}")
     item_type = cur.u32()
     count = cur.u64()
+    what = f"an array of {count} items at byte {cur.pos - 12}"
     if item_type in _SCALARS:
         size = struct.calcsize(_SCALARS[item_type])
+        cur._need(size * count, what)
         # Short numeric arrays (per-layer head counts) are kept; long ones skipped.
         if count <= 1024:
-            cur._need(size * count)
             items = list(struct.unpack_from(f"<{count}{_SCALARS[item_type][1]}", cur.data, cur.pos))
             cur.pos += size * count
             return items
-        cur._need(size * count)
         cur.pos += size * count
         return count
     if item_type == _STRING:
+        cur._need(8 * count, what)  # a length each, before a loop over them
         for _ in range(count):
             cur.skip_string()
         return count
     raise GGUFFormatError(f"unsupported GGUF array of type {item_type} at byte {cur.pos}")
 
 
-def tensor_nbytes(type_id: int, shape: list[int]) -> int:
-    if type_id not in GGML_TYPES:
-        raise GGUFFormatError(f"unknown ggml tensor type {type_id}")
-    _, block, size = GGML_TYPES[type_id]
-    elements = 1
-    for d in shape:
-        elements *= d
-    return elements // block * size
+def _count(meta: dict[str, object], key: str, *, least: int = 0) -> int | None:
+    """A size or count from the metadata (None: absent); one below ``least`` (a negative
+    head count, a head count of 0 that would divide by zero) is a damaged header."""
+    value = _int(meta, key)
+    if value is not None and value < least:
+        raise GGUFFormatError(f"the GGUF header's {key} is {value}: it is damaged")
+    return value
 
 
 def _int(meta: dict[str, object], key: str) -> int | None:
@@ -279,6 +264,9 @@ def _parse(data: bytes | memoryview) -> _Parsed:
         raise GGUFFormatError(f"GGUF version {version} is not supported (2 and 3 are)")
     n_tensors = cur.u64()
     n_kv = cur.u64()
+    # Both counts before either loop: neither can claim more items than the bytes hold.
+    cur._need(n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_BYTES,
+              f"{n_kv} metadata items and {n_tensors} tensor infos")  # fmt: skip
     meta: dict[str, object] = {}
     for _ in range(n_kv):
         key = cur.string()
@@ -287,6 +275,10 @@ def _parse(data: bytes | memoryview) -> _Parsed:
     for _ in range(n_tensors):
         name = cur.string()
         n_dims = cur.u32()
+        if n_dims > MAX_DIMS:
+            raise GGUFFormatError(
+                f"tensor {name[:100]!r} has {n_dims} dimensions; GGUF allows at most {MAX_DIMS}"
+            )
         shape = [cur.u64() for _ in range(n_dims)]
         type_id = cur.u32()
         cur.u64()  # offset: sizes follow from shape and type
@@ -298,7 +290,9 @@ def _parse(data: bytes | memoryview) -> _Parsed:
                 tensor_nbytes(type_id, shape),
             )
         )
-    alignment = _int(meta, "general.alignment") or DEFAULT_ALIGNMENT
+    alignment = _count(meta, "general.alignment", least=1) or DEFAULT_ALIGNMENT
+    if alignment & (alignment - 1):
+        raise GGUFFormatError(f"the GGUF header's alignment {alignment} is not a power of 2")
     data_start = (cur.pos + alignment - 1) // alignment * alignment
     return meta, tensors, data_start
 
@@ -316,15 +310,24 @@ def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int)
         raise GGUFFormatError("GGUF header has no general.architecture")
 
     def need(key: str) -> int:
-        value = _int(meta, f"{arch}.{key}")
+        value = _count(meta, f"{arch}.{key}", least=1)
         if value is None:
             raise GGUFFormatError(f"GGUF header has no {arch}.{key}")
         return value
 
+    def size(key: str) -> int | None:
+        return _count(meta, f"{arch}.{key}")
+
     blocks = need("block_count")
+    # Every layer has tensors of its own: more layers than tensors is a damaged count (a
+    # list of 2^28 layer sizes took 2.7 GB, and was kept on disk as 537 MB of JSON).
+    if blocks > len(tensors):
+        raise GGUFFormatError(
+            f"the GGUF header says {blocks} layers but has {len(tensors)} tensors: it is damaged"
+        )
     heads = need("attention.head_count")
     embd = need("embedding_length")
-    kv_heads = _int(meta, f"{arch}.attention.head_count_kv") or heads
+    kv_heads = size("attention.head_count_kv") or heads
     tokens = meta.get("tokenizer.ggml.tokens")
     vocab = tokens if isinstance(tokens, int) else len(tokens) if isinstance(tokens, list) else 0
     vocab = _int(meta, f"{arch}.vocab_size") or vocab
@@ -340,7 +343,16 @@ def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int)
             named[t.name] = named.get(t.name, 0) + t.nbytes
     token_embd = named.get("token_embd.weight", 0)
     if not vocab and token_embd:
-        vocab = next(t.shape[-1] for t in tensors if t.name == "token_embd.weight")
+        shape = next(t.shape for t in tensors if t.name == "token_embd.weight")
+        if not shape:
+            raise GGUFFormatError("the GGUF header's token_embd.weight has no dimensions")
+        vocab = shape[-1]
+    weights = sum(t.nbytes for t in tensors)
+    if weights > MAX_MODEL_BYTES:
+        raise GGUFFormatError(
+            f"the GGUF header's tensors add up to {weights:.3g} bytes, more than any model "
+            f"({MAX_MODEL_BYTES:.3g}): it is damaged"
+        )
     tied = "output.weight" not in named
     output = named.get("output_norm.weight", 0) + (token_embd if tied else named["output.weight"])
     name = meta.get("general.name")
@@ -348,7 +360,10 @@ def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int)
     scalars: dict[str, Scalar] = {
         k: v
         for k, v in meta.items()
-        if isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= _MAX_KEPT_STRING)
+        if len(k) <= _MAX_KEPT_STRING
+        and (
+            isinstance(v, bool | int | float) or (isinstance(v, str) and len(v) <= _MAX_KEPT_STRING)
+        )
     }
     return ModelHeader(
         architecture=arch,
@@ -358,13 +373,13 @@ def _header(meta: dict[str, object], tensors: list[TensorInfo], data_start: int)
         head_count=heads,
         head_count_kv=kv_heads,
         embedding_length=embd,
-        key_length=_int(meta, f"{arch}.attention.key_length") or embd // heads,
-        value_length=_int(meta, f"{arch}.attention.value_length") or embd // heads,
-        context_length=_int(meta, f"{arch}.context_length") or 0,
+        key_length=size("attention.key_length") or embd // heads,
+        value_length=size("attention.value_length") or embd // heads,
+        context_length=size("context_length") or 0,
         vocab_size=vocab,
-        feed_forward_length=_int(meta, f"{arch}.feed_forward_length"),
-        sliding_window=_int(meta, f"{arch}.attention.sliding_window"),
-        weight_bytes=sum(t.nbytes for t in tensors),
+        feed_forward_length=size("feed_forward_length"),
+        sliding_window=size("attention.sliding_window"),
+        weight_bytes=weights,
         header_bytes=data_start,
         layer_bytes=layer_bytes,
         token_embd_bytes=token_embd,
@@ -402,8 +417,13 @@ def _read_file(path: Path, first_read: int) -> _Parsed:
                 if more.needed > size:
                     # A damaged length field can ask for petabytes: never allocate them.
                     raise GGUFFormatError(
-                        f"{path} ends inside its GGUF header (the header needs at least "
-                        f"{more.needed} bytes, the file has {size}): it is cut short or damaged"
+                        f"{path} ends inside its GGUF header (the header needs {more.cause()}, "
+                        f"the file has {size}): it is cut short or damaged"
+                    ) from more
+                if more.needed > FILE_LIMIT_BYTES:
+                    raise GGUFFormatError(
+                        f"{path}'s GGUF header would be longer than {FILE_LIMIT_BYTES} bytes "
+                        f"({more.cause()}): not read further"
                     ) from more
                 # Doubling bounds the re-parses to a handful for any header size.
                 want = min(max(more.needed, 2 * len(data)), size)
@@ -458,9 +478,11 @@ def _fetch(read_range: RangeReader, first: int, limit: int) -> _Parsed:
         try:
             return _parse(data)
         except NeedMoreBytes as more:
-            if len(data) >= limit:
+            # A count that needs more than the limit is refused before its bytes move.
+            if len(data) >= limit or more.needed > limit:
                 raise GGUFFormatError(
-                    f"the GGUF header is longer than {limit} bytes; not fetched further"
+                    f"the GGUF header is longer than {limit} bytes ({more.cause()}); "
+                    "not fetched further"
                 ) from more
             want = min(max(more.needed, 2 * len(data)), limit)
 

@@ -99,7 +99,9 @@ def test_prefix_parse_says_how_much_more() -> None:
             have = max(more.needed, 2 * have)
             have = min(have, full.header_bytes)
             rounds += 1
-    assert rounds >= 5  # the 6 MB vocabulary was crossed step by step
+    # The 6 MB vocabulary was crossed in steps: its 262k strings' lengths are asked for
+    # at once (a count is checked against the bytes it needs before its loop).
+    assert rounds >= 3
     assert header == full
 
 
