@@ -30,6 +30,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Layers on the GPU; -1: all; "auto": as many as fit its free memory.
     gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Literal["auto"] = 0
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
+    # Once a suggestion's first line is whole, generation stops at the next line end after
+    # this many ms (llama.vim asks 250 for a first suggestion); 0: no limit.
+    completion_time_budget_ms: Annotated[float, msgspec.Meta(ge=0)] = 250.0
     auto_update: bool = False
     update_check_delay_s: float = 30.0  # after start-up, before the weekly check may run
     download_connections: int = 4

@@ -24,6 +24,7 @@ import msgspec
 from . import protocol as p
 from .app import ModelStatus, Vibrant
 from .completion.lifecycle import Lifecycle, StateChange
+from .completion.pipeline import Pipeline
 from .completion.load_plan import LoadRequest
 from .completion.typed_through import TypedThrough
 from .config import Settings
@@ -31,6 +32,7 @@ from .download.jobs import DownloadJobs, Ticket
 from .download.progress import Progress
 from .errors import Cancelled
 from .inference.model import CompletionRequest
+from .inference.prompt import ContextChunk
 from .offline import is_offline
 from .registry import ModelInfo
 
@@ -368,16 +370,23 @@ class Service:
         cancel: threading.Event,
         on_change: Callable[[StateChange], None] | None,
     ) -> p.CompleteResult:
+        # The completion pipeline ends the text where the code does (it owns the stop
+        # strings then); ``raw`` keeps the model's text as it came, for benchmarks.
+        pipeline = None if params.raw else self._pipeline(params)
         req = CompletionRequest(
             prompt=params.prompt,
             suffix=params.suffix,
             max_tokens=params.max_tokens,
             temperature=params.temperature,
-            stop=list(params.stop),
+            stop=list(params.stop) if pipeline is None else [],
+            context=[ContextChunk(c.filename, c.text) for c in params.context],
+            filename=params.filename,
+            comment=(pipeline and pipeline.line_comment) or "#",
+            text_filter=pipeline,
         )
         # Typing through a suggestion is answered from the last completion: only where
         # the model would give the same again (greedy, nothing to stop on).
-        repeatable = params.temperature == 0 and not params.stop
+        repeatable = params.temperature == 0 and not params.stop and not params.raw
         if repeatable and (hit := self._typed_through(params)) is not None:
             if on_text is not None and hit.text:
                 on_text(hit.text)
@@ -386,10 +395,16 @@ class Service:
         r = done.result
         if r.finish_reason == "cancelled":
             raise Cancelled()
+        stop_reason: p.StopReason = (
+            pipeline.stop_reason(r.finish_reason)
+            if pipeline is not None
+            else ("end" if r.finish_reason == "stop" else r.finish_reason)
+        )
         result = p.CompleteResult(
             text=r.text,
             model_id=done.model_id,
             finish_reason=r.finish_reason,
+            stop_reason=stop_reason,
             usage=p.Usage(
                 prompt_tokens=r.prompt_tokens,
                 completion_tokens=r.completion_tokens,
@@ -405,12 +420,23 @@ class Service:
         )
         if repeatable:
             self._typed.remember(
-                done.model_id, params.prompt, params.suffix, r.text, r.finish_reason
+                done.model_id, params.prompt, params.suffix, r.text, r.finish_reason, stop_reason
             )
             self._typed_fim = r.fim
         else:
             self._typed.forget()
         return result
+
+    def _pipeline(self, params: p.CompleteParams) -> Pipeline:
+        return Pipeline.for_request(
+            params.prompt,
+            params.suffix,
+            language_id=params.language_id,
+            filename=params.filename,
+            multiline=params.multiline,
+            stops=list(params.stop),
+            time_budget_ms=self.app.settings.completion_time_budget_ms,
+        )
 
     def _typed_through(self, params: p.CompleteParams) -> p.CompleteResult | None:
         started = time.perf_counter()
@@ -425,6 +451,7 @@ class Service:
             text=hit.text,
             model_id=model_id,
             finish_reason=hit.finish_reason,
+            stop_reason=hit.stop_reason,
             usage=p.Usage(prompt_tokens=0, completion_tokens=0),
             timings=p.Timings(
                 load_ms=0.0, total_ms=round((time.perf_counter() - started) * 1000, 3)

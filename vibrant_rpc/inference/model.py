@@ -52,7 +52,15 @@ from vibrant_rpc.inference.llama_setup import (
     load_error,
     warm_up,
 )
-from vibrant_rpc.inference.text_stream import TextStream
+from vibrant_rpc.inference.prompt import (
+    ContextChunk,
+    FimTokens,
+    Prompt,
+    PromptModel,
+    RepoTokens,
+    build_prompt,
+)
+from vibrant_rpc.inference.text_stream import TextFilter, TextStream
 from vibrant_rpc.states import FinishReason
 
 if TYPE_CHECKING:
@@ -96,6 +104,13 @@ class CompletionRequest(msgspec.Struct, kw_only=True, frozen=True):
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 128
     temperature: Annotated[float, msgspec.Meta(ge=0.0)] = 0.2
     stop: list[str] = []
+    # Chunks of other files, before the window (``prompt``); the file's name, and its
+    # language's line comment for chunks as commented snippets.
+    context: list[ContextChunk] = []
+    filename: str | None = None
+    comment: str = "#"
+    # Judges the text as it streams: a cut ends generation (completion/pipeline).
+    text_filter: TextFilter | None = None
 
 
 class CompletionResult(msgspec.Struct, kw_only=True, frozen=True):
@@ -114,21 +129,6 @@ class CompletionResult(msgspec.Struct, kw_only=True, frozen=True):
     # many the model agreed with (``greedy_decode``).
     drafted: int = 0
     draft_accepted: int = 0
-
-
-class FimTokens(msgspec.Struct, frozen=True):
-    prefix: int
-    suffix: int
-    middle: int
-
-
-class Prompt(msgspec.Struct, frozen=True):
-    """The tokens a completion feeds the model, and how they were made."""
-
-    tokens: list[int]
-    fim: bool
-    # Text was cut to fit the context: the start of the prefix, the end of the suffix.
-    truncated: bool
 
 
 class LoadedModel:
@@ -156,6 +156,11 @@ class LoadedModel:
         # llama.cpp knows them from tokenizer.ggml.fim_*_token_id, or by their text
         # (<|fim_prefix|>, <fim_prefix>, ...); -1 is "none".
         self.fim_tokens: FimTokens | None = FimTokens(*fim) if min(fim) >= 0 else None
+        vocab = self._vocab
+        repo = (llama_cpp.llama_vocab_fim_rep(vocab), llama_cpp.llama_vocab_fim_sep(vocab))
+        self.repo_tokens = RepoTokens(*repo) if self.fim_tokens and min(repo) >= 0 else None
+        # Qwen's file separator and padding end a completion as its end token does.
+        self._end_tokens = {*repo, llama_cpp.llama_vocab_fim_pad(self._vocab)} - {-1}
         self.supports_fim = self.fim_tokens is not None
         # Keeping the KV cache of the shared start of consecutive prompts needs a
         # cache that can drop its tail; recurrent state cannot.
@@ -259,31 +264,14 @@ class LoadedModel:
 
     def _build_prompt(self, llm: Llama, req: CompletionRequest) -> Prompt:
         head = [self._bos] if self._add_bos and self._bos >= 0 else []
-        # Room for the prompt: the context less the answer, but never less than half.
-        room = self.context_size - min(req.max_tokens, self.context_size // 2)
-        if req.suffix is not None and self.fim_tokens is not None:
-            fim = self.fim_tokens
-            prefix, suffix = self._tokenize(llm, req.prompt), self._tokenize(llm, req.suffix)
-            room -= len(head) + 3
-            truncated = len(prefix) + len(suffix) > room
-            if truncated:
-                # Text near the cursor matters most; the prefix gets the larger share.
-                keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
-                keep_prefix = max(room - keep_suffix, 0)
-                prefix = prefix[len(prefix) - keep_prefix :]
-                suffix = suffix[:keep_suffix]
-            tokens = [*head, fim.prefix, *prefix, fim.suffix, *suffix, fim.middle]
-            return Prompt(tokens, fim=True, truncated=truncated)
-        # Without FIM tokens the suffix is dropped: the model continues the prefix.
-        body = self._tokenize(llm, req.prompt)
-        room -= len(head)
-        truncated = len(body) > room
-        if truncated:
-            body = body[len(body) - max(room, 0) :]
-        tokens = [*head, *body]
-        if not tokens:
-            tokens = [self._bos] if self._bos >= 0 else [llm.token_eos()]
-        return Prompt(tokens, fim=False, truncated=truncated)
+        empty = [self._bos] if self._bos >= 0 else [llm.token_eos()]
+        m = PromptModel(
+            lambda text: self._tokenize(llm, text),
+            head, self.fim_tokens, self.repo_tokens, self.context_size, empty,
+        )  # fmt: skip
+        return build_prompt(
+            m, req.prompt, req.suffix, req.max_tokens, req.context, req.filename, req.comment
+        )
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -424,7 +412,7 @@ class LoadedModel:
 
             prompt = self._build_prompt(llm, req)
             n_prompt = len(prompt.tokens)
-            stream = TextStream(req.stop, on_text)
+            stream = TextStream(req.stop, on_text, req.text_filter)
             finish: FinishReason = "length"
             hit_stop = False
             n_out = 0
@@ -460,7 +448,9 @@ class LoadedModel:
                             finish = "cancelled"
                             break
                         token = next(generator)
-                        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+                        if token in self._end_tokens or llama_cpp.llama_vocab_is_eog(
+                            self._vocab, token
+                        ):
                             finish = "stop"
                             break
                         n_out += 1

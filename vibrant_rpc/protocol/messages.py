@@ -20,6 +20,7 @@ from ..errors import InvalidParams as InvalidParams
 from ..states import DownloadState as DownloadState
 from ..states import FinishReason as FinishReason
 from ..states import ModelState as ModelState
+from ..states import StopReason as StopReason
 
 # -- building blocks ---------------------------------------------------------------------
 
@@ -384,6 +385,14 @@ class ModelStateChanged(Wire):
 # -- completions -------------------------------------------------------------------------
 
 
+class ContextFile(Params):
+    """A chunk of another file the model sees before the cursor's window (the client
+    collects them, as llama.vim's ring buffer does)."""
+
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]  # its path
+    text: Annotated[str, msgspec.Meta(max_length=16_000)]  # whole lines of it
+
+
 class CompleteParams(Params):
     prompt: Annotated[str, msgspec.Meta(max_length=4_000_000)]  # the text before the cursor
     # The text after the cursor: fill in the middle when the model has FIM tokens.
@@ -396,6 +405,17 @@ class CompleteParams(Params):
     model_id: ModelId | None = None  # default: the loaded model, else as loadModel chooses
     partial_result_token: ProgressToken | None = None  # stream {text} pieces here
     work_done_token: ProgressToken | None = None  # progress of a load this completion starts
+    # The editor's language id (python, typescript...) and the file's path: the language's
+    # rules of the completion pipeline (line comment, blocks, top-level keywords).
+    language_id: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    filename: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+    # Chunks of other files, in a fixed order (oldest first), before the window.
+    context: Annotated[list[ContextFile], msgspec.Meta(max_length=16)] = []
+    # One line (false) or several (true); default: several only at the end of a line or
+    # on an empty one, outside a line comment.
+    multiline: bool | None = None
+    # The model's text as it came, without the completion pipeline (benchmarks).
+    raw: bool = False
 
 
 class Usage(Wire):
@@ -421,6 +441,8 @@ class CompleteResult(Wire):
     text: str  # the completion (the stop string excluded)
     model_id: str  # the model that wrote it
     finish_reason: FinishReason  # "stop": end of text or a stop string; "length": maxTokens
+    # Why the completion ended: the pipeline's rule that cut it, or end, length, cancelled.
+    stop_reason: StopReason
     usage: Usage
     timings: Timings
     fim: bool  # the suffix was used (the model has fill-in-the-middle tokens)

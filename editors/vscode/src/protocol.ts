@@ -16,6 +16,19 @@ export type DownloadState =
 
 export type FinishReason = "stop" | "length" | "cancelled";
 
+export type StopReason =
+    | "end"
+    | "stop"
+    | "length"
+    | "cancelled"
+    | "oneLine"
+    | "scope"
+    | "bracket"
+    | "lineSuffix"
+    | "codeBelow"
+    | "repetition"
+    | "timeBudget";
+
 export interface ListModelsParams {
     scope?: "all" | "cached" | null;
 }
@@ -92,6 +105,20 @@ export interface CompleteParams {
     modelId?: string | null;
     partialResultToken?: number | string | null;
     workDoneToken?: number | string | null;
+    languageId?: string | null;
+    filename?: string | null;
+    context?: ContextFile[];
+    multiline?: boolean | null;
+    raw?: boolean;
+}
+
+/**
+ * A chunk of another file the model sees before the cursor's window (the client collects them, as
+ * llama.vim's ring buffer does).
+ */
+export interface ContextFile {
+    filename: string;
+    text: string;
 }
 
 export interface ListModelsResult {
@@ -313,6 +340,7 @@ export interface CompleteResult {
     text: string;
     modelId: string;
     finishReason: FinishReason;
+    stopReason: StopReason;
     usage: Usage;
     timings: Timings;
     fim: boolean;
@@ -521,6 +549,7 @@ export const SERVER_SETTINGS = [
     "mlock",
     "gpuLayers",
     "keepAliveS",
+    "completionTimeBudgetMs",
     "autoUpdate",
     "updateCheckDelayS",
     "downloadConnections",

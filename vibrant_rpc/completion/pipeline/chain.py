@@ -23,7 +23,8 @@ from . import (
     stops,
     time_budget,
 )
-from .cursor import Cursor
+from .cursor import Cursor, cursor_at
+from .languages import language_for
 from .rule import Rule, Seen
 
 RULES: tuple[Rule, ...] = (
@@ -95,6 +96,29 @@ class Pipeline:
         self._started: float | None = None
         self._reason: StopReason | None = None
         self._final_reason: StopReason | None = None
+
+    @classmethod
+    def for_request(
+        cls,
+        prompt: str,
+        suffix: str | None,
+        *,
+        language_id: str | None = None,
+        filename: str | None = None,
+        multiline: bool | None = None,
+        stops: list[str] | None = None,
+        time_budget_ms: float = 0.0,
+    ) -> Pipeline:
+        language = language_for(language_id, filename)
+        cursor = cursor_at(
+            prompt, suffix, language, multiline, stops=stops, time_budget_ms=time_budget_ms
+        )
+        return cls(cursor)
+
+    @property
+    def line_comment(self) -> str | None:
+        lang = self.cursor.language
+        return lang.line_comment if lang is not None else None
 
     def check(self, text: str) -> tuple[int, bool]:
         """(how much of ``text`` may be sent now, whether the completion ends; then

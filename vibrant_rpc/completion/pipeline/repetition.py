@@ -1,7 +1,9 @@
 """Repetition: the same line, or the same block of up to four lines, again ends the
 completion before the repeat (Tabby's ``removeRepetitiveLines`` and
 ``removeRepetitiveBlocks``). The line above an empty cursor line counts as the one
-before the first. Lines that only close brackets or blocks repeat legitimately."""
+before the first. Lines that only close brackets or blocks repeat legitimately. Within
+a line, the same piece three times running (``abspath(abspath(abspath(``) ends it
+after the first (Tabby's ``removeLineEndsWithRepetition``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,27 @@ from .rule import Rule, Seen, lines_of
 from .scope import is_closing
 
 BLOCK = 4
+UNIT = (4, 40)  # lengths of a piece repeated within a line
+
+
+def _periodic_tail(line: str) -> tuple[int, int]:
+    """(k, unit): the longest end of ``line``, k long, that repeats what stands ``unit``
+    characters before it, for a unit with some text in it."""
+    best = (0, 0)
+    for unit in range(UNIT[0], min(UNIT[1], len(line) // 2) + 1):
+        k = 0
+        while k < len(line) - unit and line[-1 - k] == line[-1 - k - unit]:
+            k += 1
+        if k > best[0] and len(line[len(line) - unit :].strip()) >= 2:
+            best = (k, unit)
+    return best
+
+
+def _in_line(text: str) -> int | None:
+    start = text.rfind("\n") + 1
+    line = text[start:]
+    k, unit = _periodic_tail(line)
+    return start + len(line) - k if unit and k >= 2 * unit else None
 
 
 def _counted(cur: Cursor, text: str, final: bool) -> list[tuple[int, str]]:
@@ -27,6 +50,9 @@ def _counted(cur: Cursor, text: str, final: bool) -> list[tuple[int, str]]:
 
 
 def cut(cur: Cursor, seen: Seen) -> int | None:
+    at = _in_line(seen.text)
+    if at is not None:
+        return at
     counted = _counted(cur, seen.text, seen.final)
     for j in range(1, len(counted)):
         for k in range(1, BLOCK + 1):
@@ -45,7 +71,8 @@ def settled(cur: Cursor, text: str) -> int:
     part = (cur.line_prefix + line if len(lines) == 1 else line).strip()
     counted = _counted(cur, text, final=False)
     texts = [t for _, t in counted]
-    held = len(text)
+    k, _ = _periodic_tail(line)
+    held = len(text) - k  # a piece that may go on repeating
     if any(t.startswith(part) for t in texts[-BLOCK:]):
         held = max(start - 1, 0)  # it may become a repeat
     # Whole lines that repeat the start of a block just before them may become a
