@@ -11,6 +11,7 @@ return {
   { snake = "mlock", camel = "mlock" },
   { snake = "gpu_layers", camel = "gpuLayers" },
   { snake = "keep_alive_s", camel = "keepAliveS" },
+  { snake = "completion_time_budget_ms", camel = "completionTimeBudgetMs" },
   { snake = "auto_update", camel = "autoUpdate" },
   { snake = "update_check_delay_s", camel = "updateCheckDelayS" },
   { snake = "download_connections", camel = "downloadConnections" },
