@@ -27,8 +27,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_size: int = 512
     mmap: bool = True
     mlock: bool = False
-    # Layers on the GPU; -1: all; "auto": as many as fit its free memory.
-    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Literal["auto"] = 0
+    # Layers on the GPU; -1: all; "auto": as many as fit its free memory, on a GPU the
+    # installed llama.cpp can use (none with a CPU build: every layer stays in RAM).
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Literal["auto"] = "auto"
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     # Once a suggestion's first line is whole, generation stops at the next line end after
     # this many ms (llama.vim asks 250 for a first suggestion); 0: no limit.

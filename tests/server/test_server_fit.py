@@ -85,7 +85,10 @@ async def test_fit_of_a_downloaded_model_reads_its_file(
         r"0\.\d\d GiB buffers = \d\.\d+ GiB",
         fit["breakdown"],
     ), fit["breakdown"]
-    assert fit["gpuLayers"] == 0 and fit["gpu"] is None
+    # gpu_layers "auto" (the default): the plan says where the layers go; here, with no
+    # GPU this llama.cpp can use, every one stays in RAM.
+    assert fit["gpuLayers"] == 0 == fit["gpu"]["gpuLayers"]
+    assert fit["gpu"]["reason"].startswith(("no GPU", "the installed llama.cpp is a CPU build"))
     # A context of its own, and "auto" GPU layers: this machine has no GPU.
     fit = await call(
         client, "vibrant/fitModel", {"modelId": GEMMA, "contextSize": 2048, "gpuLayers": "auto"}

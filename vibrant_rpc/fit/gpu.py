@@ -5,6 +5,11 @@ without the library, the driver or a GPU gets an empty list, never an error. An 
 Silicon Mac counts as one device whose memory is the system's (unified memory: what
 the GPU takes, the CPU doesn't get).
 
+A GPU counts only where the installed llama.cpp can put layers on it: pip's default
+build on Linux is CPU-only (``llama_supports_gpu_offload()`` is false) even with an
+NVIDIA driver present and NVML seeing the card. Such a device is still listed, with
+``offload`` false, so the plan can say why every layer stays in RAM.
+
 ``plan_gpu_layers`` is Ollama's planner (``llm/memory.go``, ``EstimateGPULayers``) over
 vibrant's estimate, as a pure function: a device takes part only if it fits the
 compute graph, its minimum reserve and two layers; then layers go round-robin to the
@@ -42,6 +47,8 @@ class GpuDevice(msgspec.Struct, frozen=True, kw_only=True):
     total_bytes: int
     free_bytes: int
     uuid: str | None = None
+    # The installed llama.cpp can put layers on it (False: a CPU build; it only shows).
+    offload: bool = True
 
 
 class GpuPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,10 +121,25 @@ def apple_unified(memory: MemoryInfo, system: str, machine: str) -> list[GpuDevi
     ]
 
 
-def detect_gpus(memory: MemoryInfo) -> list[GpuDevice]:
-    """The GPUs llama.cpp can use here: Apple's unified memory, else NVIDIA's; [] if none."""
-    apple = apple_unified(memory, platform.system(), platform.machine())
-    return apple or nvidia_gpus()
+def llama_offloads() -> bool:
+    """Whether the installed llama.cpp can offload layers at all (imports llama.cpp: asked
+    only once a GPU was found)."""
+    from ..inference.llama_setup import llama_cpp_module
+
+    return bool(llama_cpp_module().llama_supports_gpu_offload())
+
+
+def detect_gpus(
+    memory: MemoryInfo,
+    nvml: NvmlLoader = _nvml_devices,
+    offloads: Callable[[], bool] = llama_offloads,
+) -> list[GpuDevice]:
+    """The GPUs here: Apple's unified memory, else NVIDIA's; [] if none. Each says whether
+    the installed llama.cpp can use it (``offload``)."""
+    found = apple_unified(memory, platform.system(), platform.machine()) or nvidia_gpus(nvml)
+    if found and not offloads():
+        return [msgspec.structs.replace(d, offload=False) for d in found]
+    return found
 
 
 def _layer_sizes(header: ModelHeader, options: EstimateOptions) -> list[int]:
@@ -157,13 +179,19 @@ def plan_gpu_layers(
 
     if not devices:
         return plan("no GPU: every layer runs on the CPU")
+    if not any(d.offload for d in devices):
+        names = ", ".join(sorted({d.name for d in devices}))
+        return plan(
+            "the installed llama.cpp is a CPU build (it can't offload): every layer stays "
+            f"in RAM, though {names} is here"
+        )
     if cap == 0:
         return plan("gpu_layers is 0: every layer runs on the CPU")
     # A device takes part only if it holds the graph, its reserve and two layers.
     with_space = [
         i
         for i, d in enumerate(devices)
-        if d.free_bytes >= graph + MINIMUM_MEMORY[d.kind] + 2 * first_layer
+        if d.offload and d.free_bytes >= graph + MINIMUM_MEMORY[d.kind] + 2 * first_layer
     ]
     for i in with_space:
         # One layer's worth is held back as a buffer, as Ollama does.

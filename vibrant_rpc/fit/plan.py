@@ -120,9 +120,10 @@ def _plan(
         gpu_layers = plan.gpu_layers
     else:
         gpu_layers = request.gpu_layers
-    # No GPU found: a CPU build of llama.cpp ignores n_gpu_layers and keeps every layer
-    # in RAM, so a gpu_layers setting must not make a model look smaller than it is.
-    on_gpu = gpu_layers if devices else 0
+    # No GPU llama.cpp can use (none found, or a CPU build that can't offload): it ignores
+    # n_gpu_layers and keeps every layer in RAM, so a gpu_layers setting must not make a
+    # model look smaller than it is.
+    on_gpu = gpu_layers if any(d.offload for d in devices) else 0
     est = estimate(header, _options(request, context, on_gpu))
     return _Planned(plan, gpu_layers, est, _ram_needed(est, devices))
 

@@ -20,7 +20,7 @@ interface Item<T> extends vscode.QuickPickItem {
     value?: T;
 }
 
-/** A quick pick that tests can see and drive (through `Vibrant.hooks`). */
+/** A quick pick, shown through `vibrant.ui` (whose API publishes it). */
 function pick<T>(
     vibrant: Vibrant,
     items: Item<T>[],
@@ -43,13 +43,12 @@ function pick<T>(
         };
         qp.onDidAccept(() => finish(qp.selectedItems[0]?.value ?? qp.activeItems[0]?.value));
         qp.onDidHide(() => finish(undefined));
-        qp.show();
-        vibrant.hooks.showQuickPick(qp as unknown as vscode.QuickPick<vscode.QuickPickItem>);
+        vibrant.ui.showQuickPick(qp);
     });
 }
 
 async function listModels(vibrant: Vibrant, scope?: 'all' | 'cached'): Promise<ListModelsResult> {
-    return vibrant.request<ListModelsResult>('vibrant/listModels', scope ? { scope } : {});
+    return vibrant.client.request<ListModelsResult>('vibrant/listModels', scope ? { scope } : {});
 }
 
 function modelItems(result: ListModelsResult, current: string): Item<ModelEntry>[] {
@@ -115,7 +114,7 @@ export async function selectModel(vibrant: Vibrant, modelId?: string): Promise<s
         if (!chosen.cached) {
             vibrant.offerDownload(chosen.id, chosen.downloadBytes, true);
         } else {
-            void vscode.window.showInformationMessage(`Vibrant: completions now come from ${chosen.id}.`);
+            void vibrant.ui.showMessage('info', `Vibrant: completions now come from ${chosen.id}.`);
         }
         return chosen.id;
     } catch (err) {
@@ -142,7 +141,7 @@ export async function runDownload(
     const title = `Vibrant: ${verb} ${modelId}`;
     let client;
     try {
-        client = await vibrant.ensureClient();
+        client = await vibrant.client.ensureClient();
     } catch (err) {
         vibrant.showError(`${verb} ${modelId}`, err);
         return undefined;
@@ -158,12 +157,11 @@ export async function runDownload(
                 if (increment !== undefined) {
                     shown = percent!;
                 }
-                progress.report({ message, increment });
-                vibrant.hooks.progressReports.push({ title, message, increment });
+                vibrant.ui.reportProgress(progress, { title, message, increment });
             };
             report('starting…', 0);
             const subscriptions: vscode.Disposable[] = [
-                vibrant.onDownloadProgress((p) => {
+                vibrant.client.onDownloadProgress((p) => {
                     if (p.modelId === modelId) {
                         fromNotifications = true;
                         report(downloadLine(p), percentOf(p.downloadedBytes, p.totalBytes));
@@ -183,8 +181,7 @@ export async function runDownload(
             } catch (err) {
                 if (isCancelled(err) || token.isCancellationRequested) {
                     const text = `Vibrant: ${verb.toLowerCase()} ${modelId} cancelled; what was downloaded is kept and the next download resumes from there.`;
-                    vibrant.hooks.messages.push(text);
-                    void vscode.window.showInformationMessage(text);
+                    void vibrant.ui.showMessage('info', text);
                     return undefined;
                 }
                 if (errorCode(err) === ErrorCode.MethodNotFound) {
@@ -203,9 +200,8 @@ export async function runDownload(
     if (result) {
         const size = typeof result.sizeBytes === 'number' ? ` (${formatBytes(result.sizeBytes)})` : '';
         const text = `Vibrant: ${result.modelId ?? modelId} ${method === 'vibrant/updateModel' ? 'updated' : 'downloaded'}${size}.`;
-        vibrant.hooks.messages.push(text);
         const pruned = result.pruned?.length ? ` To stay under the cache limit, ${result.pruned.join(', ')} were removed.` : '';
-        void vscode.window.showInformationMessage(text + pruned);
+        void vibrant.ui.showMessage('info', text + pruned);
     }
     return result;
 }
@@ -216,7 +212,7 @@ export async function downloadModel(vibrant: Vibrant, modelId?: string): Promise
             const result = await listModels(vibrant);
             const items = modelItems(result, currentModel()).filter((i) => !i.value?.cached);
             if (items.length === 0) {
-                void vscode.window.showInformationMessage('Vibrant: every model is downloaded already.');
+                void vibrant.ui.showMessage('info', 'Vibrant: every model is downloaded already.');
                 return undefined;
             }
             modelId = (await pick(vibrant, items, {
@@ -241,7 +237,7 @@ export async function removeModel(vibrant: Vibrant, modelId?: string, confirm = 
         if (typeof modelId !== 'string') {
             const result = await listModels(vibrant, 'cached');
             if (result.models.length === 0) {
-                void vscode.window.showInformationMessage('Vibrant: no model is downloaded.');
+                void vibrant.ui.showMessage('info', 'Vibrant: no model is downloaded.');
                 return undefined;
             }
             const items: Item<ModelEntry>[] = result.models.map((m) => ({
@@ -256,17 +252,13 @@ export async function removeModel(vibrant: Vibrant, modelId?: string, confirm = 
             }
         }
         if (confirm) {
-            const answer = await vscode.window.showWarningMessage(
-                `Delete ${modelId} from disk? Downloading it again takes time.`, { modal: true }, 'Remove',
-            );
-            if (answer !== 'Remove') {
+            if (!await vibrant.ui.confirm(`Delete ${modelId} from disk? Downloading it again takes time.`, 'Remove')) {
                 return undefined;
             }
         }
-        const removed = await vibrant.request<RemoveModelResult>('vibrant/removeModel', { modelId });
+        const removed = await vibrant.client.request<RemoveModelResult>('vibrant/removeModel', { modelId });
         const text = `Vibrant: removed ${removed.modelId}, freeing ${formatBytes(removed.freedBytes)}.`;
-        vibrant.hooks.messages.push(text);
-        void vscode.window.showInformationMessage(text);
+        void vibrant.ui.showMessage('info', text);
         return removed;
     } catch (err) {
         vibrant.showError('Remove Model', err);
@@ -279,7 +271,7 @@ type CacheAction = { kind: 'remove' | 'resume'; modelId: string } | { kind: 'cle
 export async function showCache(vibrant: Vibrant): Promise<CacheStatsResult | undefined> {
     try {
         const [stats, list] = await Promise.all([
-            vibrant.request<CacheStatsResult>('vibrant/cacheStats'),
+            vibrant.client.request<CacheStatsResult>('vibrant/cacheStats'),
             listModels(vibrant, 'all'),
         ]);
         const limit = stats.maxCacheBytes ? ` of ${formatBytes(stats.maxCacheBytes)}` : ' (no limit)';
@@ -327,9 +319,9 @@ export async function showCache(vibrant: Vibrant): Promise<CacheStatsResult | un
         } else if (action?.kind === 'resume') {
             await runDownload(vibrant, action.modelId);
         } else if (action?.kind === 'clean') {
-            const removed = await vibrant.request<RemovalResult>('vibrant/cleanCache', {});
-            void vscode.window.showInformationMessage(
-                `Vibrant: removed ${removed.removed.length} partial downloads, freeing ${formatBytes(removed.freedBytes)}.`,
+            const removed = await vibrant.client.request<RemovalResult>('vibrant/cleanCache', {});
+            void vibrant.ui.showMessage(
+                'info', `Vibrant: removed ${removed.removed.length} partial downloads, freeing ${formatBytes(removed.freedBytes)}.`,
             );
         }
         return stats;
@@ -355,8 +347,7 @@ function updateLine(u: { modelId: string; sizeBytes?: number | null; currentRevi
 /** The server's `vibrant/updateAvailable`: a notice with an Update action. */
 export function onUpdateAvailable(vibrant: Vibrant, u: UpdateAvailable): void {
     const text = `Vibrant: a newer version of ${updateLine(u)} is on the Hub.`;
-    vibrant.hooks.messages.push(text);
-    void vscode.window.showInformationMessage(text, 'Update', 'Later').then((choice) => {
+    void vibrant.ui.showMessage('info', text, 'Update', 'Later').then((choice) => {
         if (choice === 'Update') {
             return runDownload(vibrant, u.modelId, 'vibrant/updateModel');
         }
@@ -369,7 +360,7 @@ export async function checkUpdates(vibrant: Vibrant): Promise<CheckUpdatesResult
     try {
         result = await vscode.window.withProgress(
             { location: vscode.ProgressLocation.Notification, title: 'Vibrant: checking the Hub for model updates…', cancellable: true },
-            (_progress, token) => vibrant.request<CheckUpdatesResult>('vibrant/checkUpdates', {}, token),
+            (_progress, token) => vibrant.client.request<CheckUpdatesResult>('vibrant/checkUpdates', {}, token),
         );
     } catch (err) {
         if (errorCode(err) === ErrorCode.MethodNotFound) {
@@ -382,15 +373,13 @@ export async function checkUpdates(vibrant: Vibrant): Promise<CheckUpdatesResult
     const updates: ModelUpdate[] = result.updates ?? [];
     if (updates.length === 0) {
         const text = 'Vibrant: every downloaded model is up to date.';
-        vibrant.hooks.messages.push(text);
-        void vscode.window.showInformationMessage(text);
+        void vibrant.ui.showMessage('info', text);
         return result;
     }
     const text = updates.length === 1
         ? `Vibrant: an update of ${updateLine(updates[0])} is available.`
         : `Vibrant: updates are available for ${updates.map(updateLine).join(', ')}.`;
-    vibrant.hooks.messages.push(text);
-    void vscode.window.showInformationMessage(text, updates.length === 1 ? 'Update' : 'Update All', 'Later')
+    void vibrant.ui.showMessage('info', text, updates.length === 1 ? 'Update' : 'Update All', 'Later')
         .then(async (choice) => {
             if (choice === 'Update' || choice === 'Update All') {
                 for (const u of updates) {
@@ -407,14 +396,14 @@ export async function updateModel(vibrant: Vibrant, modelId?: string): Promise<D
     }
     let result: CheckUpdatesResult;
     try {
-        result = await vibrant.request<CheckUpdatesResult>('vibrant/checkUpdates', {});
+        result = await vibrant.client.request<CheckUpdatesResult>('vibrant/checkUpdates', {});
     } catch (err) {
         vibrant.showError('Update Model', errorCode(err) === ErrorCode.MethodNotFound
             ? new Error('this vibrant-rpc has no update check; upgrade the server') : err);
         return undefined;
     }
     if (result.updates.length === 0) {
-        void vscode.window.showInformationMessage('Vibrant: every downloaded model is up to date.');
+        void vibrant.ui.showMessage('info', 'Vibrant: every downloaded model is up to date.');
         return undefined;
     }
     const chosen = await pick(vibrant, result.updates.map((u) => ({
@@ -439,7 +428,7 @@ export async function showStatus(vibrant: Vibrant): Promise<void> {
         { label: '$(debug-restart) Restart Server', value: 'vibrant.restartServer' },
         { label: '$(output) Show Log', value: 'vibrant.showLog' },
     ];
-    const command = await pick(vibrant, commands, { title: `Vibrant: ${vibrant.describeStatus()}`, placeholder: 'Vibrant commands' });
+    const command = await pick(vibrant, commands, { title: `Vibrant: ${vibrant.client.describe()}`, placeholder: 'Vibrant commands' });
     if (command) {
         await vscode.commands.executeCommand(command);
     }

@@ -10,12 +10,21 @@ import {
     showStatus,
     updateModel,
 } from './commands';
+import type { ServerClient } from './client';
 import { InlineProvider } from './inline';
+import type { StatusBar } from './statusBar';
+import type { Ui } from './ui';
 import { Vibrant } from './vibrant';
 
-/** What `activate` returns: for tests and for other extensions. */
+/** What `activate` returns, for other extensions (and the integration tests). */
 export interface VibrantApi {
-    readonly vibrant: Vibrant;
+    /** The server: its state, requests to it, stopping it. */
+    readonly client: ServerClient;
+    /** The status bar item's text, and each change of it. */
+    readonly statusBar: StatusBar;
+    /** What the user is shown: messages, quick picks and progress, as events. */
+    readonly ui: Ui;
+    /** Inline completions; onDidComplete has each request's record. */
     readonly inline: InlineProvider;
 }
 
@@ -29,7 +38,7 @@ export function activate(context: vscode.ExtensionContext): VibrantApi {
     context.subscriptions.push(
         vibrant,
         inline,
-        vibrant.onUpdateAvailable((u) => onUpdateAvailable(vibrant, u)),
+        vibrant.client.onUpdateAvailable((u) => onUpdateAvailable(vibrant, u)),
         vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, inline),
         vscode.commands.registerCommand('vibrant.selectModel', (id?: string) => selectModel(vibrant, id)),
         vscode.commands.registerCommand('vibrant.downloadModel', (id?: string) => downloadModel(vibrant, id)),
@@ -42,16 +51,16 @@ export function activate(context: vscode.ExtensionContext): VibrantApi {
         vscode.commands.registerCommand('vibrant.showLog', () => vibrant.output.show(true)),
         vscode.commands.registerCommand('vibrant.restartServer', async () => {
             try {
-                await vibrant.restart();
+                await vibrant.client.restart();
             } catch (err) {
                 vibrant.showError('Restart Server', err);
             }
         }),
     );
-    return { vibrant, inline };
+    return { client: vibrant.client, statusBar: vibrant.statusBar, ui: vibrant.ui, inline };
 }
 
 export async function deactivate(): Promise<void> {
-    await instance?.stop();
+    await instance?.client.stop();
     instance = undefined;
 }

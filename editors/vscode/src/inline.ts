@@ -83,9 +83,8 @@ function sleep(ms: number, token: vscode.CancellationToken): Promise<void> {
 export class InlineProvider implements vscode.InlineCompletionItemProvider {
     private current: vscode.CancellationTokenSource | undefined;
     private shown: Shown | undefined;
-    /** The last few requests, newest last (tests read them). */
-    readonly history: CompletionRecord[] = [];
     private readonly completed = new vscode.EventEmitter<CompletionRecord>();
+    /** Each request's record as it ends: answered, failed, cancelled or typed through. */
     readonly onDidComplete = this.completed.event;
 
     constructor(private readonly vibrant: Vibrant) {}
@@ -115,7 +114,7 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
             if (rest !== undefined) {
                 // No request: the model's answer for here is the rest of the last one.
                 const elapsedMs = Date.now() - started;
-                this.remember({ uri, prompt, suffix, startLine: w.startLine, typedThrough: true, shown: rest, elapsedMs });
+                this.completed.fire({ uri, prompt, suffix, startLine: w.startLine, typedThrough: true, shown: rest, elapsedMs });
                 return new vscode.InlineCompletionList([
                     new vscode.InlineCompletionItem(rest, new vscode.Range(position, position)),
                 ]);
@@ -137,11 +136,11 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
             }
             const record: CompletionRecord = { uri, prompt, suffix, startLine: w.startLine };
             try {
-                record.result = await this.vibrant.request<CompleteResult>('vibrant/complete', params, cts.token);
+                record.result = await this.vibrant.client.request<CompleteResult>('vibrant/complete', params, cts.token);
             } catch (err) {
                 record.cancelled = isCancelled(err) || cts.token.isCancellationRequested;
                 record.error = err instanceof Error ? err.message : String(err);
-                this.remember(record);
+                this.completed.fire(record);
                 if (!record.cancelled) {
                     this.reportError(err);
                 }
@@ -154,7 +153,7 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
                 record.shown = text;
                 this.shown = { uri, anchor: position, prompt, suffix, text };
             }
-            this.remember(record);
+            this.completed.fire(record);
             if (!show) {
                 return undefined;
             }
@@ -167,14 +166,6 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
             }
             cts.dispose();
         }
-    }
-
-    private remember(record: CompletionRecord): void {
-        this.history.push(record);
-        if (this.history.length > 20) {
-            this.history.shift();
-        }
-        this.completed.fire(record);
     }
 
     private reportError(err: unknown): void {

@@ -373,3 +373,13 @@ def test_fit_of_a_model_without_architecture_names_it(paths: Paths) -> None:
     assert err.value.hint is not None and "1000 MB of RAM" in err.value.hint
     with pytest.raises(VibrantError, match="bare-1b"):
         v.fit("bare-1b", fetch=False)
+
+
+def test_gpu_layers_with_a_card_llama_cpp_cannot_use_counts_every_layer_in_ram() -> None:
+    card = msgspec.structs.replace(cuda(80), offload=False)
+    cpu_only = fit(qwen(Q7), ram(16))
+    auto = fit(qwen(Q7), ram(16), [card], gpu_layers="auto")
+    assert auto.gpu is not None and auto.gpu_layers == 0 and "CPU build" in auto.gpu.reason
+    for f in (auto, fit(qwen(Q7), ram(16), [card], gpu_layers=-1)):
+        assert f.estimate == cpu_only.estimate and f.estimate.gpu_bytes == 0
+        assert f.ram_needed_bytes == cpu_only.ram_needed_bytes and "on the GPU" not in f.verdict

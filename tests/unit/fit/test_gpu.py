@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 
+import msgspec
 import pytest
 
 from tests.support.qwen2_fixtures import QWEN_7B_LAYOUT, tiny_qwen2_path
@@ -144,3 +145,42 @@ def test_longer_context_offloads_fewer_layers() -> None:
     short = plan_gpu_layers([cuda(free)], h, EstimateOptions(context=2048, gpu_layers=-1))
     long = plan_gpu_layers([cuda(free)], h, EstimateOptions(context=16384, gpu_layers=-1))
     assert long.gpu_layers < short.gpu_layers
+
+
+def test_a_gpu_the_installed_llama_cpp_cannot_use_keeps_every_layer_in_ram() -> None:
+    """pip's default llama.cpp on Linux is CPU-only even where NVML sees a card: the card
+    shows, with offload false, and the plan says why nothing goes to it."""
+    memory = MemoryInfo(total_bytes=16 * GIB, available_bytes=8 * GIB)
+    h100 = GpuDevice(index=0, kind="cuda", name="NVIDIA H100", total_bytes=80 * GIB,
+                     free_bytes=79 * GIB)  # fmt: skip
+    if platform.system() == "Linux":
+        found = detect_gpus(memory, nvml=lambda: [h100], offloads=lambda: False)
+        assert [(d.name, d.offload) for d in found] == [("NVIDIA H100", False)]
+        assert detect_gpus(memory, nvml=lambda: [h100], offloads=lambda: True) == [h100]
+    # No GPU found: the build is not even asked (asking imports llama.cpp).
+    asked: list[bool] = []
+    assert detect_gpus(memory, nvml=lambda: [], offloads=lambda: asked.append(True) or True) in (
+        [], apple_unified(memory, platform.system(), platform.machine()))  # fmt: skip
+    plan = plan_gpu_layers([msgspec.structs.replace(h100, offload=False)], header(), OPTIONS)
+    assert (plan.gpu_layers, plan.layers_by_device, plan.graph_bytes) == (0, [0], 0)
+    assert plan.reason == (
+        "the installed llama.cpp is a CPU build (it can't offload): every layer stays in "
+        "RAM, though NVIDIA H100 is here"
+    )
+
+
+def test_this_machines_llama_cpp_build_decides() -> None:
+    """With the llama.cpp installed here (the project's CPU build from pip: offload false;
+    a CUDA or Metal build: true), a card NVML reports is usable exactly when it offloads."""
+    import llama_cpp
+
+    from vibrant_rpc.fit.gpu import llama_offloads
+
+    can = bool(llama_cpp.llama_supports_gpu_offload())
+    assert llama_offloads() is can
+    memory = MemoryInfo(total_bytes=16 * GIB, available_bytes=8 * GIB)
+    found = detect_gpus(memory, nvml=lambda: [cuda(80 * GIB)])
+    if platform.system() == "Linux":
+        assert [d.offload for d in found] == [can]
+        plan = plan_gpu_layers(found, header(), OPTIONS)
+        assert plan.gpu_layers == (header().block_count + 1 if can else 0)

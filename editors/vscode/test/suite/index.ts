@@ -8,6 +8,7 @@ import type { VibrantApi } from '../../src/extension';
 import type { CompletionRecord } from '../../src/inline';
 import type { CacheStatsResult, CheckUpdatesResult, DownloadModelResult, ListModelsResult, RemoveModelResult } from '../../src/protocol';
 import { INSTALL_HINT, locateServer, ServerNotFoundError } from '../../src/serverLocator';
+import { TestHooks } from './hooks';
 
 const MODEL = process.env.VIBRANT_TEST_MODEL ?? 'gemma-270m';
 const MODEL_BYTES = Number(process.env.VIBRANT_TEST_MODEL_BYTES ?? '253113024');
@@ -68,17 +69,17 @@ function serverChildren(): { pid: number; cmdline: string }[] {
     return found;
 }
 
-type Test = [string, (api: VibrantApi) => Promise<void>];
+type Test = [string, (api: VibrantApi, hooks: TestHooks) => Promise<void>];
 
 const tests: Test[] = [
-    ['the server is not running before the first command', async (api) => {
-        assert.strictEqual(api.vibrant.serverStarts, 0, 'a server was spawned at start-up');
-        assert.strictEqual(api.vibrant.isRunning, false);
+    ['the server is not running before the first command', async (api, hooks) => {
+        assert.strictEqual(api.client.serverStarts, 0, 'a server was spawned at start-up');
+        assert.strictEqual(api.client.isRunning, false);
         assert.deepStrictEqual(serverChildren(), []);
-        assert.match(api.vibrant.statusText, /Vibrant: not loaded/);
+        assert.match(api.statusBar.text, /Vibrant: not loaded/);
     }],
 
-    ['a missing server is a notification that says how to install it', async (api) => {
+    ['a missing server is a notification that says how to install it', async (api, hooks) => {
         await assert.rejects(
             locateServer({ serverPath: '/nonexistent/vibrant-rpc', pythonPath: 'python3' }),
             (err: unknown) => err instanceof ServerNotFoundError && /vibrant\.serverPath/.test(err.message),
@@ -95,19 +96,19 @@ const tests: Test[] = [
             process.env.PATH = savedPath;
         }
         assert.match(INSTALL_HINT, /pip install -e \/path\/to\/vibrant-rpc/);
-        assert.strictEqual(api.vibrant.serverStarts, 0, 'locating the server must not start it');
+        assert.strictEqual(api.client.serverStarts, 0, 'locating the server must not start it');
     }],
 
-    ['Select Model starts the server and lists the registry', async (api) => {
+    ['Select Model starts the server and lists the registry', async (api, hooks) => {
         const chosen = vscode.commands.executeCommand<string | undefined>('vibrant.selectModel');
         const qp = await waitFor('the Select Model quick pick', () => {
-            const q = api.vibrant.hooks.quickPick;
+            const q = hooks.quickPick;
             return q && q.title === 'Vibrant: Select Model' && q.items.length > 0 ? q : undefined;
         });
-        assert.strictEqual(api.vibrant.serverStarts, 1, 'the first command starts the server once');
+        assert.strictEqual(api.client.serverStarts, 1, 'the first command starts the server once');
         const children = serverChildren();
         assert.strictEqual(children.length, 1, `server processes: ${JSON.stringify(children)}`);
-        assert.strictEqual(children[0].pid, api.vibrant.serverPid);
+        assert.strictEqual(children[0].pid, api.client.serverPid);
         log(`server process: ${children[0].pid} ${children[0].cmdline}`);
         const labels = qp.items.map((i) => i.label);
         log(`quick pick items: ${labels.join(', ')}`);
@@ -115,7 +116,7 @@ const tests: Test[] = [
         assert.ok(gemma, `${MODEL} is not in the quick pick: ${labels.join(', ')}`);
         assert.match(gemma.description ?? '', /to download/);
         // What the server lists is what the picker shows.
-        const listed = await api.vibrant.request<ListModelsResult>('vibrant/listModels', {});
+        const listed = await api.client.request<ListModelsResult>('vibrant/listModels', {});
         assert.deepStrictEqual(
             [...labels].map((l) => l.replace(/^\$\([^)]*\) /, '')).sort(),
             listed.models.map((m) => m.id).sort(),
@@ -131,35 +132,35 @@ const tests: Test[] = [
         assert.strictEqual(vscode.workspace.getConfiguration('vibrant').get('model'), MODEL);
         // Not cached: the extension offers the download.
         await waitFor('the download offer', () =>
-            api.vibrant.hooks.messages.some((m) => m.includes(`${MODEL} is not downloaded yet`)), 5000);
+            hooks.messages.some((m) => m.includes(`${MODEL} is not downloaded yet`)), 5000);
     }],
 
-    ['Download Model completes with progress reported', async (api) => {
+    ['Download Model completes with progress reported', async (api, hooks) => {
         // The download offer from Select Model is answered by running the download directly.
         await vscode.commands.executeCommand('notifications.clearAll');
         const started = Date.now();
         const result = await vscode.commands.executeCommand<DownloadModelResult | undefined>('vibrant.downloadModel', MODEL);
-        assert.ok(result, `the download failed: ${api.vibrant.hooks.messages.join(' | ')}`);
+        assert.ok(result, `the download failed: ${hooks.messages.join(' | ')}`);
         log(`downloaded ${result.sizeBytes} bytes in ${Date.now() - started} ms`);
         assert.strictEqual(result.modelId, MODEL);
         assert.strictEqual(result.sizeBytes, MODEL_BYTES);
-        const reports = api.vibrant.hooks.progressReports.filter((r) => r.title.includes(MODEL));
+        const reports = hooks.progressReports.filter((r) => r.title.includes(MODEL));
         log(`progress reports: ${reports.length}; e.g. ${reports.slice(1, 4).map((r) => r.message).join(' | ')}`);
         assert.ok(reports.length >= 3, `only ${reports.length} progress reports`);
         assert.ok(reports.some((r) => /MB of 253 MB · .*MB\/s · .* left/.test(r.message ?? '')),
             `no report with bytes, speed and ETA: ${reports.map((r) => r.message).join(' | ')}`);
         const total = reports.reduce((sum, r) => sum + (r.increment ?? 0), 0);
         assert.strictEqual(total, 100, 'the notification progress bar reaches 100%');
-        const downloading = api.vibrant.hooks.statusHistory.filter((t) => /Vibrant: downloading \d+%/.test(t));
+        const downloading = hooks.statusHistory.filter((t) => /Vibrant: downloading \d+%/.test(t));
         log(`status bar while downloading: ${downloading.slice(0, 3).join(' | ')} … (${downloading.length})`);
-        assert.ok(downloading.length > 0, `status bar history: ${api.vibrant.hooks.statusHistory.join(' | ')}`);
-        assert.match(api.vibrant.statusText, /Vibrant: not loaded/, 'the status bar leaves the download state');
-        const cached = await api.vibrant.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
+        assert.ok(downloading.length > 0, `status bar history: ${hooks.statusHistory.join(' | ')}`);
+        assert.match(api.statusBar.text, /Vibrant: not loaded/, 'the status bar leaves the download state');
+        const cached = await api.client.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
         assert.deepStrictEqual(cached.models.map((m) => m.id), [MODEL]);
-        assert.ok(api.vibrant.hooks.messages.some((m) => m.includes(`${MODEL} downloaded (253 MB)`)));
+        assert.ok(hooks.messages.some((m) => m.includes(`${MODEL} downloaded (253 MB)`)));
     }],
 
-    ['Cancel on the download notification stops it and keeps the partial', async (api) => {
+    ['Cancel on the download notification stops it and keeps the partial', async (api, hooks) => {
         const model = process.env.VIBRANT_TEST_CANCEL_MODEL;
         if (!model) {
             log('SKIP: VIBRANT_TEST_CANCEL_MODEL is not set');
@@ -169,16 +170,16 @@ const tests: Test[] = [
         // The runner (Playwright) clicks the notification's Cancel button once it passes 20%.
         const result = await vscode.commands.executeCommand<DownloadModelResult | undefined>('vibrant.downloadModel', model);
         assert.strictEqual(result, undefined, 'the download was not cancelled');
-        const messages = api.vibrant.hooks.messages;
+        const messages = hooks.messages;
         assert.match(messages[messages.length - 1] ?? '', new RegExp(`downloading ${model} cancelled; what was downloaded is kept`));
-        const listed = await api.vibrant.request<ListModelsResult>('vibrant/listModels', { scope: 'all' });
+        const listed = await api.client.request<ListModelsResult>('vibrant/listModels', { scope: 'all' });
         const entry = listed.models.find((m) => m.id === model);
         log(`after cancel: ${JSON.stringify(entry?.partial)}`);
         assert.ok(entry && !entry.cached && entry.partial && entry.partial.downloadedBytes > 0, 'a partial download is kept');
-        assert.ok(!api.vibrant.statusText.includes('downloading'), `status bar: ${api.vibrant.statusText}`);
+        assert.ok(!api.statusBar.text.includes('downloading'), `status bar: ${api.statusBar.text}`);
     }],
 
-    ['an inline completion comes back from the model in an open document', async (api) => {
+    ['an inline completion comes back from the model in an open document', async (api, hooks) => {
         const doc = await vscode.workspace.openTextDocument({
             language: 'python',
             content: 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    \n\nprint(fibonacci(10))\n',
@@ -186,7 +187,7 @@ const tests: Test[] = [
         const editor = await vscode.window.showTextDocument(doc);
         const position = new vscode.Position(2, 4);
         editor.selection = new vscode.Selection(position, position);
-        const before = api.inline.history.length;
+        const before = hooks.completions.length;
         const done = new Promise<CompletionRecord>((resolve) => {
             const sub = api.inline.onDidComplete((r) => {
                 if (r.result || (!r.cancelled && !r.typedThrough)) {
@@ -201,7 +202,7 @@ const tests: Test[] = [
             done,
             sleep(90000).then(() => { throw new Error('no inline completion within 90 s'); }),
         ]);
-        assert.ok(api.inline.history.length > before);
+        assert.ok(hooks.completions.length > before);
         assert.ok(record.result, `the completion failed: ${record.error}`);
         log(`completion: ${JSON.stringify(record.result.text)} (${record.result.usage.completionTokens} tokens, load ${Math.round(record.result.timings.loadMs)} ms, total ${Math.round(record.result.timings.totalMs)} ms, fim ${record.result.fim})`);
         assert.strictEqual(record.result.modelId, MODEL);
@@ -210,9 +211,9 @@ const tests: Test[] = [
         assert.ok(record.prompt.endsWith('number."""\n    '), 'the prompt is the text before the cursor');
         assert.ok(record.suffix.startsWith('\n\nprint(fibonacci(10))'), 'the suffix is the text after the cursor');
         // The status bar followed the load.
-        const history = api.vibrant.hooks.statusHistory;
+        const history = hooks.statusHistory;
         assert.ok(history.some((t) => t.includes(`loading ${MODEL}`)), `status history: ${history.join(' | ')}`);
-        await waitFor('the status bar to say ready', () => api.vibrant.statusText.includes(`ready · ${MODEL}`), 10000);
+        await waitFor('the status bar to say ready', () => api.statusBar.text.includes(`ready · ${MODEL}`), 10000);
         // Leave the ghost text up a moment (the runner photographs it), then accept it as Tab would.
         await sleep(1000);
         await vscode.commands.executeCommand('editor.action.inlineSuggest.commit');
@@ -222,11 +223,17 @@ const tests: Test[] = [
         assert.ok(accepted, 'the suggestion was shown and Tab (inlineSuggest.commit) inserted it');
     }],
 
-    ['typing cancels the previous completion request', async (api) => {
+    ['typing cancels the previous completion request', async (api, hooks) => {
         // The editor's own automatic requests would race ours: switch them off for this test.
         await vscode.workspace.getConfiguration('editor').update('inlineSuggest.enabled', false, vscode.ConfigurationTarget.Global);
         await sleep(500);
-        const doc = vscode.window.activeTextEditor!.document;
+        // A document of its own: in the last one the accepted suggestion is the code below the
+        // cursor now, which the server rightly doesn't suggest again (an empty answer, no item).
+        const doc = await vscode.workspace.openTextDocument({
+            language: 'python',
+            content: 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n    \n\nprint(fibonacci(10))\n',
+        });
+        await vscode.window.showTextDocument(doc);
         const position = new vscode.Position(2, 4);
         const context: vscode.InlineCompletionContext = {
             triggerKind: vscode.InlineCompletionTriggerKind.Invoke,
@@ -234,21 +241,21 @@ const tests: Test[] = [
         };
         const first = new vscode.CancellationTokenSource();
         const second = new vscode.CancellationTokenSource();
-        const before = api.inline.history.length;
+        const before = hooks.completions.length;
         const p1 = api.inline.provideInlineCompletionItems(doc, position, context, first.token);
         await sleep(30); // the first request is on its way to the server
         const p2 = api.inline.provideInlineCompletionItems(doc, position, context, second.token);
         const [r1, r2] = await Promise.all([p1, p2]);
-        const records = api.inline.history.slice(before);
-        log(`records: ${records.map((r) => (r.cancelled ? 'cancelled' : r.result ? 'completed' : `error ${r.error}`)).join(', ')}`);
+        const records = hooks.completions.slice(before);
+        log(`records: ${records.map((r) => (r.cancelled ? 'cancelled' : r.result ? `completed ${JSON.stringify(r.result.text)}` : `error ${r.error}`)).join(', ')}`);
         assert.strictEqual(r1, undefined, 'the first request was cancelled by the second');
         assert.ok(records[0]?.cancelled, 'the first request ended cancelled');
         assert.ok(r2 && r2.items.length === 1, 'the second request completed');
-        const status = await api.vibrant.request<{ busy: boolean }>('vibrant/status');
+        const status = await api.client.request<{ busy: boolean }>('vibrant/status');
         assert.strictEqual(status.busy, false, 'no completion is left running on the server');
     }],
 
-    ['the request takes whole lines, never half a surrogate pair, and its start stays put while typing', async (api) => {
+    ['the request takes whole lines, never half a surrogate pair, and its start stays put while typing', async (api, hooks) => {
         const cfg = vscode.workspace.getConfiguration('vibrant');
         const set = (key: string, value: number | undefined) =>
             cfg.update(`inlineCompletions.${key}`, value, vscode.ConfigurationTarget.Global);
@@ -260,11 +267,11 @@ const tests: Test[] = [
             selectedCompletionInfo: undefined,
         };
         const ask = async (doc: vscode.TextDocument, pos: vscode.Position): Promise<CompletionRecord> => {
-            const before = api.inline.history.length;
+            const before = hooks.completions.length;
             const cts = new vscode.CancellationTokenSource();
             await api.inline.provideInlineCompletionItems(doc, pos, invoke, cts.token);
-            const record = api.inline.history[api.inline.history.length - 1];
-            assert.ok(api.inline.history.length > before && record, 'no completion record');
+            const record = hooks.completions[hooks.completions.length - 1];
+            assert.ok(hooks.completions.length > before && record, 'no completion record');
             assert.ok(wellFormed(record.prompt), `a lone surrogate in the prompt: ${JSON.stringify(record.prompt.slice(0, 8))}`);
             assert.ok(wellFormed(record.suffix), `a lone surrogate in the suffix: ${JSON.stringify(record.suffix.slice(-8))}`);
             return record;
@@ -327,7 +334,7 @@ const tests: Test[] = [
         }
     }],
 
-    ['typing the start of the suggestion keeps showing the rest, without a request', async (api) => {
+    ['typing the start of the suggestion keeps showing the rest, without a request', async (api, hooks) => {
         const doc = await vscode.workspace.openTextDocument({
             language: 'python',
             content: 'def greet(name):\n    """Say hello to name."""\n    print(\n',
@@ -335,7 +342,7 @@ const tests: Test[] = [
         const editor = await vscode.window.showTextDocument(doc);
         const pos = new vscode.Position(2, 10);
         editor.selection = new vscode.Selection(pos, pos);
-        const records = (since: number) => api.inline.history.slice(since);
+        const records = (since: number) => hooks.completions.slice(since);
         // Typing a character inserts exactly it: no closing quote, indentation or word list.
         const editorCfg = vscode.workspace.getConfiguration('editor');
         const typing: [string, unknown][] = [
@@ -348,22 +355,22 @@ const tests: Test[] = [
         }
         try {
             // The editor asks, shows the ghost text, and asks again on each keystroke.
-            let since = api.inline.history.length;
+            let since = hooks.completions.length;
             await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
             const shown = await waitFor('a suggestion to show', () =>
                 records(since).find((r) => (r.shown?.length ?? 0) >= 3), 90000);
             const text = shown.shown!;
             log(`suggestion: ${JSON.stringify(text)}`);
             await sleep(300);
-            const requestsBefore = api.inline.history.filter((r) => r.result).length;
-            since = api.inline.history.length;
+            const requestsBefore = hooks.completions.filter((r) => r.result).length;
+            since = hooks.completions.length;
             const started = Date.now();
             await vscode.commands.executeCommand('type', { text: text[0] });
             const rest = await waitFor('the typed-through suggestion', () =>
                 records(since).find((r) => r.typedThrough), 5000);
             log(`typed ${JSON.stringify(text[0])}: the editor asked after ${Date.now() - started} ms; the rest ${JSON.stringify(rest.shown)} answered in ${rest.elapsedMs} ms`);
             assert.strictEqual(rest.shown, text.slice(1));
-            assert.strictEqual(api.inline.history.filter((r) => r.result).length, requestsBefore, 'a request went to the server');
+            assert.strictEqual(hooks.completions.filter((r) => r.result).length, requestsBefore, 'a request went to the server');
             await sleep(300);
             // Tab: what is inserted is the whole suggestion, typed part included, once.
             await vscode.commands.executeCommand('editor.action.inlineSuggest.commit');
@@ -379,10 +386,10 @@ const tests: Test[] = [
         }
     }],
 
-    ['Show Cache shows usage', async (api) => {
+    ['Show Cache shows usage', async (api, hooks) => {
         const shown = vscode.commands.executeCommand<CacheStatsResult | undefined>('vibrant.showCache');
         const qp = await waitFor('the cache quick pick', () => {
-            const q = api.vibrant.hooks.quickPick;
+            const q = hooks.quickPick;
             return q && q.title?.startsWith('Vibrant cache') ? q : undefined;
         });
         log(`cache: ${qp.title}; ${qp.items.map((i) => `${i.label} ${i.description ?? ''}`).join(' | ')}`);
@@ -399,8 +406,8 @@ const tests: Test[] = [
         assert.ok(stats && stats.models === 1);
     }],
 
-    ['Check for Updates finds a newer file on the Hub, and Update Model installs it', async (api) => {
-        const messages = api.vibrant.hooks.messages;
+    ['Check for Updates finds a newer file on the Hub, and Update Model installs it', async (api, hooks) => {
+        const messages = hooks.messages;
         const first = await vscode.commands.executeCommand<CheckUpdatesResult | undefined>('vibrant.checkUpdates');
         if (!first) {
             // A server without vibrant/checkUpdates (issue 6) yet: the user is told, not left waiting.
@@ -427,29 +434,29 @@ const tests: Test[] = [
         await vscode.commands.executeCommand('notifications.clearAll');
         const updated = await vscode.commands.executeCommand<DownloadModelResult | undefined>('vibrant.updateModel', MODEL);
         assert.ok(updated, `the update failed: ${messages.join(' | ')}`);
-        const after = await api.vibrant.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
+        const after = await api.client.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
         assert.strictEqual(after.models.find((m) => m.id === MODEL)?.sizeBytes, fs.statSync(updateFile).size);
-        const reports = api.vibrant.hooks.progressReports.filter((r) => r.title.includes(`Updating ${MODEL}`));
+        const reports = hooks.progressReports.filter((r) => r.title.includes(`Updating ${MODEL}`));
         assert.ok(reports.length >= 2, `update progress reports: ${reports.length}`);
         const third = await vscode.commands.executeCommand<CheckUpdatesResult | undefined>('vibrant.checkUpdates');
         assert.deepStrictEqual(third?.updates, []);
     }],
 
-    ['Remove Model frees the disk', async (api) => {
-        const before = await api.vibrant.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
+    ['Remove Model frees the disk', async (api, hooks) => {
+        const before = await api.client.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
         assert.deepStrictEqual(before.models.map((m) => m.id), [MODEL]);
         const removed = await vscode.commands.executeCommand<RemoveModelResult | undefined>(
             'vibrant.removeModel', MODEL, { confirm: false });
-        assert.ok(removed, api.vibrant.hooks.messages.join(' | '));
+        assert.ok(removed, hooks.messages.join(' | '));
         assert.ok(removed.freedBytes >= MODEL_BYTES, `freed ${removed.freedBytes} bytes`);
-        const cached = await api.vibrant.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
+        const cached = await api.client.request<ListModelsResult>('vibrant/listModels', { scope: 'cached' });
         assert.deepStrictEqual(cached.models, []);
     }],
 
-    ['stopping the extension stops the server', async (api) => {
-        const pid = api.vibrant.serverPid;
+    ['stopping the extension stops the server', async (api, hooks) => {
+        const pid = api.client.serverPid;
         assert.ok(pid);
-        await api.vibrant.stop();
+        await api.client.stop();
         await waitFor('the server to exit', () => serverChildren().length === 0, 10000);
     }],
 ];
@@ -458,6 +465,7 @@ export async function run(): Promise<void> {
     const ext = vscode.extensions.getExtension<VibrantApi>('vibrant.vibrant');
     assert.ok(ext, 'the extension is not installed');
     const api = ext.isActive ? ext.exports : await ext.activate();
+    const hooks = new TestHooks(api);
     const failures: string[] = [];
     const only = process.env.VIBRANT_TEST_ONLY;
     for (const [name, fn] of tests) {
@@ -466,14 +474,14 @@ export async function run(): Promise<void> {
         }
         const started = Date.now();
         try {
-            await fn(api);
+            await fn(api, hooks);
             log(`PASS ${name} (${Date.now() - started} ms)`);
         } catch (err) {
             failures.push(name);
             log(`FAIL ${name} (${Date.now() - started} ms): ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
         }
     }
-    log(`status bar history: ${api.vibrant.hooks.statusHistory.join(' | ')}`);
+    log(`status bar history: ${hooks.statusHistory.join(' | ')}`);
     if (failures.length > 0) {
         throw new Error(`${failures.length} of ${tests.length} tests failed: ${failures.join('; ')}`);
     }

@@ -1,0 +1,339 @@
+// The language client: vibrant-rpc over stdio, started on first use (never at activation),
+// and what the server says about itself: the model's state, downloads, available updates.
+import { ChildProcess, spawn } from 'child_process';
+import * as vscode from 'vscode';
+import {
+    LanguageClient,
+    LanguageClientOptions,
+    RevealOutputChannelOn,
+    ServerOptions,
+    State,
+} from 'vscode-languageclient/node';
+import { downloadLine, percentOf } from './format';
+import { DownloadProgress, ModelState, ModelStateChanged, StatusResult, UpdateAvailable } from './protocol';
+import { INSTALL_HINT, locateServer, ServerCommand, ServerNotFoundError } from './serverLocator';
+import { SERVER_SETTING_OF } from './settings';
+import { Ui } from './ui';
+
+export interface DownloadStatus {
+    modelId: string;
+    percent: number | undefined;
+    line: string;
+}
+
+/** What the server last said about itself (the status bar shows it). */
+export interface ServerState {
+    readonly running: boolean;
+    readonly model: ModelState;
+    readonly modelId: string | null;
+    readonly reason: string | null | undefined;
+    /** Running downloads, oldest first. */
+    readonly downloads: readonly DownloadStatus[];
+    /** Why the server could not be found, until it is. */
+    readonly missingServer: string | undefined;
+}
+
+// The settings whose change needs a new server: what it is sent, and where to find it.
+const SERVER_SETTINGS = [...Object.keys(SERVER_SETTING_OF), 'serverPath', 'pythonPath'];
+
+export class ServerClient implements vscode.Disposable {
+    private client: LanguageClient | undefined;
+    private starting: Promise<LanguageClient> | undefined;
+    private process: ChildProcess | undefined;
+    private serverCommand: ServerCommand | undefined;
+    private missingServer: string | undefined;
+    private model: ModelState = 'unloaded';
+    private modelId: string | null = null;
+    private reason: string | null | undefined;
+    private readonly downloads = new Map<string, DownloadStatus>();
+    private readonly stateEvents = new vscode.EventEmitter<ServerState>();
+    private readonly downloadEvents = new vscode.EventEmitter<DownloadProgress>();
+    private readonly updateEvents = new vscode.EventEmitter<UpdateAvailable>();
+    private readonly disposables: vscode.Disposable[];
+    /** Whenever `state` changes. */
+    readonly onDidChangeState = this.stateEvents.event;
+    /** Every `vibrant/downloadProgress` notification. */
+    readonly onDownloadProgress = this.downloadEvents.event;
+    /** Every `vibrant/updateAvailable` notification. */
+    readonly onUpdateAvailable = this.updateEvents.event;
+    /** How many times a server process was spawned (0 until the first command). */
+    serverStarts = 0;
+
+    constructor(private readonly output: vscode.OutputChannel, private readonly ui: Ui) {
+        this.disposables = [
+            this.stateEvents, this.downloadEvents, this.updateEvents,
+            vscode.workspace.onDidChangeConfiguration((e) => this.onConfigChanged(e)),
+        ];
+    }
+
+    get isRunning(): boolean {
+        return this.client !== undefined && this.client.state === State.Running;
+    }
+
+    get serverPid(): number | undefined {
+        return this.isRunning ? this.process?.pid : undefined;
+    }
+
+    get state(): ServerState {
+        return {
+            running: this.isRunning,
+            model: this.model,
+            modelId: this.modelId,
+            reason: this.reason,
+            downloads: [...this.downloads.values()],
+            missingServer: this.missingServer,
+        };
+    }
+
+    /** The running client, starting the server first if it isn't. */
+    async ensureClient(): Promise<LanguageClient> {
+        if (this.client && this.client.state === State.Running) {
+            return this.client;
+        }
+        if (!this.starting) {
+            this.starting = this.startClient().finally(() => {
+                this.starting = undefined;
+            });
+        }
+        return this.starting;
+    }
+
+    async request<R>(method: string, params?: object, token?: vscode.CancellationToken): Promise<R> {
+        const client = await this.ensureClient();
+        // vscode-jsonrpc takes a trailing undefined for a param: pass only what is there.
+        if (token === undefined) {
+            return params === undefined ? client.sendRequest<R>(method) : client.sendRequest<R>(method, params);
+        }
+        return params === undefined ? client.sendRequest<R>(method, token) : client.sendRequest<R>(method, params, token);
+    }
+
+    private initializationOptions(): Record<string, unknown> {
+        const cfg = vscode.workspace.getConfiguration('vibrant');
+        const options: Record<string, unknown> = {};
+        const model = cfg.get<string>('model', '').trim();
+        if (model) {
+            options.model = model;
+        }
+        const contextSize = cfg.get<number | string>('contextSize');
+        if (typeof contextSize === 'number' || contextSize === 'auto') {
+            options.contextSize = contextSize;
+        }
+        const threads = cfg.get<number | null>('threads');
+        if (typeof threads === 'number' && threads > 0) {
+            options.threads = threads;
+        }
+        const gpuLayers = cfg.get<number | string>('gpuLayers');
+        if (typeof gpuLayers === 'number' || gpuLayers === 'auto') {
+            options.gpuLayers = gpuLayers;
+        }
+        const keepAlive = cfg.get<number>('keepAliveSeconds');
+        if (typeof keepAlive === 'number') {
+            options.keepAliveS = keepAlive;
+        }
+        const cacheLimit = cfg.get<string>('cacheSizeLimit', '').trim();
+        if (cacheLimit) {
+            options.cacheSizeLimit = cacheLimit;
+        }
+        return options;
+    }
+
+    private async startClient(): Promise<LanguageClient> {
+        const cfg = vscode.workspace.getConfiguration('vibrant');
+        let server: ServerCommand;
+        try {
+            server = await locateServer({
+                serverPath: cfg.get<string>('serverPath', ''),
+                pythonPath: cfg.get<string>('pythonPath', 'python3'),
+            });
+        } catch (err) {
+            if (err instanceof ServerNotFoundError) {
+                this.missingServer = err.message;
+                this.stateEvents.fire(this.state);
+                this.notifyMissingServer(err.message);
+            }
+            throw err;
+        }
+        this.missingServer = undefined;
+        this.serverCommand = server;
+        this.output.appendLine(
+            `Starting the model server (${server.source}): ${[server.command, ...server.args, '--stdio'].join(' ')}`,
+        );
+        if (this.client) {
+            // A client that stopped for good (crashed too often): replace it.
+            const old = this.client;
+            this.client = undefined;
+            await old.dispose().catch(() => undefined);
+        }
+        const serverOptions: ServerOptions = async () => {
+            const child = spawn(server.command, [...server.args, '--stdio'], {
+                env: process.env,
+                stdio: 'pipe',
+            });
+            this.process = child;
+            this.serverStarts++;
+            child.on('error', (err) => this.output.appendLine(`The model server failed to start: ${err.message}`));
+            child.on('exit', (code, signal) => {
+                if (this.process === child) {
+                    this.process = undefined;
+                }
+                this.output.appendLine(`The model server exited (${signal ?? `code ${code}`}).`);
+            });
+            return child;
+        };
+        const clientOptions: LanguageClientOptions = {
+            // Custom requests only: no document is synced to the server.
+            documentSelector: [],
+            outputChannel: this.output,
+            revealOutputChannelOn: RevealOutputChannelOn.Never,
+            initializationOptions: () => this.initializationOptions(),
+            progressOnInitialization: false,
+        };
+        const client = new LanguageClient('vibrant', 'Vibrant', serverOptions, clientOptions);
+        client.onNotification('vibrant/modelStateChanged', (p: ModelStateChanged) => {
+            this.setModelState(p.state, p.modelId, p.reason);
+        });
+        client.onNotification('vibrant/downloadProgress', (p: DownloadProgress) => this.onProgress(p));
+        client.onNotification('vibrant/updateAvailable', (p: UpdateAvailable) => this.updateEvents.fire(p));
+        client.onDidChangeState((e) => {
+            if (e.newState === State.Stopped) {
+                this.downloads.clear();
+                this.setModelState('unloaded', null, undefined);
+            }
+        });
+        this.client = client;
+        try {
+            await client.start();
+        } catch (err) {
+            this.client = undefined;
+            this.kill();
+            const message = err instanceof Error ? err.message : String(err);
+            void this.ui.showMessage(
+                'error', `Vibrant: the model server (${server.command}) did not start: ${message}`, 'Show Log',
+            ).then((choice) => choice && this.output.show(true));
+            throw err;
+        }
+        this.output.appendLine(`Model server running, pid ${this.process?.pid}.`);
+        try {
+            const status = await client.sendRequest<StatusResult>('vibrant/status');
+            this.setModelState(status.state, status.modelId, status.error);
+            for (const d of status.downloads) {
+                this.onProgress(d);
+            }
+        } catch (err) {
+            this.output.appendLine(`vibrant/status failed: ${String(err)}`);
+        }
+        return client;
+    }
+
+    async stop(): Promise<void> {
+        const client = this.client;
+        this.client = undefined;
+        if (client) {
+            try {
+                await client.stop(5000);
+            } catch (err) {
+                this.output.appendLine(`Stopping the model server: ${String(err)}`);
+            }
+            await client.dispose().catch(() => undefined);
+        }
+        this.kill();
+        this.setModelState('unloaded', null, undefined);
+    }
+
+    async restart(): Promise<void> {
+        await this.stop();
+        await this.ensureClient();
+    }
+
+    private kill(): void {
+        const child = this.process;
+        if (child && child.exitCode === null && child.signalCode === null) {
+            child.kill('SIGTERM');
+            setTimeout(() => {
+                if (child.exitCode === null && child.signalCode === null) {
+                    child.kill('SIGKILL');
+                }
+            }, 3000).unref();
+        }
+        this.process = undefined;
+    }
+
+    private onConfigChanged(e: vscode.ConfigurationChangeEvent): void {
+        if (!this.isRunning) {
+            return;
+        }
+        // The model is passed with each completion; the others need a new server.
+        const changed = SERVER_SETTINGS.filter((s) => s !== 'model' && e.affectsConfiguration(`vibrant.${s}`));
+        if (changed.length > 0) {
+            void this.ui.showMessage(
+                'info',
+                `Vibrant: restart the model server to apply ${changed.map((s) => `vibrant.${s}`).join(', ')}?`,
+                'Restart',
+            ).then(async (choice) => {
+                if (choice === 'Restart') {
+                    await this.restart();
+                }
+            });
+        }
+    }
+
+    private notifyMissingServer(message: string): void {
+        void this.ui.showMessage('error', `Vibrant: ${message} ${INSTALL_HINT}`, 'Open Settings', 'Copy Install Command')
+            .then(async (choice) => {
+                if (choice === 'Open Settings') {
+                    await vscode.commands.executeCommand('workbench.action.openSettings', 'vibrant.serverPath');
+                } else if (choice === 'Copy Install Command') {
+                    await vscode.env.clipboard.writeText('pip install -e /path/to/vibrant-rpc');
+                }
+            });
+    }
+
+    private setModelState(state: ModelState, modelId: string | null, reason: string | null | undefined): void {
+        this.model = state;
+        this.modelId = modelId;
+        this.reason = reason;
+        this.stateEvents.fire(this.state);
+    }
+
+    private onProgress(p: DownloadProgress): void {
+        if (p.state === 'done' || p.state === 'failed' || p.state === 'cancelled') {
+            this.downloads.delete(p.modelId);
+        } else {
+            this.downloads.set(p.modelId, {
+                modelId: p.modelId,
+                percent: percentOf(p.downloadedBytes, p.totalBytes),
+                line: downloadLine(p),
+            });
+        }
+        this.stateEvents.fire(this.state);
+        this.downloadEvents.fire(p);
+    }
+
+    /** One line for the Show Status picker's title. */
+    describe(): string {
+        const parts: string[] = [];
+        if (!this.isRunning) {
+            parts.push('Server not running');
+        } else {
+            parts.push(`Server running (pid ${this.process?.pid ?? '?'}, ${this.serverCommand?.source ?? ''})`);
+        }
+        parts.push(
+            this.model === 'ready'
+                ? `${this.modelId} ready`
+                : this.model === 'loading'
+                    ? `loading ${this.modelId}`
+                    : this.model === 'failed' ? 'load failed' : 'no model loaded',
+        );
+        for (const d of this.downloads.values()) {
+            parts.push(`downloading ${d.modelId}: ${d.line}`);
+        }
+        return parts.join(' · ');
+    }
+
+    dispose(): void {
+        void this.stop();
+        for (const d of this.disposables) {
+            d.dispose();
+        }
+    }
+}
