@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from .text_window import head_tokens, tail_tokens
+
 # The most tokens chunks of other files take, and at most this share of the prompt's
 # room: the window around the cursor matters more (Continue gives its whole context
 # 1024 tokens).
@@ -112,7 +114,7 @@ def build_prompt(
     room -= len(head) + len(extra)
     if suffix is not None and fim is not None:
         # Only the text next to the cursor is tokenized: at most ``room`` tokens of it stay.
-        before, after = m.tokenize(prompt), m.tokenize(suffix)
+        before, after = tail_tokens(m.tokenize, prompt, room), head_tokens(m.tokenize, suffix, room)
         room -= 3
         truncated = len(before) + len(after) > room
         if truncated:
@@ -128,7 +130,7 @@ def build_prompt(
             tokens = [*head, fim.prefix, *extra, *before, fim.suffix, *after, fim.middle]
         return Prompt(tokens, fim=True, truncated=truncated, context_tokens=len(extra))
     # Without FIM tokens the suffix is dropped: the model continues the prefix.
-    body = m.tokenize(prompt)
+    body = tail_tokens(m.tokenize, prompt, room)
     truncated = len(body) > room
     if truncated:
         body = body[len(body) - max(room, 0) :]
