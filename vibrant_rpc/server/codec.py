@@ -28,27 +28,44 @@ def decode_params(method: str, raw: object, cls: type[P]) -> P:
         return msgspec.convert(raw, cls)
     except msgspec.ValidationError as err:
         problem = validation_problem(err)
+        if problem.unknown is not None:
+            name = _shorten(problem.unknown)
+            problem = msgspec.structs.replace(
+                problem, unknown=name, reason=f"Object contains unknown field `{name}`"
+            )
         # A missing field is named by its object's path ("" is the params themselves).
         raise InvalidParams(method, problem.field(missing=False), problem.reason) from None
 
 
-def _unencodable(value: object, path: str = "") -> tuple[str, int] | None:
+_MAX_NAME = 100  # characters of a client's unknown key that its error echoes
+
+
+def _shorten(name: str) -> str:
+    """A key as an error names it: a 10 MB key is not sent back (three times) in full."""
+    if len(name) <= _MAX_NAME:
+        return name
+    return f"{name[:_MAX_NAME]}… ({len(name):,} characters)"
+
+
+def _unencodable(value: object) -> tuple[str, int] | None:
     """The first string in ``value`` that UTF-8 can't encode (JSON's ``\\ud800`` escapes
-    decode to lone surrogates), as (field path, character index)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return path, err.start
-        return None
-    items: list[tuple[str, object]] = []
-    if isinstance(value, dict):
-        items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
-    elif isinstance(value, list):
-        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
-    for where, inner in items:
-        if (found := _unencodable(inner, where)) is not None:
-            return found
+    decode to lone surrogates), as (field path, character index). A loop over a stack, not
+    recursion: params nested as deep as the JSON parser allows must get an answer, not a
+    RecursionError."""
+    stack: list[tuple[str, object]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return path, err.start
+        elif isinstance(item, dict):
+            stack.extend(
+                reversed([(f"{path}.{k}" if path else str(k), v) for k, v in item.items()])
+            )
+        elif isinstance(item, list):
+            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(item)]))
     return None
 
 
