@@ -173,7 +173,11 @@ class Vibrant:
             # so the order doesn't move with the RAM.
             order = estimate(known.header, EstimateOptions(context=4096)).cpu_bytes
             return Need(
-                bytes=f.ram_needed_bytes, order=order, breakdown=f.breakdown, context=f.context
+                bytes=f.ram_needed_bytes,
+                order=order,
+                breakdown=f.breakdown,
+                context=f.context,
+                note=known.note,
             )
 
         return need

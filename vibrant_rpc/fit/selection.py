@@ -24,6 +24,8 @@ class Need(msgspec.Struct, frozen=True, kw_only=True):
     order: int  # the same at a fixed context: the models' order, whatever the RAM
     breakdown: str | None = None  # "7B Q5_K_M at 4096 tokens: … = 5.7 GiB"
     context: int | None = None  # the tokens of context ``bytes`` is for, when known
+    # Why the estimate is not from the model's own header (the Hub too slow, ...), in words.
+    note: str | None = None
 
 
 NeedFn = Callable[[ModelInfo], Need]
@@ -103,7 +105,7 @@ def select_model(
     bigger = pool[pool.index(chosen) + 1 :] if chosen in pool else []
     why = f"chose {label(chosen)}"
     if mine.breakdown:
-        why += f" ({mine.breakdown})"
+        why += f" ({mine.breakdown}; {mine.note})" if mine.note else f" ({mine.breakdown})"
     if bigger:
         nxt = bigger[0]
         nxt_need = needs[nxt.id]
