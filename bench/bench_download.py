@@ -41,7 +41,7 @@ class Stub:
         self.proc = subprocess.Popen(
             [
                 PY,
-                str(ROOT / "tests" / "hub_stub.py"),
+                str(ROOT / "tests" / "support" / "hub_stub.py"),
                 "--repo",
                 f"{REPO}:{FILE}={model}",
                 "--ready-file",

@@ -173,11 +173,7 @@ class Vibrant:
             # so the order doesn't move with the RAM.
             order = estimate(known.header, EstimateOptions(context=4096)).cpu_bytes
             return Need(
-                bytes=f.ram_needed_bytes,
-                order=order,
-                breakdown=f.breakdown,
-                context=f.context,
-                note=known.note,
+                bytes=f.ram_needed_bytes, order=order, breakdown=f.breakdown, context=f.context
             )
 
         return need
@@ -325,7 +321,7 @@ class Vibrant:
             self.paths,
             self.cache,
             transfer_config(s),
-            hub_factory=lambda: open_hub(s.sources, s.token_sources),
+            hub_factory=lambda: open_hub(s.sources, s.token_sources, s.trusted_sources),
             reuse=Reuse(roots=roots),
         )
 

@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the sources named in token_sources only.
     sources: list[str] = []
     token_sources: list[str] = []
+    # Mirrors whose own SHA-256 of a file is taken as the reference where the Hub's can't
+    # be had (unreachable, or the model is only on the mirror); any other mirror's word
+    # never sets what its bytes are checked against.
+    trusted_sources: list[str] = []
 
 
 _FIELDS = {f.name for f in msgspec.structs.fields(Settings)}

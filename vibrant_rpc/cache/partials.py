@@ -26,6 +26,9 @@ class FileProgress(msgspec.Struct, kw_only=True):
     done: list[tuple[int, int]] = []  # complete [start, end) ranges, merged and sorted
     complete: bool = False  # hashed (and checked, where a reference is known) and fsynced
     verified: bool = False  # its SHA-256 matched a reference known before the download
+    # Who vouched for ``sha256`` before the download: "registry", or the source (host:port,
+    # the Hub or a trusted mirror) whose word it is; None: nobody, the hash is only recorded.
+    reference_by: str | None = None
 
     @property
     def done_bytes(self) -> int:

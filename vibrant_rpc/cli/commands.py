@@ -235,8 +235,11 @@ def download_message(model_id: str, result: DownloadResult) -> str:
     whole = len(result.adopted) == len(result.paths)  # nothing came from the network
     done = "Repaired" if result.repaired else "Installed" if whole else "Downloaded"
     why = f" ({'; '.join(result.repaired)})" if result.repaired else ""
+    # whose reference it was: the registry's pin, the Hub's word, or a trusted mirror's
+    vouched = sorted(set(result.reference_by.values()))
+    by = " and ".join("the registry" if v == "registry" else v for v in vouched)
     check = (
-        f"verified sha256:{digest}…"
+        f"verified sha256:{digest}…" + (f" (the reference: {by}'s)" if by else "")
         if result.verified
         else f"sha256:{digest}… recorded, not checked (no reference hash is known for it)"
     )
@@ -294,20 +297,32 @@ def cmd_update(ctx: Context) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _options(*, defaults: bool) -> argparse.ArgumentParser:
+    """--json and --log-level, taken before the command as after it (`vibrant --log-level
+    debug model list`). Only the top level has defaults: a subcommand's would overwrite
+    a value given before it."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    common.add_argument("--json", action="store_true", help="machine-readable output", **unset)
     common.add_argument(
         "--log-level",
-        default=os.environ.get("VIBRANT_LOG_LEVEL", "warning"),
+        default=os.environ.get("VIBRANT_LOG_LEVEL", "warning") if defaults else argparse.SUPPRESS,
         choices=["debug", "info", "warning", "error"],
         type=str.lower,
         help="what vibrant logs to stderr (default: $VIBRANT_LOG_LEVEL, else warning)",
     )
+    return common
 
-    parser = argparse.ArgumentParser(prog="vibrant", description="Local GGUF models for vibrant.")
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _options(defaults=False)
+    parser = argparse.ArgumentParser(
+        prog="vibrant",
+        description="Local GGUF models for vibrant.",
+        parents=[_options(defaults=True)],
+    )
     top = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    model = top.add_parser("model", help="list, download and manage models")
+    model = top.add_parser("model", help="list, download and manage models", parents=[common])
     sub = model.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     def add(name: str, fn: Callable[[Context], int], help: str) -> argparse.ArgumentParser:

@@ -11,7 +11,6 @@ owns its Hub client, its state, its progress reporter and its cancel event.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import shutil
 import threading
@@ -41,12 +40,13 @@ from ..offline import is_offline
 from ..paths import Paths
 from ..registry import ModelInfo
 from ..units import format_bytes
+from .checked import Fetch
 from .hub import HubClient, Resolved, RevisionInfo, TransientError
 from .install import check_disk, install
 from .progress import Progress, ProgressCallback, Reporter
 from .reuse import Adopted, Reuse, check_imported, take
-from .sources import fail_over
-from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig
+from .sources import Reference, Sources, fail_over, reference
+from .transfer import TransferConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +68,9 @@ class DownloadResult(msgspec.Struct, kw_only=True):
     repaired: list[str] = []  # what was wrong with the cached files this download replaced
     adopted: list[Adopted] = []  # files taken from other tools' caches, not downloaded
     served_by: dict[str, str] = {}  # Hub file name -> the source (host:port) that sent it
+    # Hub file name -> who vouched for its SHA-256: "registry", or the source (host:port)
+    # whose word it is (the Hub, or a mirror in trusted_sources); absent: nobody did.
+    reference_by: dict[str, str] = {}
 
 
 def transfer_config(
@@ -258,7 +261,11 @@ class _Download:
                     write_state(self.folder, state)
                 elif not self.reuse.only:
                     self.reporter.source = lambda: self.hub.source
-                    self._fetch_verified(state, fp, res)
+                    fetch = Fetch(
+                        self.hub, model, self.folder, state, self.config, self.cancel,
+                        self.reporter, self._retry,
+                    )  # fmt: skip
+                    fetch.run(fp, res)
                     self.served_by[fp.remote_filename] = self.hub.source
             if self.reuse.only:
                 check_imported(model.id, state, self.reuse, len(self.adopted), self.folder)
@@ -275,18 +282,33 @@ class _Download:
                 verified=all(fp.verified for fp in state.files),
                 adopted=self.adopted,
                 served_by=self.served_by,
+                reference_by={
+                    fp.remote_filename: fp.reference_by for fp in state.files if fp.reference_by
+                },
             )
         except Cancelled:
             st = read_state(self.folder)
             kept = st.downloaded_bytes if st else 0
+            self._drop_if_empty()
             raise Cancelled(
                 f"Download of {model.id} cancelled; {format_bytes(kept)} downloaded so far is "
                 "kept, and the next download resumes there.",
                 modelId=model.id,
                 keptBytes=kept,
             ) from None
+        except BaseException:
+            self._drop_if_empty()
+            raise
         finally:
             self.hub.close()
+
+    def _drop_if_empty(self) -> None:
+        """A download that failed with no byte kept leaves no folder: it would be listed
+        as a "partial 0 %" of a download that got nowhere (bytes that failed their
+        checksum are dropped as they fail)."""
+        state = read_state(self.folder)
+        if state is not None and state.downloaded_bytes == 0 and not self.folder.is_symlink():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- resolving ------------------------------------------------------------------------
 
@@ -327,24 +349,42 @@ class _Download:
                 self._revision_info = RevisionInfo()
         return self._revision_info
 
-    def _expected_sha(self, index: int, resolved: Resolved) -> str | None:
+    def _reference(self, index: int, resolved: Resolved, commit: str | None) -> Reference:
+        """What the file's bytes must be: the registry's pinned SHA-256, else the Hub's
+        (``sources.reference``); a mirror's word alone stands only for a trusted mirror."""
         model = self.model
         registry_sha = model.files[index].sha256
-        hub_sha = resolved.sha256
-        if hub_sha is None:
-            hub_sha, _ = self._api().file_sha256(resolved.filename)
-        if registry_sha and hub_sha and registry_sha != hub_sha:
-            raise ChecksumMismatchError(
-                f"{model.id}: the registry says {resolved.filename} has SHA-256 {registry_sha}, "
-                f"but the Hub says {hub_sha}.",
-                hint="The registry entry is out of date with the Hub (or the revision moved); "
-                "fix the sha256 in the registry or pin the revision.",
+        if registry_sha:
+            # The Hub's own word against the registry's: the entry is out of date.
+            hub_sha = None
+            if not isinstance(self.hub, Sources) or self.hub.source == self.hub.hub.source:
+                hub_sha = resolved.sha256 or self._api().file_sha256(resolved.filename)[0]
+            if hub_sha and registry_sha != hub_sha:
+                raise ChecksumMismatchError(
+                    f"{model.id}: the registry says {resolved.filename} has SHA-256 "
+                    f"{registry_sha}, but the Hub says {hub_sha}.",
+                    hint="The registry entry is out of date with the Hub (or the revision "
+                    "moved); fix the sha256 in the registry or pin the revision.",
+                    modelId=model.id,
+                    file=resolved.filename,
+                    expected=registry_sha,
+                    actual=hub_sha,
+                )
+            return Reference(sha256=registry_sha, by="registry")
+        revisions = [commit or "", model.revision or "main"]
+        ref = reference(self.hub, model.hf_repo, revisions, resolved, self._api)
+        if ref.sha256 is None and resolved.sha256 is not None:
+            source = self.hub.source
+            raise DownloadFailedError(
+                f"{model.id}: only {source} vouches for the SHA-256 of {resolved.filename}, "
+                f"and it is not a trusted source; {ref.why_none}.",
+                hint="Try again when the Hub can be reached, or add that source to "
+                "`trusted_sources` in config.toml (or pin the file's sha256 in the registry).",
                 modelId=model.id,
                 file=resolved.filename,
-                expected=registry_sha,
-                actual=hub_sha,
+                source=source,
             )
-        return registry_sha or hub_sha
+        return ref
 
     def _prepare(self) -> tuple[PartialState, list[Resolved]]:
         """Resolve every file (pinned to one commit) and line up any earlier partial data."""
@@ -361,11 +401,14 @@ class _Download:
         old = read_state(folder)
         now = utcnow()
         files: list[FileProgress] = []
+        references = [self._reference(i, res, commit) for i, res in enumerate(resolved)]
+        # The Hub's commit where it vouched: a mirror's own commit may be unknown to it.
+        commit = references[0].commit or commit
         for i, (mf, res, name) in enumerate(
             zip(model.files, resolved, model.local_filenames(), strict=True)
         ):
-            sha = self._expected_sha(i, res)
-            size = res.size if res.size is not None else mf.size_bytes
+            ref = references[i]
+            size = next((n for n in (ref.size, res.size, mf.size_bytes) if n is not None), None)
             if size is None:
                 size = self._api().file_sha256(mf.filename)[1]
             if size is None:
@@ -374,8 +417,20 @@ class _Download:
                     modelId=model.id,
                 )
             fp = FileProgress(
-                name=name, remote_filename=mf.filename, size_bytes=size, sha256=sha, etag=res.etag
+                name=name,
+                remote_filename=mf.filename,
+                size_bytes=size,
+                sha256=ref.sha256,
+                etag=res.etag,
+                reference_by=ref.by,
             )
+            if res.sha256 not in (None, ref.sha256) or res.size not in (None, size):
+                # This source has other bytes under the name: the next that has these.
+                revisions = [commit or "", model.revision or "main"]
+                if (other := fail_over(self.hub, model.hf_repo, revisions, fp)) is not None:
+                    log.warning("%s: %s has other bytes than the reference; using %s",
+                                mf.filename, res.url, other.url)  # fmt: skip
+                    resolved[i] = res = other
             prev = old.files[i] if old and i < len(old.files) else None
             part = folder / f"{name}.part"
             if part.is_symlink() or (part.exists() and not part.is_dir() and not is_regular(part)):
@@ -387,6 +442,7 @@ class _Download:
                 fp.done, fp.complete = prev.done, prev.complete
                 if fp.complete:
                     fp.sha256, fp.verified = fp.sha256 or prev.sha256, prev.verified
+                    fp.reference_by = fp.reference_by or prev.reference_by
                 if (fp.complete or fp.done) and not part.is_file():
                     fp.done, fp.complete, fp.verified = [], False, False
             elif prev is not None and prev.done:
@@ -403,76 +459,6 @@ class _Download:
             updated_at=now,
         )
         return state, resolved
-
-    # -- the transfer -------------------------------------------------------------------
-
-    def _fetch_verified(self, state: PartialState, fp: FileProgress, res: Resolved) -> None:
-        model, folder, reporter = self.model, self.folder, self.reporter
-        part = folder / f"{fp.name}.part"
-        size = fp.size_bytes or 0
-        mismatches = 0
-
-        def url(refresh: bool) -> str:
-            if not refresh:
-                return res.url
-            fresh = self._retry(
-                lambda: self.hub.resolve(model.hf_repo, state.commit or "main", fp.remote_filename)
-            )
-            if fresh.etag != res.etag or fresh.size != res.size:
-                raise RemoteChanged("the file changed upstream")
-            return fresh.url
-
-        def checkpoint() -> None:
-            state.updated_at = utcnow()
-            write_state(folder, state)
-
-        config = self.config
-        while True:
-            transfer = FileTransfer(
-                self.hub, url, part, fp, size, config, self.cancel, reporter.add, checkpoint
-            )
-            try:
-                digest = transfer.run()
-            except RangeIgnored:
-                log.warning("the server ignored Range for %s; starting it over", fp.name)
-                reporter.done -= fp.done_bytes
-                fp.done = []
-                config = dataclasses.replace(config, connections=1)
-                continue
-            except HubUnreachableError:
-                revisions = [state.commit or "", self.model.revision or "main"]
-                if (fresh := fail_over(self.hub, self.model.hf_repo, revisions, fp)) is None:
-                    raise
-                res = fresh  # url() reads it: the rest comes from the next source
-                continue
-            except RemoteChanged as err:
-                raise DownloadFailedError(
-                    f"{fp.remote_filename} changed on the Hub during the download ({err}).",
-                    hint="Run the download again: it starts that file over.",
-                    modelId=model.id,
-                ) from None
-            if fp.sha256 is None or digest == fp.sha256:
-                fp.verified = fp.sha256 is not None  # None: recorded, nothing to check it by
-                fp.sha256 = digest
-                fp.complete = True
-                checkpoint()
-                return
-            mismatches += 1
-            reporter.done -= fp.done_bytes
-            fp.done = []
-            part.unlink(missing_ok=True)
-            checkpoint()
-            if mismatches >= 2:
-                raise ChecksumMismatchError(
-                    f"{model.id}: {fp.remote_filename} arrived damaged twice: its SHA-256 is "
-                    f"{digest}, expected {fp.sha256}.",
-                    hint="The download server may be serving a bad copy; try again later.",
-                    modelId=model.id,
-                    file=fp.remote_filename,
-                    expected=fp.sha256,
-                    actual=digest,
-                )
-            log.warning("%s failed its checksum; downloading it once more", fp.remote_filename)
 
     # -- installing ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
@@ -21,9 +21,39 @@ from ..errors import DownloadFailedError, GatedRepoError, OfflineError
 from ..fsutil import is_sha256
 from ..offline import is_offline
 
+T = TypeVar("T")
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 GITATTRIBUTES = ".gitattributes"
 _MISSING_CODES = ("RepoNotFound", "RevisionNotFound", "EntryNotFound")
+
+
+class NotHubAnswer(DownloadFailedError):
+    """A source answered with something that is not the Hub's answer: a web page (a captive
+    portal, a proxy's login page) or text that is not the Hub's JSON. Sources pass the
+    request to the next source; the message names the source and what it sent."""
+
+
+def web_page(response: httpx.Response) -> bool:
+    """An HTML page where the Hub answers with a file, a redirect or JSON (and none of the
+    Hub's own headers): what a captive portal or a proxy's login page sends."""
+    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    hub_said = any(h in response.headers for h in ("x-repo-commit", "x-error-code"))
+    return kind in ("text/html", "application/xhtml+xml") and not hub_said
+
+
+def not_the_hub(source: str, what: str, response: httpx.Response) -> NotHubAnswer:
+    kind = response.headers.get("content-type") or "no content type"
+    page = web_page(response)
+    said = "a web page" if page else "something that is not the Hub's answer"
+    return NotHubAnswer(
+        f"{source} answered {what} with {said} ({response.status_code}, {kind}): "
+        + ("a captive portal or a proxy's login page?" if page else "not a Hub or a mirror?"),
+        hint="Sign in to the network (or fix the proxy settings), or remove that source "
+        "from `sources` in config.toml.",
+        source=source,
+        status=response.status_code,
+    )
 
 
 class TransientError(Exception):
@@ -239,6 +269,8 @@ class HubClient:
     def resolve(self, repo: str, revision: str, filename: str) -> Resolved:
         url = self.resolve_url(repo, revision, filename)
         r = self._request("HEAD", url, headers={"accept-encoding": "identity"})
+        if web_page(r):
+            raise not_the_hub(self.source, filename, r)
         code = None
         if r.status_code in (401, 404) and r.headers.get("x-error-code") == "RepoNotFound":
             code = self._what_is_missing(repo, revision, filename)
@@ -278,15 +310,25 @@ class HubClient:
     def revision_info(self, repo: str, revision: str) -> RevisionInfo:
         url = f"{self.endpoint}/api/models/{repo}/revision/{quote(revision, safe='')}"
         r = self._request("GET", url, params={"blobs": "true"})
+        if web_page(r):
+            raise not_the_hub(self.source, f"the revision {revision} of {repo}", r)
         check_status(
             r, what=f"revision {revision}", repo=repo, revision=revision, source=self.source
         )
-        return msgspec.json.decode(r.content, type=RevisionInfo)
+        return self._decode(r, RevisionInfo, f"the revision {revision} of {repo}")
 
     def refs(self, repo: str) -> Refs:
         r = self._request("GET", f"{self.endpoint}/api/models/{repo}/refs")
+        if web_page(r):
+            raise not_the_hub(self.source, f"the refs of {repo}", r)
         check_status(r, what="refs", repo=repo, revision="-", source=self.source)
-        return msgspec.json.decode(r.content, type=Refs)
+        return self._decode(r, Refs, f"the refs of {repo}")
+
+    def _decode(self, r: httpx.Response, type_: type[T], what: str) -> T:
+        try:
+            return msgspec.json.decode(r.content, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise not_the_hub(self.source, what, r) from None
 
     def set_timeout(self, seconds: float) -> None:
         """Shorter timeouts, for a quick look (a header before a download) that should give

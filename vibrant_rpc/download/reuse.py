@@ -61,12 +61,21 @@ class Reuse(msgspec.Struct, frozen=True, kw_only=True):
 
 def named_file(path: Path) -> Candidate:
     """A file the user named, as a candidate for every file of the model."""
-    real = path.expanduser().resolve(strict=True)
+    hint = "Name the model file itself: `vibrant model import PATH --model ID`."
+    try:
+        real = path.expanduser().resolve(strict=True)
+        size = real.stat().st_size
+    except RuntimeError:  # pathlib's word for a loop of links (ELOOP)
+        raise DownloadFailedError(
+            f"{path} can't be imported: its symbolic links form a loop.", hint=hint, path=str(path)
+        ) from None
+    except OSError as err:
+        raise DownloadFailedError(
+            f"{path} can't be imported: {err.strerror or err}.", hint=hint, path=str(path)
+        ) from None
     if not real.is_file():
-        raise DownloadFailedError(f"{path} is not a file.", path=str(path))
-    return Candidate(
-        path=str(real), tool="file", size=real.stat().st_size, sha256=None, matched_by="name"
-    )
+        raise DownloadFailedError(f"{path} is not a file.", hint=hint, path=str(path))
+    return Candidate(path=str(real), tool="file", size=size, sha256=None, matched_by="name")
 
 
 def take(

@@ -26,7 +26,7 @@ from ..cache.partials import FileProgress
 from ..errors import Cancelled, DownloadFailedError, HubUnreachableError, VibrantError
 from ..fsutil import disk_full, is_no_space
 from .blocks import OrderedHasher, add_range, batched, gaps
-from .hub import HubClient, TransientError, retry_after_seconds
+from .hub import HubClient, TransientError, not_the_hub, retry_after_seconds, web_page
 from .priority import run_in_background
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,9 @@ class FileTransfer:
         return failures
 
     def _check_response(self, r: httpx.Response, start: int, end: int) -> None:
+        if web_page(r):  # checked before a byte is written: a portal's page never lands
+            host = f"{r.url.host}:{r.url.port}" if r.url.port else r.url.host
+            raise not_the_hub(host, self.fp.remote_filename, r)
         if r.status_code == 206:
             cr = r.headers.get("content-range", "")
             try:

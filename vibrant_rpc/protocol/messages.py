@@ -226,13 +226,17 @@ class DownloadModelResult(Wire):
     sha256: str  # of the first (or only) file
     revision: str | None  # the Hub commit the files came from
     pruned: list[str]  # models removed to stay under the cache size limit
-    # Every file's SHA-256 matched a reference known in advance (the registry's or the
-    # Hub's LFS oid); false: the hash was only recorded (say "verified" only when true).
+    # Every file's SHA-256 matched a reference known in advance (the registry's, the Hub's
+    # LFS oid, or a trusted mirror's); false: the hash was only recorded (say "verified"
+    # only when true).
     verified: bool
     cached: bool  # it was downloaded already: nothing moved
     repaired: list[str]  # what was wrong with the cached files this download replaced
     adopted: list[AdoptedFile]  # files taken from other tools' caches, not downloaded
     served_by: dict[str, str]  # Hub file name -> the source (host:port) that sent it
+    # Hub file name -> who vouched for its SHA-256: "registry", or the source (host:port:
+    # the Hub, or a mirror in trusted_sources) whose word it is; absent: nobody did.
+    reference_by: dict[str, str] = {}
 
 
 # -- updates -----------------------------------------------------------------------------

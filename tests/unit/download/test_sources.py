@@ -69,10 +69,14 @@ def setup_home(paths: Paths, sources: list[str], **settings: object) -> None:
     paths.config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in lines.items()))
 
 
-def vibrant(*args: str) -> subprocess.CompletedProcess[str]:
+def vibrant(*args: str, hub: HubStub | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI; ``hub``: the stub that stands for the Hub (HF_ENDPOINT names the Hub whose
+    SHA-256 is the reference), else huggingface.co, which tests never reach."""
     exe = Path(sys.executable).parent / "vibrant"
     env = {**os.environ, "HF_TOKEN": "hf_secret_token"}
     env.pop("HF_ENDPOINT", None)
+    if hub is not None:
+        env["HF_ENDPOINT"] = hub.endpoint
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=180, env=env)
 
 
@@ -80,31 +84,44 @@ def test_a_mirror_that_is_down_falls_back_and_the_file_verifies(
     olah: OlahPair, hub: HubStub, paths: Paths
 ) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
+    mirror = olah.a.endpoint.removeprefix("http://")
     setup_home(paths, [dead, olah.a.endpoint, hub.endpoint])
 
-    r = vibrant("model", "download", "mirrored", "--json")
+    # the model is on the team mirror only: the Hub can't vouch for its bytes, and the
+    # mirror's own word stands only where the user trusts it
+    r = vibrant("model", "download", "mirrored", "--json", hub=hub)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"only {mirror} vouches for the SHA-256 of {ON_MIRROR.name}" in said
+    assert "trusted_sources" in said
+    assert (
+        not paths.partial_dir("mirrored").exists() and not (paths.models / "mirrored.gguf").exists()
+    )
+    setup_home(paths, [dead, olah.a.endpoint, hub.endpoint], trusted_sources=[olah.a.endpoint])
+    r = vibrant("model", "download", "mirrored", "--json", hub=hub)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.splitlines()[-1])
     # the dead source passed the request on; the team mirror served it, checked by its SHA-256
     assert result["verified"] is True and result["sha256"] == ON_MIRROR.sha256
+    assert result["reference_by"] == {ON_MIRROR.name: mirror}
     assert (paths.models / "mirrored.gguf").read_bytes() == ON_MIRROR.data
     assert hub.bytes_served == 0
-    mirror = olah.a.endpoint.removeprefix("http://")
     assert result["served_by"] == {ON_MIRROR.name: mirror}
 
     # the mirror lacks this repository (olah: 401 RepoNotFound): the hub, last, serves it
-    r = vibrant("model", "download", "hubonly", "--json")
+    r = vibrant("model", "download", "hubonly", "--json", hub=hub)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.splitlines()[-1])
     assert result["verified"] is True
     assert result["sha256"] == hashlib.sha256(ON_HUB).hexdigest()
     assert hub.bytes_served == len(ON_HUB)
     assert result["served_by"] == {"hub-q4_k_m.gguf": hub.endpoint.removeprefix("http://")}
+    assert result["reference_by"] == {"hub-q4_k_m.gguf": hub.endpoint.removeprefix("http://")}
     # the token goes to no source but huggingface.co and the marked ones
     assert all("authorization" not in q.headers for q in hub.requests)
 
     # missing everywhere: the last source's word, and what the others said
-    r = vibrant("model", "download", "nowhere")
+    r = vibrant("model", "download", "nowhere", hub=hub)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     said = " ".join(r.stderr.split())
     assert f"not-anywhere.gguf does not exist in {HUB_ONLY}" in said
@@ -116,7 +133,7 @@ def test_the_token_goes_to_the_sources_marked_for_it(
     olah: OlahPair, hub: HubStub, paths: Paths
 ) -> None:
     setup_home(paths, [olah.a.endpoint, hub.endpoint], token_sources=[hub.endpoint])
-    r = vibrant("model", "download", "hubonly")
+    r = vibrant("model", "download", "hubonly", hub=hub)
     assert r.returncode == 0, r.stderr
     endpoint = [q for q in hub.requests if q.host == "endpoint"]
     cdn = [q for q in hub.requests if q.host == "cdn"]
@@ -146,7 +163,9 @@ def test_a_source_that_fails_mid_file_hands_the_rest_to_the_next(paths: Paths) -
             paths,
             app.cache,
             config,
-            hub_factory=lambda: Sources([first.endpoint, second.endpoint], None),
+            hub_factory=lambda: Sources(
+                [first.endpoint, second.endpoint], None, hub=second.endpoint
+            ),
         )
         # The first source sends 1 MB, then stalls (cut by the idle timeout); from the first
         # bytes on, it answers every request with 503.

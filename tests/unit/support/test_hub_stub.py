@@ -1,4 +1,4 @@
-"""Tests for the loopback Hub stand-in (tests/support/hub_stub.py)."""
+"""Tests for the loopback Hub stand-in (tests/support/hub/, through its face hub_stub.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-try:
-    from tests.support.hub_stub import Faults, HubStub
-except ImportError:  # tests/ is not a package: pytest put tests/ on sys.path
-    from hub_stub import Faults, HubStub  # type: ignore[no-redef,import-not-found]
+from tests.support.hub_stub import Faults, HubStub
+
+pytestmark = pytest.mark.hub
 
 REPO = "acme/tiny-GGUF"
 DATA = bytes(range(256)) * 40  # 10240 bytes
