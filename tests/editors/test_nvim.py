@@ -25,6 +25,8 @@ from tests.support.editor_window import check_window, natural_start, utf8_starts
 from tests.support.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.support.hub_stub import HubStub
 
+pytestmark = pytest.mark.editor
+
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = REPO / "editors" / "nvim"
 SCRIPT = Path(__file__).resolve().parent / "nvim" / "run.lua"
@@ -139,6 +141,8 @@ def messages(data: dict[str, Any], level: int | None = None) -> list[str]:
 ERROR = 4  # vim.log.levels.ERROR
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_client_starts_on_first_use_and_is_reused(run: dict[str, Any]) -> None:
     assert run["after_setup"] == {"clients": 0, "client": False, "commands": True}
     assert run["models_pending_client"] is True  # :VibrantModels started it
@@ -150,6 +154,8 @@ def test_client_starts_on_first_use_and_is_reused(run: dict[str, Any]) -> None:
     assert run["stopped"]
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_models_picker_lists_the_registry(run: dict[str, Any]) -> None:
     result = run["models_result"]
     ids = [m["id"] for m in result["models"]]
@@ -174,6 +180,8 @@ def test_models_picker_lists_the_registry(run: dict[str, Any]) -> None:
     assert again[0].startswith(f"  {MODEL} · 253.1 MB · downloaded"), again
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_download_reports_progress_to_the_end(run: dict[str, Any]) -> None:
     done = [m for m in messages(run) if re.match(r"vibrant: \S+ downloaded", m)]
     assert done == [f"vibrant: {MODEL} downloaded (253.1 MB)."], messages(run)
@@ -195,6 +203,8 @@ def test_download_reports_progress_to_the_end(run: dict[str, Any]) -> None:
     assert first[-1]["downloadedBytes"] == first[-1]["totalBytes"] == GEMMA_SIZE
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_checkhealth(run: dict[str, Any]) -> None:
     text = "\n".join(run["health"])
     assert "vibrant" in text
@@ -212,6 +222,8 @@ def test_checkhealth(run: dict[str, Any]) -> None:
     assert "ERROR" not in text, text
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_complete_inserts_gemma_text_at_the_cursor(run: dict[str, Any]) -> None:
     assert run.get("complete_error") is None, run["complete_notifications"]
     prompt, suffix = run["complete_context"]
@@ -230,6 +242,8 @@ def test_complete_inserts_gemma_text_at_the_cursor(run: dict[str, Any]) -> None:
     assert any(p["kind"] == "begin" and p["title"] == f"Loading {MODEL}" for p in run["progress"])
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_new_completion_cancels_the_running_one(run: dict[str, Any]) -> None:
     sup = run["superseded"]
     assert sup["second"].get("err") is None, sup["second"]
@@ -241,6 +255,8 @@ def test_new_completion_cancels_the_running_one(run: dict[str, Any]) -> None:
     assert first is None or first["err"]["code"] == -32800, first
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_status_cache_and_statusline(run: dict[str, Any]) -> None:
     assert run["status_text"].startswith(f"vibrant: {MODEL} is ready"), run["status_text"]
     cache = run["cache_text"]
@@ -250,6 +266,8 @@ def test_status_cache_and_statusline(run: dict[str, Any]) -> None:
     assert run["statusline"] == f"vibrant: {MODEL} ready"
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_update_notice_offers_update(run: dict[str, Any]) -> None:
     notice = run["update_notice"]
     assert notice is not None and f":VibrantUpdate {MODEL}" in notice["msg"]
@@ -260,6 +278,8 @@ def test_update_notice_offers_update(run: dict[str, Any]) -> None:
     }
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_update_command_checks_and_updates(run: dict[str, Any]) -> None:
     u = run["update_run"]
     errors = [n["msg"] for n in u["notifications"] if n["level"] == ERROR]
@@ -274,6 +294,8 @@ def test_update_command_checks_and_updates(run: dict[str, Any]) -> None:
     assert tokens[0]["kind"] == "begin" and tokens[-1]["kind"] == "end", tokens
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_errors_are_shown_with_what_to_do(run: dict[str, Any]) -> None:
     nf = run["not_found"]
     assert nf["level"] == ERROR
@@ -284,6 +306,8 @@ def test_errors_are_shown_with_what_to_do(run: dict[str, Any]) -> None:
     assert f":VibrantDownload {MODEL}" in nc["msg"], nc
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_cancel_download_keeps_the_partial(run: dict[str, Any]) -> None:
     c = run["cancelled"]
     assert c["notice"]["msg"] == (
@@ -297,6 +321,8 @@ def test_cancel_download_keeps_the_partial(run: dict[str, Any]) -> None:
     assert f"(:VibrantDownload {MODEL} resumes it)" in run["cache_with_partial"]
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_timing(run: dict[str, Any]) -> None:
     steps = {s["name"]: round(s["seconds"], 2) for s in run["steps"]}
     print(f"nvim run: {run['wall_seconds']:.1f} s wall; steps: {steps}")
@@ -523,6 +549,8 @@ def sent(record: dict[str, Any]) -> tuple[str, str]:
     return bytes.fromhex(record["prompt"]).decode(), bytes.fromhex(record["suffix"]).decode()
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_typing_requests_arrive_whole_and_each_gets_an_answer(typing: dict[str, Any]) -> None:
     """Everything the server received is strict UTF-8 (lsp_messages decodes it so), each
     request is the one the plugin built, and every one was answered with a completion."""
@@ -537,6 +565,8 @@ def test_typing_requests_arrive_whole_and_each_gets_an_answer(typing: dict[str, 
     assert all(isinstance(r.get("text"), str) for r in records), records  # answered
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_typing_keeps_the_window_start(typing: dict[str, Any]) -> None:
     lines: list[str] = typing["lines"]
     first, *typed = typing["typing"]
@@ -559,6 +589,8 @@ def test_typing_keeps_the_window_start(typing: dict[str, Any]) -> None:
         assert p == "\n".join([*lines[r["start_row"] : r["row"]], lines[r["row"]][:2]])
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_typing_caps_cut_between_characters(typing: dict[str, Any]) -> None:
     """A cap one byte into é, 中 or 😀: ten whole characters are sent, not the broken one
     (Neovim used to send it, and the request was never answered)."""
@@ -571,6 +603,8 @@ def test_typing_caps_cut_between_characters(typing: dict[str, Any]) -> None:
         assert len(prompt.encode()) == cap - 1
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_typed_through_keeps_showing_the_rest(typing: dict[str, Any]) -> None:
     g = typing["ghost"]
     text = g["suggestion"]["shown"]
@@ -591,6 +625,8 @@ def test_typed_through_keeps_showing_the_rest(typing: dict[str, Any]) -> None:
     assert g["marks_after_accept"] == []
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_automatic_suggestion_after_a_pause(typing: dict[str, Any]) -> None:
     auto = typing["auto"]
     assert auto.get("err") is None

@@ -46,6 +46,7 @@ CANCEL_MODEL_ID = "gemma-270m-b"
 TOOLS_ENV = dict(os.environ)
 
 pytestmark = [
+    pytest.mark.editor,
     # A fresh machine installs code-server and Chromium first (a few minutes); after that the
     # whole test takes about a minute.
     pytest.mark.timeout(1800),
@@ -101,6 +102,8 @@ def _start_hub(tmp_path: Path, gemma: Path) -> tuple[subprocess.Popen[bytes], di
     return hub, json.loads(ready.read_text())
 
 
+@pytest.mark.llama
+@pytest.mark.hub
 def test_vscode_extension(tmp_path: Path) -> None:
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.fail("Node.js and npm are needed for the VS Code extension's tests")

@@ -22,6 +22,8 @@ from tests.unit.download.test_download import MB, _cli, _config, blob, sha
 from vibrant_rpc.cache.manifest import Manifest
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 CHECKSUM_MISMATCH = -31004
 
 
@@ -171,6 +173,7 @@ def test_remove_reports_the_bytes_really_freed(hub: HubStub, paths: Paths, tmp_p
     assert out["freed_bytes"] < 64 * 1024 and outside.read_bytes() == data
 
 
+@pytest.mark.llama
 @pytest.mark.asyncio
 async def test_a_failed_verify_is_remembered_refused_by_the_server_and_repaired(
     hub: HubStub, tmp_path: Path

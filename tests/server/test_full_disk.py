@@ -34,6 +34,8 @@ from vibrant_rpc.cache.manifest import Manifest
 from vibrant_rpc.cache.partials import read_state
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 DISK_FULL_CODE = -31011
 
 
@@ -242,6 +244,7 @@ async def test_server_download_and_remove_of_a_partial_on_a_full_disk(
         assert await stop_server(client) == 0
 
 
+@pytest.mark.llama
 @pytest.mark.asyncio
 async def test_server_load_on_a_full_disk_is_ready_and_completes(disk: Path) -> None:
     """Recording the use fails (the manifest can't be written): a warning, not a failed load;

@@ -20,6 +20,8 @@ from tests.support.rpc_client import call, copy_model_file, server_env, start_se
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.llama
+
 OLD, NEW = "qwen2.5-coder-3b-q4_k_m", "qwen2.5-coder-3b-q4"
 COMPLETE = {"prompt": "def add(a, b):\n    ", "maxTokens": 4, "temperature": 0}
 

@@ -33,7 +33,7 @@ from tests.support.rpc_client import (
     write_registry,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
 
 GEMMA = "gemma-270m"
 TINY = "tiny-fim"

@@ -31,7 +31,7 @@ from tests.support.rpc_client import (
     write_registry,
 )
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.hub]
 
 SLOW_BPS = 4_000_000  # per connection: a cancel lands mid-way
 
@@ -185,6 +185,7 @@ async def test_cancel_from_the_progress_ui_and_by_method(
     hub.faults.throttle_bps = None
 
 
+@pytest.mark.llama
 async def test_split_model_downloaded_and_loaded(
     server: tuple[LanguageClient, Recorder, Path],
 ) -> None:
@@ -204,6 +205,7 @@ async def test_split_model_downloaded_and_loaded(
     assert out["usage"]["completionTokens"] > 0
 
 
+@pytest.mark.llama
 async def test_status_answers_while_a_download_and_a_completion_run(
     server: tuple[LanguageClient, Recorder, Path], hub: HubStub
 ) -> None:

@@ -141,6 +141,7 @@ async def test_model_info_and_select_carry_the_estimate(
     assert "gemma-270m at 32768 tokens:" in small["reason"]
 
 
+@pytest.mark.llama
 async def test_a_load_the_estimate_refuses_falls_back_to_a_smaller_model(
     server: tuple[LanguageClient, Recorder, Path],
 ) -> None:
@@ -170,6 +171,7 @@ async def test_a_load_the_estimate_refuses_falls_back_to_a_smaller_model(
     assert (home / ".vibrant" / "models" / f"{HUGE}.gguf").is_file()
 
 
+@pytest.mark.llama
 async def test_the_same_model_loads_at_a_context_that_fits(
     server: tuple[LanguageClient, Recorder, Path],
 ) -> None:

@@ -23,7 +23,7 @@ from tests.support.rpc_client import (
 )
 from tests.unit.download.test_download import blob, sha
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.hub]
 
 MB = 1_000_000
 

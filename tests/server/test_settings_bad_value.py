@@ -106,6 +106,7 @@ def test_the_other_settings_in_the_file_hold(bad_config: Path) -> None:
     assert json.loads(r.stdout)["stats"]["max_cache_bytes"] == 2**30
 
 
+@pytest.mark.llama
 async def test_the_server_keeps_the_good_editor_options(paths: Paths) -> None:
     write_registry(paths, [tiny_model(TINY, 50)])
     copy_model_file(paths.home.parent, f"{TINY}.gguf", tiny_fim_path())
@@ -128,6 +129,7 @@ async def test_the_server_keeps_the_good_editor_options(paths: Paths) -> None:
         assert await stop_server(client) == 0
 
 
+@pytest.mark.llama
 async def test_the_server_keeps_the_good_settings_of_config_toml(paths: Paths) -> None:
     write_registry(paths, [tiny_model(TINY, 50)])
     copy_model_file(paths.home.parent, f"{TINY}.gguf", tiny_fim_path())

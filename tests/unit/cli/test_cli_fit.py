@@ -196,6 +196,7 @@ def hub(paths: Paths) -> Iterator[HubStub]:
         yield stub
 
 
+@pytest.mark.hub
 def test_a_model_not_cached_is_read_from_the_hub_then_kept(paths: Paths, hub: HubStub) -> None:
     endpoint = hub.endpoint
     data = ok_json("model", "fit", "gemma-hub", HF_ENDPOINT=endpoint)

@@ -30,6 +30,8 @@ from vibrant_rpc.errors import (
 )
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 MB = 1_000_000
 KiB = 1024
 

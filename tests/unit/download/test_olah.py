@@ -24,6 +24,8 @@ from tests.support.olah_mirror import MirrorFile, OlahPair, Relay, olah_pair
 from vibrant_rpc.fsutil import dir_size
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 MB = 1_000_000
 REPO = "test/olah-tiny"
 

@@ -17,6 +17,8 @@ from tests.support.helpers import tiny_model, write_registry
 from tests.support.hub_stub import HubStub
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 REPO = "test/reuse"
 FILE = "reuse-q4_k_m.gguf"
 DATA = b"GGUF" + hashlib.shake_256(b"reuse").digest(3_000_000)

@@ -24,6 +24,8 @@ from vibrant_rpc.download.progress import Progress
 from vibrant_rpc.download.sources import Sources
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 MB = 1_000_000
 MIRRORED = "team/mirrored"  # on the team mirror (olah A) only
 HUB_ONLY = "test/hub-only"  # on the hub only

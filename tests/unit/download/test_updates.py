@@ -24,6 +24,8 @@ from vibrant_rpc.download.updates import UpdateSchedule, read_update_state
 from vibrant_rpc.errors import Cancelled, OfflineError, VibrantError
 from vibrant_rpc.paths import Paths
 
+pytestmark = pytest.mark.hub
+
 MB = 1_000_000
 
 

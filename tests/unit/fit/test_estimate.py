@@ -136,6 +136,7 @@ def test_gpu_split_adds_up() -> None:
     assert full.cpu_bytes < half.cpu_bytes < cpu_only.cpu_bytes
 
 
+@pytest.mark.llama
 @pytest.mark.parametrize(
     ("path", "context"),
     [(gemma_path, 1024), (lambda: tiny_qwen2_path(QWEN_7B_LAYOUT), 512)],

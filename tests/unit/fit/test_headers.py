@@ -26,6 +26,8 @@ from vibrant_rpc.gguf.header import RANGE_LIMIT_BYTES, read_header
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import ModelInfo
 
+pytestmark = pytest.mark.hub
+
 REPO = "test/gemma"
 SPLIT_REPO = "test/gemma-split"
 

@@ -24,6 +24,8 @@ from vibrant_rpc.inference.model import (
     LoadOptions,
 )
 
+pytestmark = pytest.mark.llama
+
 STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 FILES = [STDLIB / "argparse.py", STDLIB / "tarfile.py"]
 OPTS = LoadOptions(context_size=4096, threads=2)

@@ -25,6 +25,8 @@ from vibrant_rpc.inference.model import (
     LoadOptions,
 )
 
+pytestmark = pytest.mark.llama
+
 SOURCE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/argparse.py")
 OPTS = LoadOptions(context_size=4096, threads=2)
 STEP, LINES = 32, 256  # the shims' window: 256 lines before the cursor, moved in steps of 32
