@@ -43,8 +43,9 @@ def test_schemas_describe_the_wire_names() -> None:
     assert complete["required"] == ["prompt"]
     # A value that round-trips through the types is what the schema names.
     result = p.CompleteResult(
-        text="x", model_id="m", finish_reason="stop", stop_reason="end", usage=p.Usage(prompt_tokens=1,
-        completion_tokens=1), timings=p.Timings(load_ms=0, total_ms=1), fim=False,
+        text="x", model_id="m", finish_reason="stop", stop_reason="end",
+        usage=p.Usage(prompt_tokens=1, completion_tokens=1),
+        timings=p.Timings(load_ms=0, total_ms=1), fim=False,
     )  # fmt: skip
     wire = msgspec.json.decode(msgspec.json.encode(result))
     schema = json.loads((PROTOCOL_DIR / "schema" / "CompleteResult.json").read_text())
