@@ -30,7 +30,9 @@ FACES = {
         "KnownHeader", "MemoryEstimate", "MemoryInfo", "Need", "Selection", "detect_gpus",
         "estimate", "fit_model", "header_for", "read_memory", "select_model",
     ],
-    "vibrant_rpc.completion": ["Lifecycle", "LoadRequest", "StateChange", "TypedThrough"],
+    "vibrant_rpc.completion": [
+        "Completer", "Lifecycle", "LoadRequest", "StateChange", "TypedThrough",
+    ],
     "vibrant_rpc.download": [
         "DownloadJobs", "DownloadResult", "Downloader", "HubClient", "Progress",
         "ProgressCallback", "Reporter", "Sources", "Ticket", "UpdateCheck", "UpdateInfo",

@@ -12,25 +12,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 
 from . import protocol as p
 from .app import ModelStatus, Vibrant
-from .completion.lifecycle import Lifecycle, StateChange
-from .completion.pipeline import Pipeline
+from .completion.completer import Answer, Completer
+from .completion.lifecycle import Completion, Lifecycle, StateChange
 from .completion.load_plan import LoadRequest
-from .completion.typed_through import TypedThrough
+from .completion.pipeline import Pipeline
 from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
 from .download.progress import Progress
-from .errors import Cancelled
 from .inference.model import CompletionRequest
 from .inference.prompt import ContextChunk
 from .offline import is_offline
@@ -101,6 +99,31 @@ def update_entry(u: UpdateInfo) -> p.UpdateEntry:
     return wire(u, p.UpdateEntry)
 
 
+def stop_reason(pipeline: Pipeline | None, finish: p.FinishReason) -> p.StopReason:
+    """Why the text ends, as the wire says: the pipeline's rule, else the model's reason."""
+    if pipeline is not None:
+        return pipeline.stop_reason(finish)
+    return "end" if finish == "stop" else finish
+
+
+def complete_result(answered: Answer[Any], stop: p.StopReason) -> p.CompleteResult:
+    """A completer's answer as the wire's result (the usage goes by name, ``wire``)."""
+    done, r = answered.completion, answered.completion.result
+    typed = answered.typed_through
+    # A typed-through answer takes microseconds: its figure keeps them.
+    total_ms = round(r.total_ms, 3) if typed else round(done.load_ms + r.total_ms, 1)
+    return p.CompleteResult(
+        text=r.text,
+        model_id=done.model_id,
+        finish_reason=r.finish_reason,
+        stop_reason=stop,
+        usage=wire(r, p.Usage),
+        timings=p.Timings(load_ms=round(done.load_ms, 1), total_ms=total_ms),
+        fim=r.fim,
+        cached=typed,
+    )
+
+
 class Service:
     def __init__(
         self,
@@ -118,11 +141,8 @@ class Service:
         self._events = events
         self._timer: threading.Timer | None = None
         self._closed = threading.Event()
-        self._typed = TypedThrough()  # one editor per server: its last completion
-        self._typed_fim = False
-        # The cancel of the completion running now: the next one sets it (superseded).
-        self._running: threading.Event | None = None
-        self._running_lock = threading.Lock()
+        # One editor per server: its completions supersede each other, and type through.
+        self.completer: Completer[Any] = Completer(lifecycle, app.registry.canonical_id)
 
     @classmethod
     def build(cls, settings: Settings, pool: Executor, events: Events) -> Service:
@@ -348,28 +368,9 @@ class Service:
         cancel: threading.Event | None = None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> p.CompleteResult:
-        """Complete; a completion still running (or queued) is cancelled first: a server
-        has one editor, whose new request means the user typed on (Copilot drops
-        superseded requests the same way). The superseded one raises Cancelled."""
-        cancel = cancel or threading.Event()
-        with self._running_lock:
-            superseded, self._running = self._running, cancel
-        if superseded is not None:
-            superseded.set()  # the runtime stops within a token or a prompt batch
-        try:
-            return self._complete(params, on_text, cancel, on_change)
-        finally:
-            with self._running_lock:
-                if self._running is cancel:
-                    self._running = None
-
-    def _complete(
-        self,
-        params: p.CompleteParams,
-        on_text: Callable[[str], None] | None,
-        cancel: threading.Event,
-        on_change: Callable[[StateChange], None] | None,
-    ) -> p.CompleteResult:
+        """``params`` for the completer (``completion.completer``: a completion still
+        running is superseded and raises Cancelled; typing through the last suggestion is
+        answered from it), and its answer as the wire's result."""
         # The completion pipeline ends the text where the code does (it owns the stop
         # strings then); ``raw`` keeps the model's text as it came, for benchmarks.
         pipeline = None if params.raw else self._pipeline(params)
@@ -384,48 +385,27 @@ class Service:
             comment=(pipeline and pipeline.line_comment) or "#",
             text_filter=pipeline,
         )
-        # Typing through a suggestion is answered from the last completion: only where
-        # the model would give the same again (greedy, nothing to stop on).
-        repeatable = params.temperature == 0 and not params.stop and not params.raw
-        if repeatable and (hit := self._typed_through(params)) is not None:
-            if on_text is not None and hit.text:
-                on_text(hit.text)
-            return hit
-        done = self.lifecycle.complete(req, params.model_id, on_text, cancel, on_change)
-        r = done.result
-        if r.finish_reason == "cancelled":
-            raise Cancelled()
-        stop_reason: p.StopReason = (
-            pipeline.stop_reason(r.finish_reason)
-            if pipeline is not None
-            else ("end" if r.finish_reason == "stop" else r.finish_reason)
+
+        def answer(
+            req: CompletionRequest,
+            on_text: Callable[[str], None] | None,
+            cancel: threading.Event,
+            on_change: Callable[[StateChange], None] | None,
+        ) -> tuple[Completion, p.StopReason]:
+            done = self.lifecycle.complete(req, params.model_id, on_text, cancel, on_change)
+            return done, stop_reason(pipeline, done.result.finish_reason)
+
+        answered = self.completer.complete(
+            req,
+            answer,
+            model_id=params.model_id,
+            # Only where the model would give the same again (greedy, nothing to stop on).
+            repeatable=params.temperature == 0 and not params.stop and not params.raw,
+            on_text=on_text,
+            cancel=cancel,
+            on_change=on_change,
         )
-        result = p.CompleteResult(
-            text=r.text,
-            model_id=done.model_id,
-            finish_reason=r.finish_reason,
-            stop_reason=stop_reason,
-            usage=p.Usage(
-                prompt_tokens=r.prompt_tokens,
-                completion_tokens=r.completion_tokens,
-                prompt_evaluated=r.prompt_evaluated,
-                prompt_cached=r.prompt_cached,
-                drafted=r.drafted,
-                draft_accepted=r.draft_accepted,
-            ),
-            timings=p.Timings(
-                load_ms=round(done.load_ms, 1), total_ms=round(done.load_ms + r.total_ms, 1)
-            ),
-            fim=r.fim,
-        )
-        if repeatable:
-            self._typed.remember(
-                done.model_id, params.prompt, params.suffix, r.text, r.finish_reason, stop_reason
-            )
-            self._typed_fim = r.fim
-        else:
-            self._typed.forget()
-        return result
+        return complete_result(answered, answered.note)
 
     def _pipeline(self, params: p.CompleteParams) -> Pipeline:
         return Pipeline.for_request(
@@ -436,26 +416,4 @@ class Service:
             multiline=params.multiline,
             stops=list(params.stop),
             time_budget_ms=self.app.settings.completion_time_budget_ms,
-        )
-
-    def _typed_through(self, params: p.CompleteParams) -> p.CompleteResult | None:
-        started = time.perf_counter()
-        wanted = params.model_id or self.lifecycle.loaded_model_id
-        if wanted is None:
-            return None
-        model_id = self.app.registry.canonical_id(wanted)
-        hit = self._typed.lookup(model_id, params.prompt, params.suffix)
-        if hit is None:
-            return None
-        return p.CompleteResult(
-            text=hit.text,
-            model_id=model_id,
-            finish_reason=hit.finish_reason,
-            stop_reason=hit.stop_reason,
-            usage=p.Usage(prompt_tokens=0, completion_tokens=0),
-            timings=p.Timings(
-                load_ms=0.0, total_ms=round((time.perf_counter() - started) * 1000, 3)
-            ),
-            fim=self._typed_fim,
-            cached=True,
         )

@@ -13,7 +13,7 @@ import threading
 
 import msgspec
 
-from ..states import FinishReason, StopReason
+from ..states import FinishReason
 
 
 class Remembered(msgspec.Struct, frozen=True):
@@ -24,7 +24,6 @@ class Remembered(msgspec.Struct, frozen=True):
     # A completion cut short ("length", "cancelled") can still be typed through:
     # the remainder is what was generated, which is all the model had said.
     finish_reason: FinishReason
-    stop_reason: StopReason = "end"
 
 
 class TypedThroughHit(msgspec.Struct, frozen=True):
@@ -33,7 +32,6 @@ class TypedThroughHit(msgspec.Struct, frozen=True):
     # How many characters of the previous completion the user typed.
     typed: int
     finish_reason: FinishReason
-    stop_reason: StopReason = "end"
 
 
 class TypedThrough:
@@ -50,13 +48,12 @@ class TypedThrough:
         suffix: str | None,
         text: str,
         finish_reason: FinishReason,
-        stop_reason: StopReason = "end",
     ) -> None:
         """Store a completion the model produced (not one answered from here)."""
         if finish_reason == "cancelled" or not text:
             return  # nothing anyone saw that could be typed through
         with self._lock:
-            self._last = Remembered(model_id, prompt, suffix, text, finish_reason, stop_reason)
+            self._last = Remembered(model_id, prompt, suffix, text, finish_reason)
 
     def forget(self) -> None:
         with self._lock:
@@ -79,8 +76,5 @@ class TypedThrough:
         if not typed or not last.text.startswith(typed) or len(typed) >= len(last.text):
             return None
         return TypedThroughHit(
-            text=last.text[len(typed) :],
-            typed=len(typed),
-            finish_reason=last.finish_reason,
-            stop_reason=last.stop_reason,
+            text=last.text[len(typed) :], typed=len(typed), finish_reason=last.finish_reason
         )
