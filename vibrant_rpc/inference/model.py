@@ -284,10 +284,11 @@ class LoadedModel:
         return buf.raw[:n]
 
     def _plan(self, llm: Llama, tokens: list[int]) -> ReusePlan:
-        cached: list[int] = llm.input_ids[: llm.n_tokens].tolist() if self._reuse_kv else []
+        # What the KV cache holds now (``kv_reuse``'s ``held``).
+        held: list[int] = llm.input_ids[: llm.n_tokens].tolist() if self._reuse_kv else []
         if self.can_shift:
-            return plan_reuse(cached, tokens, self.reuse_min_chunk)
-        return plan_prefix(cached, tokens)
+            return plan_reuse(held, tokens, self.reuse_min_chunk)
+        return plan_prefix(held, tokens)
 
     def _rearrange(self, plan: ReusePlan) -> bool:
         """Drop the cells the plan doesn't keep and shift the moved chunks into place."""
