@@ -350,6 +350,7 @@ class HubClient:
                     f"{host} answered {response.status_code} for bytes {start}-{end - 1}",
                     retry_after_seconds(response.headers),
                 )
+            _check_content_range(url, response, start, end)
             skip = start if response.status_code == 200 else 0
             want = end - start
             got = bytearray()
@@ -380,3 +381,21 @@ class HubClient:
             return self.client.send(request, stream=True)
         except (httpx.TransportError, httpx.TimeoutException) as err:
             raise TransientError(f"{type(err).__name__}: {err or 'no answer'}") from err
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
+
+
+def _check_content_range(url: str, response: httpx.Response, start: int, end: int) -> None:
+    """A 206 must hold the bytes asked for: one that says it starts elsewhere (a proxy or
+    mirror answering every range from the file's start) would be parsed as the header's
+    next bytes, and refused with some other, misleading cause."""
+    if response.status_code != 206:
+        return
+    said = response.headers.get("content-range", "")
+    m = _CONTENT_RANGE.fullmatch(said.strip())
+    if m is None or int(m.group(1)) != start:
+        host = urlsplit(url).netloc.rpartition("@")[2]
+        raise DownloadFailedError(
+            f"{host} answered bytes {start}-{end - 1} with Content-Range {said or '(none)'!r}"
+        )

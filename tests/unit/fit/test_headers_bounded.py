@@ -6,6 +6,7 @@ and a real dripping server, on loopback."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gguf_fixtures import tiny_fim_path
+from tests.support.gguf_fixtures import gemma_path, tiny_fim_path
 from tests.support.helpers import GEMMA_ARCH, write_registry
 from tests.support.hostile_gguf import header, hostile_headers, kv_str, model_items, model_tensors
 from tests.support.hub_stub import HubStub
@@ -285,3 +286,80 @@ def test_vibrant_model_fit_ends_within_the_deadline_on_a_drip_fed_hub(
     assert run.returncode == 0, run.stderr
     assert f"the Hub was too slow (no header within {HUB_DEADLINE_S:g} s)" in out, out
     assert took < HUB_DEADLINE_S + 8  # the process's start and imports besides
+
+
+class _Misbehaving(http.server.BaseHTTPRequestHandler):
+    """A Hub on loopback that answers a file's resolve and ranges wrongly, by ``mode``."""
+
+    mode = ""
+    body = b""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def _answer(self, *, head: bool) -> None:
+        if self.mode == "redirect loop":
+            self.send_response(302)
+            self.send_header("location", self.path)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        if self.mode == "html":
+            page = b"<html><body>Sign in to the network</body></html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(page)
+            return
+        # "wrong Content-Range": every range answered from the file's start
+        rng = self.headers.get("range", "bytes=0-")
+        start, _, end = rng.removeprefix("bytes=").partition("-")
+        n = int(end) - int(start) + 1 if end else len(self.body)
+        data = self.body[:n]
+        self.send_response(206 if not head else 200)
+        self.send_header("x-repo-commit", "c" * 40)
+        self.send_header("content-range", f"bytes 0-{len(data) - 1}/{len(self.body)}")
+        self.send_header("content-length", str(len(data) if not head else len(self.body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("redirect loop", "answered 302"),
+        ("html", "answered model.gguf with a web page (200, text/html)"),
+        ("wrong Content-Range", "answered bytes 2097152-4194303 with Content-Range 'bytes 0-"),
+    ],
+)
+def test_a_header_that_fails_to_fetch_names_its_cause(
+    paths: Paths, monkeypatch: pytest.MonkeyPatch, mode: str, says: str
+) -> None:
+    handler = type(
+        "Handler", (_Misbehaving,), {"mode": mode, "body": gemma_path().read_bytes()[: 8 << 20]}
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.handle_error = lambda *_: None  # type: ignore[method-assign]  # a client's hang-up
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        write_registry(paths, [entry("m"), entry("bare", arch=False)])
+        v = Vibrant(paths)
+        known = v.headers.known(model(v, "m"), fetch=True)
+        assert known is not None and known.source == "registry" and known.note is not None
+        with pytest.raises(VibrantError) as err:
+            Vibrant(paths).fit("bare")
+    finally:
+        server.shutdown()
+        server.server_close()
+    print(f"{mode}: {known.note}\n  fit without architecture: {err.value.message}")
+    assert says in known.note and says in err.value.message, known.note
