@@ -302,7 +302,7 @@ def _options(*, defaults: bool) -> argparse.ArgumentParser:
     debug model list`). Only the top level has defaults: a subcommand's would overwrite
     a value given before it."""
     common = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    unset: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
     common.add_argument("--json", action="store_true", help="machine-readable output", **unset)
     common.add_argument(
         "--log-level",

@@ -251,6 +251,7 @@ export interface DownloadModelResult {
     repaired: string[];
     adopted: AdoptedFile[];
     servedBy: Record<string, string>;
+    referenceBy: Record<string, string>;
 }
 
 /**
@@ -559,6 +560,7 @@ export const SERVER_SETTINGS = [
     "useOtherCaches",
     "sources",
     "tokenSources",
+    "trustedSources",
 ] as const;
 
 export type ServerSetting = (typeof SERVER_SETTINGS)[number];

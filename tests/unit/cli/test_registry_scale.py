@@ -104,13 +104,13 @@ def test_one_models_info_asks_the_recommended_models_needs_not_the_registrys(
     big_registry(paths, 2_000)
     app = Vibrant(paths)
     asked: list[str] = []
-    known = app.headers.known
+    known = app._known  # each model's header, for its need: what the selection asks
 
-    def counting(model: ModelInfo, *, fetch: bool) -> object:
+    def counting(model: ModelInfo, fetch: bool) -> object:
         asked.append(model.id)
-        return known(model, fetch=fetch)
+        return known(model, fetch)
 
-    monkeypatch.setattr(app.headers, "known", counting)
+    monkeypatch.setattr(app, "_known", counting)
     status = app.model_info("m999")
     recommended = [m.id for m in app.registry if m.recommended]
     assert set(asked) == {*recommended, "m999"}, len(asked)

@@ -21,4 +21,5 @@ return {
   { snake = "use_other_caches", camel = "useOtherCaches" },
   { snake = "sources", camel = "sources" },
   { snake = "token_sources", camel = "tokenSources" },
+  { snake = "trusted_sources", camel = "trustedSources" },
 }
