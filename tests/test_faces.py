@@ -26,12 +26,13 @@ FACES = {
         "LoadedModel", "ModelClosedError", "warm_up",
     ],
     "vibrant_rpc.fit": [
-        "EstimateOptions", "Fit", "FitRequest", "GpuDevice", "GpuPlan", "HeaderStore",
-        "KnownHeader", "MemoryEstimate", "MemoryInfo", "Need", "Selection", "detect_gpus",
-        "estimate", "fit_model", "header_for", "read_memory", "select_model",
+        "EstimateOptions", "Fit", "GpuDevice", "GpuPlan", "HeaderStore", "KnownHeader",
+        "LoadRequest", "MemoryEstimate", "MemoryInfo", "Need", "Selection", "Sizing",
+        "detect_gpus", "estimate", "fit_model", "header_for", "load_request", "read_memory",
+        "select_model",
     ],
     "vibrant_rpc.completion": [
-        "Completer", "Lifecycle", "LoadRequest", "StateChange", "TypedThrough",
+        "Completer", "Lifecycle", "StateChange", "TypedThrough",
     ],
     "vibrant_rpc.download": [
         "DownloadJobs", "DownloadResult", "Downloader", "HubClient", "Progress",

@@ -23,11 +23,13 @@ from .download.progress import ProgressCallback
 from .errors import VibrantError
 from .fit.estimate import EstimateOptions, estimate
 from .fit.gpu import GpuDevice, detect_gpus
-from .fit.plan import Fit, FitRequest, fit_model
+from .fit.plan import Fit, LoadRequest, fit_model, load_request
 from .fit.ram import MemoryInfo, read_memory
 from .fit.selection import Need, NeedFn, Selection, label, order_key, registry_need, select_model
+from .fit.sizing import Sizing
 from .paths import Paths
 from .registry import ModelInfo, Registry
+from .states import Auto
 
 if TYPE_CHECKING:
     from .cache.elsewhere import Found
@@ -96,24 +98,15 @@ class Vibrant:
     def gpus(self, memory: MemoryInfo | None = None) -> list[GpuDevice]:
         return detect_gpus(memory or self.memory())
 
-    def fit_request(
-        self,
-        context: int | Literal["auto"] | None = None,
-        gpu_layers: int | Literal["auto"] | None = None,
-    ) -> FitRequest:
-        """The settings' load options, with a request's own context or GPU layers."""
-        s = self.settings
-        return FitRequest(
-            context_size=s.context_size if context is None else context,
-            gpu_layers=s.gpu_layers if gpu_layers is None else gpu_layers,
-            batch_size=s.batch_size,
-            mmap=s.mmap,
-        )
+    def load_request(self, **given: int | bool | Auto | None) -> LoadRequest:
+        """The load settings, with a request's own values where given (None: the setting's);
+        ``fit.load_request``."""
+        return load_request(self.settings, **given)
 
     def fit(
         self,
         model_id: str,
-        request: FitRequest | None = None,
+        request: LoadRequest | None = None,
         *,
         fetch: bool = True,
         memory: MemoryInfo | None = None,
@@ -132,7 +125,7 @@ class Vibrant:
                 modelId=model.id,
             )
         memory = memory or self.memory()
-        return self._fit(model, known, request or self.fit_request(), memory, self.gpus(memory))
+        return self._fit(model, known, request or self.load_request(), memory, self.gpus(memory))
 
     def _known(self, model: ModelInfo, fetch: bool) -> KnownHeader | str:
         """The model's header (named as the registry names it), or why none is known."""
@@ -147,7 +140,7 @@ class Vibrant:
         self,
         model: ModelInfo,
         known: KnownHeader,
-        request: FitRequest,
+        request: LoadRequest,
         memory: MemoryInfo,
         devices: list[GpuDevice],
     ) -> Fit:
@@ -162,7 +155,7 @@ class Vibrant:
         )
 
     def _need_fn(self, mem: MemoryInfo, devices: list[GpuDevice], fetch: bool) -> NeedFn:
-        request = self.fit_request()
+        request = self.load_request()
 
         def need(model: ModelInfo) -> Need:
             known = self._known(model, fetch)
@@ -211,6 +204,16 @@ class Vibrant:
         keys = {i: key(i) for i in {model_id, *entries}}
         limit = keys[model_id]
         return sorted((i for i in entries if keys[i] < limit), key=keys.__getitem__, reverse=True)
+
+    def sizing(self) -> Sizing:
+        """What the lifecycle is handed: this facade's fit (of a downloaded model: a load
+        never waits on the Hub), selection and fallback order."""
+        return Sizing(
+            fit=lambda model_id, request: self.fit(model_id, request, fetch=False),
+            select=lambda models: self.select(models=models),
+            resolve_id=self.resolve_id,
+            smaller_cached=self.smaller_cached,
+        )
 
     def _status(
         self,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 import psutil
 
 from .errors import ConfigError, validation_problem
+from .states import Auto
 from .units import parse_size
 
 
@@ -22,14 +23,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     cache_size_limit: int | None = None  # bytes; None = unlimited
     # Tokens of context; 0: the model's own; "auto": the largest that fits this machine.
-    context_size: Annotated[int, msgspec.Meta(ge=0)] | Literal["auto"] = 4096
+    context_size: Annotated[int, msgspec.Meta(ge=0)] | Auto = 4096
     threads: int = msgspec.field(default_factory=_physical_cores)
     batch_size: int = 512
     mmap: bool = True
     mlock: bool = False
     # Layers on the GPU; -1: all; "auto": as many as fit its free memory, on a GPU the
     # installed llama.cpp can use (none with a CPU build: every layer stays in RAM).
-    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Literal["auto"] = "auto"
+    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Auto = "auto"
     keep_alive_s: float = 300.0  # 0 = never unload an idle model
     # Once a suggestion's first line is whole, generation stops at the next line end after
     # this many ms (llama.vim asks 250 for a first suggestion); 0: no limit.

@@ -24,7 +24,6 @@ from . import protocol as p
 from .app import ModelStatus, Vibrant
 from .completion.completer import Answer, Completer
 from .completion.lifecycle import Completion, Lifecycle, StateChange
-from .completion.load_plan import LoadRequest
 from .completion.pipeline import Pipeline
 from .config import Settings
 from .download.jobs import DownloadJobs, Ticket
@@ -160,7 +159,7 @@ class Service:
             pool,
             on_progress=lambda progress: events.download_progress(download_progress(progress)),
         )
-        lifecycle = Lifecycle(app, on_change=state_changed)
+        lifecycle = Lifecycle(app.sizing(), app.cache, app.settings, on_change=state_changed)
         for warning in app.warnings:
             log.warning("%s", warning)
         return cls(app, lifecycle, downloads, pool=pool, events=events)
@@ -254,7 +253,9 @@ class Service:
         return wire(self.app.select(params.ram_bytes, fetch=True), p.SelectModelResult)
 
     def fit_model(self, params: p.FitModelParams) -> p.FitResult:
-        request = self.app.fit_request(params.context_size, params.gpu_layers)
+        request = self.app.load_request(
+            context_size=params.context_size, gpu_layers=params.gpu_layers
+        )
         return wire(self.app.fit(params.model_id or "auto", request), p.FitResult)
 
     # -- downloads ---------------------------------------------------------------------
@@ -319,21 +320,17 @@ class Service:
 
     # -- the loaded model --------------------------------------------------------------
 
-    def load_options(self, overrides: p.LoadOverrides | None) -> LoadRequest | None:
-        if overrides is None:
-            return None
-        given = {k: v for k, v in msgspec.structs.asdict(overrides).items() if v is not None}
-        return msgspec.structs.replace(self.lifecycle.default_options, **given)
-
     def load_model(
         self,
         params: p.LoadModelParams,
         cancel: threading.Event | None = None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> p.LoadModelResult:
-        loaded = self.lifecycle.load(
-            params.model_id, self.load_options(params.options), cancel, on_change
-        )
+        # No overrides: the lifecycle's own request (the loaded model's, else the settings).
+        request = None
+        if params.options is not None:
+            request = self.app.load_request(**msgspec.structs.asdict(params.options))
+        loaded = self.lifecycle.load(params.model_id, request, cancel, on_change)
         return p.LoadModelResult(
             model_id=loaded.model_id,
             loaded_at=loaded.loaded_at,

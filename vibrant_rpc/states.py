@@ -26,3 +26,11 @@ StopReason = Literal[
     "end", "stop", "length", "cancelled", "oneLine", "scope", "bracket", "lineSuffix",
     "codeBelow", "repetition", "timeBudget",
 ]  # fmt: skip
+
+# A load setting (context_size, gpu_layers) left to the machine: sized from the model's
+# header and this machine's memory as it loads.
+Auto = Literal["auto"]
+
+# Where a model's header came from: its downloaded file, the Hub's file read by Range,
+# or the registry's architecture numbers.
+HeaderSource = Literal["file", "hub", "registry"]

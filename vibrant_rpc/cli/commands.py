@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from rich.console import Console
@@ -20,6 +20,7 @@ from rich.console import Console
 from ..app import Scope, Vibrant
 from ..errors import VibrantError
 from ..redact import RedactingFilter
+from ..states import Auto
 from ..units import parse_duration, parse_size
 from . import render
 
@@ -90,7 +91,7 @@ def _duration(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _auto_or_int(text: str) -> int | Literal["auto"]:
+def _auto_or_int(text: str) -> int | Auto:
     if text == "auto":
         return "auto"
     try:
@@ -140,7 +141,7 @@ def cmd_select(ctx: Context) -> int:
 
 def cmd_fit(ctx: Context) -> int:
     args = ctx.args
-    request = ctx.app.fit_request(args.context, args.gpu_layers)
+    request = ctx.app.load_request(context_size=args.context, gpu_layers=args.gpu_layers)
     result = ctx.app.fit(args.model_id, request)
     return ctx.show(result, lambda: render.fit(ctx.out, result))
 

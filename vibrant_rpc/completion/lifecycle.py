@@ -1,7 +1,9 @@
 """The loaded model's life: lazy load, fallback, one completion at a time, idle unload.
 
 Plain Python, blocking, thread-safe; it knows nothing of JSON-RPC. The server runs
-its blocking calls on worker threads and turns ``on_change`` into notifications.
+its blocking calls on worker threads and turns ``on_change`` into notifications. What it
+needs to know of sizes (a model's fit, the selection, the smaller models to fall back
+to) is handed in as a ``fit.Sizing``, built by the facade.
 
 One lock (``_lock``) serialises everything that touches the model: loading,
 unloading and completions. ``snapshot()`` never takes it, so status answers at
@@ -26,53 +28,18 @@ from ..cache.manifest import utcnow
 from ..cache.store import Cache
 from ..config import Settings
 from ..errors import Cancelled, ModelLoadFailedError, NotCachedError, VibrantError
-from ..fit.plan import Fit, FitRequest
-from ..fit.ram import MemoryInfo
-from ..fit.selection import Selection
+from ..fit.plan import Fit, LoadRequest, load_request
+from ..fit.sizing import Sizing
 from ..inference.model import CompletionRequest, CompletionResult, LoadedModel, LoadOptions
-from ..paths import Paths
-from ..registry import ModelInfo, Registry
 from ..states import ModelState
 from ..units import format_bytes
-from .load_plan import LoadRequest, load_options, resolve
+from .load_plan import options_for
 
 log = logging.getLogger(__name__)
 
 
-class Models(Protocol):
-    """What the lifecycle uses of the backend (``app.Vibrant`` is one)."""
-
-    paths: Paths
-    settings: Settings
-    registry: Registry
-    cache: Cache
-
-    def memory(self) -> MemoryInfo: ...
-
-    def select(
-        self,
-        ram_bytes: int | None = None,
-        models: list[ModelInfo] | None = None,
-        *,
-        fetch: bool = False,
-    ) -> Selection: ...
-
-    def fit(
-        self,
-        model_id: str,
-        request: FitRequest | None = None,
-        *,
-        fetch: bool = True,
-        memory: MemoryInfo | None = None,
-    ) -> Fit: ...
-
-    def resolve_id(self, model_id: str) -> str: ...
-
-    def smaller_cached(self, model_id: str) -> list[str]: ...
-
-
 class ModelHandle(Protocol):
-    """What the lifecycle needs of a loaded model (``runtime.LoadedModel``)."""
+    """What the lifecycle needs of a loaded model (``inference.LoadedModel``)."""
 
     model_id: str
     supports_fim: bool
@@ -137,25 +104,28 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
 class Lifecycle:
     def __init__(
         self,
-        app: Models,
+        sizing: Sizing,
+        cache: Cache,
+        settings: Settings,
         *,
         loader: Loader | None = None,
         on_change: Callable[[StateChange], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timer: TimerFactory = _thread_timer,
-        options: LoadRequest | None = None,
     ) -> None:
-        self.app = app
+        self.sizing = sizing
+        self.cache = cache
         self._loader: Loader = loader or LoadedModel.load
         self._on_change = on_change
         self._clock = clock
         self._timer_factory = timer
-        self.default_options = options or load_options(app.settings)
-        self.keep_alive_s = app.settings.keep_alive_s
+        self.configured_model = settings.model
+        self.default_request = load_request(settings)
+        self.keep_alive_s = settings.keep_alive_s
 
         self._lock = threading.Lock()  # load, unload, complete: one at a time
         self._model: ModelHandle | None = None
-        self._options: LoadRequest | None = None  # what the loaded model was asked with
+        self._request: LoadRequest | None = None  # what the loaded model was asked with
         self._plan: Fit | None = None  # and what that came to for it
         self._mark: InUseMark | None = None
         self._timer: Timer | None = None
@@ -218,23 +188,23 @@ class Lifecycle:
     def choose(self, model_id: str | None) -> str:
         """The model a request gets: its own, else the loaded one, else the configured one,
         else the last one used, else the selection's choice among the cached ones."""
-        cache = self.app.cache
+        cache, registry = self.cache, self.cache.registry
         if model_id:
-            chosen = self.app.resolve_id(model_id)
+            chosen = self.sizing.resolve_id(model_id)
             cache.require(chosen)  # NotCached, naming the model and its download size
             return chosen
         if (loaded := self.loaded_model_id) is not None:
             return loaded
-        configured = self.app.settings.model
-        entries = {e.id: e for e in cache.entries() if e.id in self.app.registry}
+        configured = self.configured_model
+        entries = {e.id: e for e in cache.entries() if e.id in registry}
         if configured and configured in entries:
             return configured
         used = [e for e in entries.values() if e.last_used is not None]
         if used:
             return max(used, key=lambda e: e.last_used or e.downloaded_at).id
         if not entries:
-            best = self.app.select()
-            model = self.app.registry.get(best.model_id)
+            best = self.sizing.select(None)
+            model = registry.get(best.model_id)
             raise NotCachedError(
                 f"No model is downloaded; {best.model_id} suits this machine "
                 f"({format_bytes(model.download_bytes)} to fetch).",
@@ -242,8 +212,8 @@ class Lifecycle:
                 modelId=best.model_id,
                 downloadBytes=model.download_bytes,
             )
-        cached = [self.app.registry.get(i) for i in entries]
-        return self.app.select(models=cached).model_id
+        cached = [registry.get(i) for i in entries]
+        return self.sizing.select(cached).model_id
 
     # -- locking -----------------------------------------------------------------------
 
@@ -270,18 +240,18 @@ class Lifecycle:
     def load(
         self,
         model_id: str | None = None,
-        options: LoadRequest | None = None,
+        request: LoadRequest | None = None,
         cancel: threading.Event | None = None,
         on_change: Callable[[StateChange], None] | None = None,
     ) -> Loaded:
         with self._locked(cancel, on_change):
-            return self._ensure_loaded(model_id, options)
+            return self._ensure_loaded(model_id, request)
 
-    def _ensure_loaded(self, model_id: str | None, options: LoadRequest | None) -> Loaded:
+    def _ensure_loaded(self, model_id: str | None, request: LoadRequest | None) -> Loaded:
         target = self.choose(model_id)
-        wanted = options or self._options or self.default_options
+        wanted = request or self._request or self.default_request
         model = self._model
-        if model is not None and model.model_id == target and wanted == self._options:
+        if model is not None and model.model_id == target and wanted == self._request:
             return Loaded(
                 model_id=target,
                 loaded_at=self._loaded_at or utcnow(),
@@ -295,7 +265,7 @@ class Lifecycle:
         except ModelLoadFailedError as err:
             first_error = err
         # Only now look for smaller models: the common path reads the manifest less.
-        candidates = [target, *self.app.smaller_cached(target)]
+        candidates = [target, *self.sizing.smaller_cached(target)]
         for i, candidate in enumerate(candidates):
             if i > 0:
                 reason = f"{target} failed to load ({first_error.message}); loading {candidate}"
@@ -317,13 +287,13 @@ class Lifecycle:
 
     def _load_one(self, model_id: str, request: LoadRequest, reason: str | None) -> Loaded:
         # The estimate first: a model that can't fit is refused before its files are hashed.
-        options, plan = resolve(self.app.fit, model_id, request)
+        options, plan = options_for(self.sizing.fit, model_id, request)
         # NotCached if it isn't there; re-hashes only files whose size or mtime changed
         # since they were recorded.
-        entry = self.app.cache.verify(model_id, force=False)
-        path = self.app.cache.file_paths(entry)[0]  # a split model loads from its first shard
+        entry = self.cache.verify(model_id, force=False)
+        path = self.cache.file_paths(entry)[0]  # a split model loads from its first shard
         self._set_state("loading", model_id, reason)
-        mark = InUseMark(self.app.paths.locks, model_id)  # prune in any process skips it
+        mark = InUseMark(self.cache.paths.locks, model_id)  # prune in any process skips it
         t0 = time.perf_counter()
         try:
             handle = self._loader(model_id, path, options)
@@ -334,9 +304,9 @@ class Lifecycle:
             mark.release()
             raise ModelLoadFailedError(str(err) or type(err).__name__, modelId=model_id) from err
         load_ms = (time.perf_counter() - t0) * 1000
-        self._model, self._options, self._plan, self._mark = handle, request, plan, mark
+        self._model, self._request, self._plan, self._mark = handle, request, plan, mark
         try:
-            self.app.cache.touch(model_id)
+            self.cache.touch(model_id)
         except (VibrantError, OSError) as err:  # bookkeeping (a full disk) never fails a load
             log.warning("could not record the use of %s: %s", model_id, err)
         self._last_activity = self._clock()
@@ -387,7 +357,7 @@ class Lifecycle:
 
     def _unload_locked(self, reason: str) -> str | None:
         model, mark = self._model, self._mark
-        self._model, self._options, self._plan, self._mark = None, None, None, None
+        self._model, self._request, self._plan, self._mark = None, None, None, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

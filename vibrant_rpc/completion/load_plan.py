@@ -1,9 +1,10 @@
-"""What a load asks for, and what that comes to for one model.
+"""What a load's request comes to for one model.
 
-A ``LoadRequest`` is the settings (or ``loadModel``'s overrides of them), where the
-context and the GPU layers may be "auto"; ``resolve`` turns it into the ``LoadOptions``
-llama.cpp gets for one model, from that model's memory estimate (``fit.py``), and
-refuses a model the estimate says won't fit, before it can swap the machine to a halt.
+A ``fit.LoadRequest`` is the load settings (or ``loadModel``'s overrides of them), where
+the context and the GPU layers may be "auto"; ``options_for`` turns it into the
+``LoadOptions`` llama.cpp gets for one model, from that model's memory estimate
+(``fit.plan``), and refuses a model the estimate says won't fit, before it can swap the
+machine to a halt.
 """
 
 from __future__ import annotations
@@ -11,11 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import msgspec
-
-from ..config import Settings
 from ..errors import ModelLoadFailedError, VibrantError
-from ..fit.plan import Auto, Fit, FitRequest
+from ..fit.plan import Fit, LoadRequest
 from ..inference.model import LoadOptions
 
 log = logging.getLogger(__name__)
@@ -25,40 +23,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONTEXT = 4096
 
 
-class LoadRequest(msgspec.Struct, kw_only=True, frozen=True):
-    """What a load asks for: the settings, or ``loadModel``'s overrides of them. An
-    "auto" context or GPU layers is resolved per model as it loads, from its header."""
-
-    context_size: int | Auto = 4096
-    threads: int | None = None
-    batch_size: int = 512
-    mmap: bool = True
-    mlock: bool = False
-    gpu_layers: int | Auto = 0
-
-    def fit_request(self) -> FitRequest:
-        return FitRequest(
-            context_size=self.context_size,
-            gpu_layers=self.gpu_layers,
-            batch_size=self.batch_size,
-            mmap=self.mmap,
-        )
-
-
-def load_options(settings: Settings) -> LoadRequest:
-    # The settings of the same names (Settings has more, which stay out).
-    return msgspec.convert(settings, LoadRequest, from_attributes=True)
-
-
-FitFn = Callable[..., Fit]
-
-
-def resolve(fit: FitFn, model_id: str, request: LoadRequest) -> tuple[LoadOptions, Fit | None]:
+def options_for(
+    fit: Callable[[str, LoadRequest], Fit], model_id: str, request: LoadRequest
+) -> tuple[LoadOptions, Fit | None]:
     """The options for ``model_id`` and the plan they came from (None: no estimate).
     Raises ModelLoadFailedError (``cause: "memory"``) when it doesn't fit; the lifecycle
     then falls back to the next smaller model."""
     try:
-        plan: Fit | None = fit(model_id, request.fit_request(), fetch=False)
+        plan: Fit | None = fit(model_id, request)
     except (VibrantError, OSError) as err:  # no readable header, no architecture numbers
         log.warning("no memory estimate for %s: %s", model_id, err)
         plan = None

@@ -58,6 +58,13 @@ EVAL_BYTES = 6 * MIB
 
 
 class EstimateOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The estimate's own input: llama.cpp's parameters that decide what it allocates, in
+    its terms and resolved (no "auto"). Not a copy of the load settings: three of these no
+    setting sets (the micro-batch, the KV cache's type, flash attention; the calibration
+    and bench/bench_memory.py vary them), threads and mlock change no size, and "auto" is
+    resolved by searching over these (``largest_context``, the GPU plan). ``fit.plan``
+    builds it from a ``LoadRequest`` in one place."""
+
     # 0: the model's own training context.
     context: Annotated[int, msgspec.Meta(ge=0)] = 4096
     batch: Annotated[int, msgspec.Meta(ge=1)] = 512

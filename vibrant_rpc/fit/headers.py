@@ -47,11 +47,11 @@ from ..gguf.header import FILE_LIMIT_BYTES, ModelHeader, header_from_ranges, rea
 from ..offline import is_offline
 from ..paths import Paths
 from ..registry import ModelInfo
+from ..states import HeaderSource
 from .estimate import check_sizes
 
 log = logging.getLogger(__name__)
 
-HeaderSource = Literal["file", "hub", "registry"]
 # A look before a download should not hang on a host that never answers: a
 # transfer's 30 s would stall `select` and `info` for that long.
 HUB_TIMEOUT_S = 5.0
@@ -102,7 +102,7 @@ class HubLike(Protocol):
 class _Record(msgspec.Struct, frozen=True, kw_only=True):
     """One ``models/.headers/<id>.json``."""
 
-    source: Literal["file", "hub"]
+    source: Literal["file", "hub"]  # a HeaderSource; the registry's numbers are never stored
     key: str  # what it was read from; a record whose key differs is stale
     header: ModelHeader
     commit: str | None = None

@@ -8,7 +8,7 @@ model fit``, ``vibrant/fitModel`` and the load itself all ask it, so they agree.
 
 What must fit is the memory that comes out of system RAM: the estimate's CPU part on
 a machine with a discrete GPU, all of it with Apple's unified memory. The OS keeps
-``OS_BUFFER_BYTES`` (2 GiB), as in the seed's selection. ``"auto"`` context is sized
+``ram.OS_BUFFER_BYTES`` (2 GiB). ``"auto"`` context is sized
 for the CPU alone, before any layer moves to a GPU: on a discrete GPU offloading then
 only frees RAM; with unified memory it may not (the GPU reserves its whole compute
 graph), and a context that no longer fits is bisected down to one that does.
@@ -16,13 +16,13 @@ graph), and a context that no longer fits is bisected down to one that does.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
 import msgspec
 
+from ..config import Settings
 from ..gguf.header import ModelHeader
 from ..inference.model import FLASH_ATTENTION
-from ..units import GiB, format_gib
+from ..states import Auto, HeaderSource
+from ..units import format_gib
 from .estimate import (
     EstimateOptions,
     MemoryEstimate,
@@ -31,27 +31,39 @@ from .estimate import (
     largest_fitting,
 )
 from .gpu import GpuDevice, GpuPlan, plan_gpu_layers
-from .ram import MemoryInfo
+from .ram import OS_BUFFER_BYTES, MemoryInfo, short_now_warning, usable_bytes
 
-OS_BUFFER_BYTES = 2 * GiB
 # "auto" never goes below this (a completion window of a few hundred lines); a model
 # that doesn't fit at it doesn't fit.
 MIN_AUTO_CONTEXT = 2048
 # llama-cpp-python's n_ubatch default: the micro-batch its compute graph is sized for.
 UBATCH = 512
 
-Auto = Literal["auto"]
-HeaderSource = Literal["file", "hub", "registry"]
+
+class LoadRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a load asks for: the load settings as the user gives them (``Settings``' six
+    of these names, with a request's own values), the context and GPU layers possibly
+    "auto". ``fit_model`` says what it comes to for one model; ``inference.LoadOptions``
+    is what llama.cpp then gets. Made by ``load_request`` only, so no defaults here: the
+    defaults are the settings'."""
+
+    context_size: int | Auto  # 0: the model's own training context
+    threads: int
+    batch_size: int
+    mmap: bool
+    mlock: bool
+    gpu_layers: int | Auto  # -1: every layer
 
 
-class FitRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The load settings the estimate depends on (``Settings`` has more)."""
-
-    # 0: the model's own training context.
-    context_size: Annotated[int, msgspec.Meta(ge=0)] | Auto = 4096
-    gpu_layers: Annotated[int, msgspec.Meta(ge=-1)] | Auto = 0
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 512
-    mmap: bool = True
+def load_request(settings: Settings, **given: int | bool | Auto | None) -> LoadRequest:
+    """The load settings, with a request's own values where it gives them (None: the
+    setting's): the CLI's and ``fitModel``'s context and GPU layers, ``loadModel``'s
+    overrides. An unknown name or a value of the wrong type raises."""
+    request = msgspec.convert(settings, LoadRequest, from_attributes=True)
+    own = {name: value for name, value in given.items() if value is not None}
+    if not own:
+        return request
+    return msgspec.convert({**msgspec.structs.asdict(request), **own}, LoadRequest)
 
 
 class Fit(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,7 +86,7 @@ class Fit(msgspec.Struct, frozen=True, kw_only=True):
     warning: str | None = None  # fits, but the memory free right now is short
 
 
-def _options(request: FitRequest, context: int, gpu_layers: int) -> EstimateOptions:
+def _estimate_options(request: LoadRequest, context: int, gpu_layers: int) -> EstimateOptions:
     return EstimateOptions(
         context=context,
         batch=request.batch_size,
@@ -94,12 +106,12 @@ def _floor(header: ModelHeader) -> int:
     return min(MIN_AUTO_CONTEXT, header.context_length or 4096)
 
 
-def _context(header: ModelHeader, request: FitRequest, usable: int) -> int:
+def _context(header: ModelHeader, request: LoadRequest, usable: int) -> int:
     own = header.context_length or 4096
     if request.context_size != "auto":
         return request.context_size or own
     floor = _floor(header)
-    found = largest_context(header, _options(request, 0, 0), usable, minimum=floor)
+    found = largest_context(header, _estimate_options(request, 0, 0), usable, minimum=floor)
     return found if found is not None else floor
 
 
@@ -111,12 +123,12 @@ class _Planned(msgspec.Struct, frozen=True):
 
 
 def _plan(
-    header: ModelHeader, request: FitRequest, context: int, devices: list[GpuDevice]
+    header: ModelHeader, request: LoadRequest, context: int, devices: list[GpuDevice]
 ) -> _Planned:
     """The GPU layers, the estimate and its RAM need at ``context``."""
     plan: GpuPlan | None = None
     if request.gpu_layers == "auto":
-        plan = plan_gpu_layers(devices, header, _options(request, context, -1))
+        plan = plan_gpu_layers(devices, header, _estimate_options(request, context, -1))
         gpu_layers = plan.gpu_layers
     else:
         gpu_layers = request.gpu_layers
@@ -124,13 +136,13 @@ def _plan(
     # n_gpu_layers and keeps every layer in RAM, so a gpu_layers setting must not make a
     # model look smaller than it is.
     on_gpu = gpu_layers if any(d.offload for d in devices) else 0
-    est = estimate(header, _options(request, context, on_gpu))
+    est = estimate(header, _estimate_options(request, context, on_gpu))
     return _Planned(plan, gpu_layers, est, _ram_needed(est, devices))
 
 
 def _shrink(
     header: ModelHeader,
-    request: FitRequest,
+    request: LoadRequest,
     devices: list[GpuDevice],
     usable: int,
     context: int,
@@ -150,14 +162,14 @@ def _shrink(
 def fit_model(
     model_id: str,
     header: ModelHeader,
-    request: FitRequest,
+    request: LoadRequest,
     memory: MemoryInfo,
     devices: list[GpuDevice],
     *,
     header_source: HeaderSource = "file",
     note: str | None = None,
 ) -> Fit:
-    usable = max(0, memory.total_bytes - OS_BUFFER_BYTES)
+    usable = usable_bytes(memory.total_bytes)
     context = _context(header, request, usable)
     planned = _plan(header, request, context, devices)
     if request.context_size == "auto" and planned.need > usable and context > _floor(header):
@@ -175,14 +187,8 @@ def fit_model(
         verdict = f"does not fit: {breakdown}; only {room}"
         if request.context_size != "auto" and context > MIN_AUTO_CONTEXT:
             verdict += '. A smaller context_size, or "auto", needs less'
-    warning = None
     available = memory.available_bytes
-    if fits and available - need < OS_BUFFER_BYTES:
-        warning = (
-            f"Only {format_gib(available)} of memory is free right now: loading it "
-            f"({format_gib(need)}) would leave less than {format_gib(OS_BUFFER_BYTES)} "
-            "for the system. Close other programs first."
-        )
+    warning = short_now_warning(available, need, "it") if fits else None
     return Fit(
         model_id=model_id,
         fits=fits,

@@ -1,4 +1,5 @@
-"""How much memory this process may really use: psutil, capped by a cgroup limit."""
+"""How much memory this process may really use: psutil, capped by a cgroup limit; and
+how much of it a model may take, the operating system keeping ``OS_BUFFER_BYTES``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ from pathlib import Path
 
 import msgspec
 import psutil
+
+from ..units import GiB, format_gib
+
+# What the operating system keeps of the RAM, as in the seed's selection.
+OS_BUFFER_BYTES = 2 * GiB
 
 
 class MemoryInfo(msgspec.Struct, frozen=True):
@@ -82,3 +88,20 @@ def read_memory(
         total = limit
         available = min(available, max(0, limit - (usage or 0)))
     return MemoryInfo(total, available, limit)
+
+
+def usable_bytes(total_bytes: int) -> int:
+    """What a model may take of ``total_bytes`` of RAM."""
+    return max(0, total_bytes - OS_BUFFER_BYTES)
+
+
+def short_now_warning(available_bytes: int | None, need_bytes: int, what: str) -> str | None:
+    """Why loading ``what`` (``need_bytes``, a model that fits) would squeeze the system
+    with the memory free right now, or None where it would not (or that isn't known)."""
+    if available_bytes is None or available_bytes - need_bytes >= OS_BUFFER_BYTES:
+        return None
+    return (
+        f"Only {format_gib(available_bytes)} of memory is free right now: loading {what} "
+        f"({format_gib(need_bytes)}) would leave less than {format_gib(OS_BUFFER_BYTES)} "
+        "for the system. Close other programs first."
+    )

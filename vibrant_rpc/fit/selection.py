@@ -16,7 +16,7 @@ import msgspec
 from ..errors import InsufficientRamError
 from ..registry import ModelInfo
 from ..units import format_gib
-from .plan import OS_BUFFER_BYTES
+from .ram import OS_BUFFER_BYTES, short_now_warning, usable_bytes
 
 
 class Need(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +78,7 @@ def select_model(
         (m for m in models if m.id in needs),
         key=lambda m: order_key(m, needs[m.id]),
     )
-    usable = max(0, ram_bytes - OS_BUFFER_BYTES)
+    usable = usable_bytes(ram_bytes)
     head = f"{format_gib(ram_bytes)} total, {format_gib(usable)} usable"
     fits = [m for m in candidates if needs[m.id].bytes <= usable]
     if not fits:
@@ -115,14 +115,7 @@ def select_model(
         why += ", the largest model"
     if not recommended:
         why += " (no recommended model fits)"
-    warning = None
-    left = None if available_bytes is None else available_bytes - mine.bytes
-    if available_bytes is not None and left is not None and left < OS_BUFFER_BYTES:
-        warning = (
-            f"Only {format_gib(available_bytes)} of memory is free right now: loading "
-            f"{label(chosen)} ({format_gib(mine.bytes)}) would leave less than "
-            f"{format_gib(OS_BUFFER_BYTES)} for the system. Close other programs first."
-        )
+    warning = short_now_warning(available_bytes, mine.bytes, label(chosen))
     return Selection(
         model_id=chosen.id,
         reason=f"{head}; {why}",

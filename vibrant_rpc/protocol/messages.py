@@ -17,8 +17,10 @@ import msgspec
 
 # Re-exported: the wire speaks these states, and handlers raise InvalidParams.
 from ..errors import InvalidParams as InvalidParams
+from ..states import Auto as Auto
 from ..states import DownloadState as DownloadState
 from ..states import FinishReason as FinishReason
+from ..states import HeaderSource as HeaderSource
 from ..states import ModelState as ModelState
 from ..states import StopReason as StopReason
 
@@ -27,7 +29,6 @@ from ..states import StopReason as StopReason
 ProgressToken = int | str
 ModelId = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="A registry id.")]
 Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
-Auto = Literal["auto"]
 
 
 class Params(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -194,7 +195,7 @@ class FitResult(Wire):
     available_bytes: int | None  # free right now
     # Where the numbers come from: the downloaded file's header, the header fetched from
     # the Hub (a few MB by Range), or the registry's architecture numbers.
-    header_source: Literal["file", "hub", "registry"]
+    header_source: HeaderSource
     note: str | None  # why not from the file, in words
     gpu: GpuLayersPlan | None  # the plan, when gpuLayers is "auto"
     warning: str | None  # fits, but too little memory is free right now

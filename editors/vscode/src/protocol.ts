@@ -3,6 +3,8 @@
 
 export type Auto = "auto";
 
+export type HeaderSource = "file" | "hub" | "registry";
+
 export type ModelState = "unloaded" | "loading" | "ready" | "failed";
 
 export type DownloadState =
@@ -195,7 +197,7 @@ export interface FitResult {
     totalRamBytes: number;
     usableRamBytes: number;
     availableBytes: number | null;
-    headerSource: "file" | "hub" | "registry";
+    headerSource: HeaderSource;
     note: string | null;
     gpu: GpuLayersPlan | null;
     warning: string | null;

@@ -23,7 +23,6 @@ from tests.support.hub_stub import HubStub
 from tests.support.rpc_client import model_entry, put_model_file
 from vibrant_rpc.app import Vibrant
 from vibrant_rpc.fit.gpu import detect_gpus
-from vibrant_rpc.fit.plan import FitRequest
 from vibrant_rpc.fit.ram import read_memory
 from vibrant_rpc.gguf.header import read_header
 from vibrant_rpc.paths import Paths
@@ -87,7 +86,8 @@ def test_fit_of_a_cached_model_reads_its_file(gemma_cached: Paths) -> None:
 
 def test_context_auto_is_the_largest_that_fits_here(gemma_cached: Paths) -> None:
     data = ok_json("model", "fit", GEMMA, "--context", "auto")
-    here = Vibrant(gemma_cached).fit(GEMMA, FitRequest(context_size="auto"), fetch=False)
+    app = Vibrant(gemma_cached)
+    here = app.fit(GEMMA, app.load_request(context_size="auto"), fetch=False)
     assert data["context"] == here.context and data["fits"] == here.fits
     assert data["context"] % 256 == 0 and 2048 <= data["context"] <= 32768
     r = vibrant("model", "fit", GEMMA, "--context", "auto")

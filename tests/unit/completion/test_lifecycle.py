@@ -20,9 +20,12 @@ from vibrant_rpc.app import Vibrant
 from vibrant_rpc.cache.locks import is_in_use
 from vibrant_rpc.cache.manifest import utcnow
 from vibrant_rpc.completion.lifecycle import Lifecycle, StateChange
-from vibrant_rpc.completion.load_plan import LoadRequest
 from vibrant_rpc.config import Settings
 from vibrant_rpc.errors import Cancelled, ModelLoadFailedError, NotCachedError
+from vibrant_rpc.fit.headers import header_for
+from vibrant_rpc.fit.plan import Fit, LoadRequest, fit_model
+from vibrant_rpc.fit.ram import MemoryInfo
+from vibrant_rpc.fit.sizing import Sizing
 from vibrant_rpc.inference.model import CompletionRequest, CompletionResult, LoadOptions
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import Registry
@@ -122,7 +125,9 @@ def make(
     timers = FakeTimers()
     now = [1000.0]
     lc = Lifecycle(
-        app,
+        app.sizing(),
+        app.cache,
+        app.settings,
         loader=loader,
         on_change=changes.append,
         clock=lambda: now[0],
@@ -166,7 +171,7 @@ def test_options_come_from_the_settings(paths: Paths) -> None:
         LoadOptions(context_size=1024, threads=3, batch_size=64, mmap=False, mlock=False)
     ]
     # Other options for the same model reload it.
-    lc.load("small", LoadRequest(context_size=512))
+    lc.load("small", app.load_request(context_size=512))
     assert loader.events == ["load small", "close small", "load small"]
 
 
@@ -264,6 +269,36 @@ def test_fallback_follows_the_memory_estimate_not_the_registry_ram(paths: Paths)
     lc, _, _, _ = make(app, loader)
     assert lc.load("says-small").model_id == "says-big"
     assert loader.events == ["load says-small", "load says-big"]
+
+
+def test_the_lifecycle_sizes_models_with_what_it_is_handed(app: Vibrant) -> None:
+    # No facade: a Sizing whose fit says "medium" (a 7B's numbers in 4 GiB) doesn't fit
+    # and whose fallback names "small"; the lifecycle loads small, and llama.cpp is never
+    # asked for medium.
+    put_cached(app.cache, "small")
+    put_cached(app.cache, "medium")
+    header = header_for(Registry.embedded().get("qwen2.5-coder-7b-q5"))
+    assert header is not None
+    asked: list[str] = []
+
+    def fit(model_id: str, request: LoadRequest) -> Fit:
+        asked.append(model_id)
+        gib = 64 if model_id == "small" else 4
+        return fit_model(model_id, header, request, MemoryInfo(gib * 2**30, gib * 2**30), [])
+
+    sizing = Sizing(
+        fit=fit,
+        select=lambda models: app.select(models=models),
+        resolve_id=lambda model_id: model_id,
+        smaller_cached=lambda model_id: ["small"] if model_id == "medium" else [],
+    )
+    loader = FakeLoader()
+    lc = Lifecycle(sizing, app.cache, app.settings, loader=loader)
+    loaded = lc.load("medium")
+    assert loaded.model_id == "small"
+    assert loaded.reason is not None and "medium needs more memory" in loaded.reason
+    assert asked == ["medium", "small"] and loader.events == ["load small"]
+    assert loader.options[0].context_size == 4096  # the handed fit's plan
 
 
 def test_with_no_model_left_the_error_carries_llama_cpps_message(app: Vibrant) -> None:

@@ -60,7 +60,7 @@ def test_a_queued_completion_starts_when_the_running_one_ends(paths: Paths) -> N
     def loader(model_id: str, path: Path, options: LoadOptions) -> GatedModel:
         return model
 
-    lc = Lifecycle(app, loader=loader)
+    lc = Lifecycle(app.sizing(), app.cache, app.settings, loader=loader)
     lc.load()
     waits = []
     for _ in range(10):

@@ -21,12 +21,13 @@ from vibrant_rpc.errors import InsufficientRamError, VibrantError
 from vibrant_rpc.fit.estimate import EstimateOptions, estimate
 from vibrant_rpc.fit.gpu import GpuDevice
 from vibrant_rpc.fit.headers import header_for
-from vibrant_rpc.fit.plan import MIN_AUTO_CONTEXT, OS_BUFFER_BYTES, Auto, Fit, FitRequest, fit_model
-from vibrant_rpc.fit.ram import MemoryInfo
+from vibrant_rpc.fit.plan import MIN_AUTO_CONTEXT, Fit, LoadRequest, fit_model, load_request
+from vibrant_rpc.fit.ram import OS_BUFFER_BYTES, MemoryInfo
 from vibrant_rpc.gguf.header import ModelHeader, read_header
 from vibrant_rpc.inference.model import FLASH_ATTENTION
 from vibrant_rpc.paths import Paths
 from vibrant_rpc.registry import ModelInfo, Registry
+from vibrant_rpc.states import Auto
 
 GiB = 2**30
 MiB = 2**20
@@ -66,7 +67,7 @@ def fit(
     context: int | Auto = 4096,
     gpu_layers: int | Auto = 0,
 ) -> Fit:
-    request = FitRequest(context_size=context, gpu_layers=gpu_layers)
+    request = load_request(Settings(), context_size=context, gpu_layers=gpu_layers)
     return fit_model("m", header, request, memory, devices or [])
 
 
@@ -86,6 +87,24 @@ def metal(memory: MemoryInfo) -> GpuDevice:
 
 
 # -- fit_model ------------------------------------------------------------------------
+
+
+def test_a_load_request_is_the_settings_with_what_a_request_gives() -> None:
+    s = Settings(context_size=8192, threads=3, batch_size=64, mmap=False, mlock=True, gpu_layers=-1)
+    settings_only = LoadRequest(
+        context_size=8192, threads=3, batch_size=64, mmap=False, mlock=True, gpu_layers=-1
+    )
+    assert load_request(s) == settings_only
+    # None is "the setting's" (what the wire and the CLI send for a value not given).
+    assert load_request(s, context_size=None, gpu_layers=None) == settings_only
+    given = load_request(s, context_size="auto", gpu_layers=0, mmap=True, threads=None)
+    assert given == msgspec.structs.replace(
+        settings_only, context_size="auto", gpu_layers=0, mmap=True
+    )
+    with pytest.raises(msgspec.ValidationError, match="contxt"):
+        load_request(s, contxt=1024)  # a name that isn't a load setting
+    with pytest.raises(msgspec.ValidationError, match="context_size"):
+        load_request(s, context_size="big")
 
 
 def test_gemma_fits_and_the_verdict_gives_the_breakdown() -> None:
