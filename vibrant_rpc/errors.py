@@ -12,7 +12,8 @@ unchanged. The CLI prints ``message`` and ``hint`` and exits 1; the server answe
     │   ├── DownloadFailedError      -31003   DownloadFailed    the partial download is kept
     │   │   ├── HubUnreachableError  -31008   HubUnreachable    retries ran out
     │   │   ├── OfflineError         -31009   Offline           HF_HUB_OFFLINE is set
-    │   │   └── GatedRepoError       -31010   GatedRepo         401/403: a token is needed
+    │   │   ├── GatedRepoError       -31010   GatedRepo         401/403: a token is needed
+    │   │   └── NotHubAnswer         (its parent's)             a web page where the Hub answers
     │   ├── ChecksumMismatchError    -31004   ChecksumMismatch
     │   ├── ModelLoadFailedError     -31005   ModelLoadFailed
     │   ├── CacheFullError           -31006   CacheFull         over the cache size limit
@@ -33,9 +34,10 @@ vibrant's own codes are the block -31000 … -31099: outside JSON-RPC's reserved
 UnknownErrorCode) and LSP's -32899 … -32800. Cancellation and bad params use the codes
 JSON-RPC and LSP define for them. Clients should match ``data.kind``, not the code.
 
-A class without a ``kind`` of its own (``GGUFFormatError``) is its parent on the wire, so
-the protocol's error list (``tree``) leaves it out. ``ModelClosedError`` is a bug, not a
-user's error: it is no ``VibrantException``, so the wire answers it as an internal error.
+A class without a ``kind`` of its own (``GGUFFormatError``, ``NotHubAnswer``) is its
+parent on the wire, so the protocol's error list (``tree``) leaves it out.
+``ModelClosedError`` is a bug, not a user's error: it is no ``VibrantException``, so the
+wire answers it as an internal error.
 
 Not here, on purpose: exceptions that never leave their module, signals one function
 raises for its caller to act on (``gguf.header.NeedMoreBytes``: read more and parse
@@ -139,6 +141,12 @@ class GatedRepoError(DownloadFailedError):
 
     code = -31010
     kind = "GatedRepo"
+
+
+class NotHubAnswer(DownloadFailedError):
+    """A source answered with something that is not the Hub's answer: a web page (a captive
+    portal, a proxy's login page) or text that is not the Hub's JSON. Sources pass the
+    request to the next source; the message names the source and what it sent."""
 
 
 class ChecksumMismatchError(VibrantError):

@@ -20,9 +20,9 @@ from typing import TypeVar
 
 from ..cache.manifest import utcnow
 from ..cache.partials import FileProgress, PartialState, write_state
-from ..errors import ChecksumMismatchError, DownloadFailedError, HubUnreachableError
+from ..errors import ChecksumMismatchError, DownloadFailedError, HubUnreachableError, NotHubAnswer
 from ..registry import ModelInfo
-from .hub import HubClient, NotHubAnswer, Resolved
+from .hub import HubClient, Resolved
 from .progress import Reporter
 from .sources import fail_over
 from .transfer import FileTransfer, RangeIgnored, RemoteChanged, TransferConfig

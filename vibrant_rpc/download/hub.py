@@ -17,7 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 import msgspec
 
-from ..errors import DownloadFailedError, GatedRepoError, OfflineError
+from ..errors import DownloadFailedError, GatedRepoError, NotHubAnswer, OfflineError
 from ..fsutil import is_sha256
 from ..offline import is_offline
 
@@ -26,12 +26,6 @@ T = TypeVar("T")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 GITATTRIBUTES = ".gitattributes"
 _MISSING_CODES = ("RepoNotFound", "RevisionNotFound", "EntryNotFound")
-
-
-class NotHubAnswer(DownloadFailedError):
-    """A source answered with something that is not the Hub's answer: a web page (a captive
-    portal, a proxy's login page) or text that is not the Hub's JSON. Sources pass the
-    request to the next source; the message names the source and what it sent."""
 
 
 def web_page(response: httpx.Response) -> bool:
