@@ -97,6 +97,13 @@ class Completer(Generic[N]):
                 if self._running is cancel:
                     self._running = None
 
+    def cancel_running(self) -> None:
+        """Stop the completion running now, if any (the server is closing)."""
+        with self._lock:
+            running = self._running
+        if running is not None:
+            running.set()
+
     def _typed_through(self, req: CompletionRequest, model_id: str | None) -> Answer[N] | None:
         started = time.perf_counter()
         wanted = model_id or self.lifecycle.loaded_model_id
