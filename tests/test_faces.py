@@ -34,6 +34,10 @@ FACES = {
     "vibrant_rpc.completion": [
         "Completer", "Lifecycle", "StateChange", "TypedThrough",
     ],
+    "vibrant_rpc.completion.pipeline": [
+        "DEFAULT_MS", "RULES", "Cursor", "Language", "Pipeline", "apply", "cursor_at",
+        "language_for",
+    ],
     "vibrant_rpc.download": [
         "DownloadJobs", "DownloadResult", "Downloader", "HubClient", "Progress",
         "ProgressCallback", "Reporter", "Sources", "Ticket", "UpdateCheck", "UpdateInfo",
