@@ -88,7 +88,9 @@ def test_select_with_ram() -> None:
     assert r.stdout.startswith("qwen2.5-coder-7b-q5")
     assert re.search(
         r"12\.0 GiB total, 10\.0 GiB usable; chose 7B Q5_K_M \(7B Q5_K_M at 4096 tokens: "
-        r"5\.\d GiB weights \+ 0\.22 GiB KV cache \+ 0\.\d\d GiB buffers = 5\.\d GiB\); "
+        r"5\.\d GiB weights \+ 0\.22 GiB KV cache \+ 0\.\d\d GiB buffers = 5\.\d GiB; "
+        r"not downloaded and not fetched from the Hub: estimated from the registry's "
+        r"architecture numbers\); "
         r"the next, 14B Q5_K_M, needs 11\.\d GiB at 4096 tokens",
         r.stdout,
     ), r.stdout
