@@ -21,6 +21,10 @@ from typing import Any
 
 import pytest
 
+from tests.editors.received import completes as received_completes
+from tests.editors.received import lsp_messages
+from tests.editors.ring_cases import HELPERS, MODELS, SCENARIOS, sent_context
+from tests.editors.ring_cases import check as check_ring
 from tests.support.editor_window import check_window, natural_start, utf8_starts
 from tests.support.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.support.hub_stub import HubStub
@@ -500,21 +504,49 @@ def test_window_replaces_bytes_that_are_not_utf8(tmp_path: Path) -> None:
         assert suffix.startswith(" 中"), suffix
 
 
+# The ring of context chunks (vibrant.ring), language ids and file names, on cases judged here -
+
+RING_CASES = Path(__file__).resolve().parent / "nvim" / "ring_cases.lua"
+FILETYPES = ["python", "lua", "typescriptreact", "javascriptreact", "cpp", "c", "go", "rust",
+             "java", "sh", "python.django", "", "javascript.jsx"]  # fmt: skip
+
+
+def test_ring_and_what_a_request_names(tmp_path: Path) -> None:
+    """The ring drops near duplicates and chunks the window already holds, keeps at most 16,
+    oldest first (ring_cases); filetypes become VS Code's language ids; a file is named
+    relative to the working directory when inside it."""
+    cases = tmp_path / "cases.json"
+    names = [
+        [str(tmp_path / "pkg" / "models.py"), str(tmp_path)],
+        ["/elsewhere/x.py", str(tmp_path)],
+        [str(tmp_path) + "-other/y.py", str(tmp_path)],
+        ["", str(tmp_path)],
+    ]
+    cases.write_text(json.dumps({"scenarios": SCENARIOS, "filetypes": FILETYPES, "names": names}))
+    result = tmp_path / "ring.json"
+    env = base_env(tmp_path / "home", result)
+    env["VIBRANT_RING_CASES"] = str(cases)
+    proc = subprocess.run(
+        [nvim_binary(), "--clean", "-l", str(RING_CASES)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(result.read_text())
+    check_ring(out["scenarios"])
+    assert out["languages"] == ["python", "lua", "typescriptreact", "javascriptreact", "cpp",
+                                "c", "go", "rust", "java", "shellscript", "python", None,
+                                "javascriptreact"]  # fmt: skip
+    assert out["names"] == ["pkg/models.py", "/elsewhere/x.py", str(tmp_path) + "-other/y.py", None]
+
+
 # Typing in a real Neovim (tests/editors/nvim/typing.lua), with the bytes the server received ------
 
 TYPING_SCRIPT = SCRIPT.with_name("typing.lua")
 TEE = Path(__file__).resolve().parents[1] / "support" / "stdio_tee.py"
-
-
-def lsp_messages(raw: bytes) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an LSP byte stream; each body must be strict UTF-8."""
-    out = []
-    while raw:
-        header, _, rest = raw.partition(b"\r\n\r\n")
-        length = int(re.search(rb"Content-Length: (\d+)", header, re.I)[1])  # type: ignore[index]
-        body, raw = rest[:length], rest[length:]
-        out.append(json.loads(body.decode("utf-8")))  # raises on a broken character
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -524,6 +556,9 @@ def typing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     home.mkdir()
     registry = write_registry(tmp, [GEMMA_ENTRY])
     received = tmp / "received.bin"
+    (tmp / "pkg").mkdir()
+    (tmp / "pkg" / "helpers.py").write_text("\n".join(HELPERS) + "\n")
+    (tmp / "pkg" / "models.py").write_text("\n".join(MODELS) + "\n")
     with HubStub() as hub:
         hub.add_repo("test/gemma", {"gemma.gguf": gemma_path()})
         env = base_env(home, tmp / "result.json")
@@ -537,12 +572,13 @@ def typing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         )
         data = run_nvim(TYPING_SCRIPT, env, tmp, timeout=240)
     data["received"] = lsp_messages(received.read_bytes())
+    data["cwd"] = str(tmp)
     yield data
 
 
 def completes(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The vibrant/complete params the server received, in order."""
-    return [m["params"] for m in data["received"] if m.get("method") == "vibrant/complete"]
+    return received_completes(data["received"])
 
 
 def sent(record: dict[str, Any]) -> tuple[str, str]:
@@ -557,8 +593,8 @@ def test_typing_requests_arrive_whole_and_each_gets_an_answer(typing: dict[str, 
     records = [*typing["typing"], *typing["rows"]]
     for c in typing["cuts"]:
         records += [c["at_end"], c["at_start"]]
-    records.append(typing["ghost"]["suggestion"])
-    got = completes(typing)
+    records += [typing["ghost"]["suggestion"], typing["mid_line"]["suggestion"]]
+    got = completes(typing)[1:]  # the first: the automatic one before any download
     assert len(got) >= len(records)
     assert [(p["prompt"], p["suffix"]) for p in got[: len(records)]] == [sent(r) for r in records]
     assert [r.get("err") for r in records] == [None] * len(records)
@@ -628,6 +664,86 @@ def test_typed_through_keeps_showing_the_rest(typing: dict[str, Any]) -> None:
 @pytest.mark.llama
 @pytest.mark.hub
 def test_automatic_suggestion_after_a_pause(typing: dict[str, Any]) -> None:
+    """On by default (as llama.vim): once a model is downloaded, a pause asks by itself."""
+    assert typing["defaults"] == {"ghost_auto": True}  # and setup() gave no `auto`
     auto = typing["auto"]
+    assert auto["auto"] is True  # asked by the pause, not by the script
     assert auto.get("err") is None
     assert bytes.fromhex(auto["prompt"]).decode() == "def add(a, b):\n    return a"
+
+
+def overlap(text: str, rest: str) -> int:
+    """How much of the start of the line's rest the text ends with (a doubling)."""
+    return max((k for k in range(1, len(rest) + 1) if text.endswith(rest[:k])), default=0)
+
+
+@pytest.mark.llama
+@pytest.mark.hub
+def test_no_model_keeps_the_ghost_text_silent(typing: dict[str, Any]) -> None:
+    """With suggestions as you type on (the default) and no model downloaded: one request,
+    answered NotCached (the server downloads and loads nothing), no message, no ghost text,
+    and no more requests while the user types on; a finished download resumes them."""
+    nm = typing["no_model"]
+    assert nm["record"]["auto"] is True
+    assert nm["record"]["err"]["code"] == -31007, nm["record"]  # NotCached
+    # It names the model this machine gets, and its size.
+    assert re.match(
+        r"No model is downloaded; \S+ suits this machine \(.+ to fetch\)\.",
+        nm["record"]["err"]["message"],
+    )
+    assert nm["requests"] == 1  # typing on sent nothing more
+    assert nm["paused"]["code"] == -31007
+    assert nm["errors"] == [] and nm["marks"] == []
+    first = completes(typing)[0]
+    assert first["prompt"] == "def add(a, b):\n    return a" and "modelId" not in first
+    # No download started until :VibrantDownload, which resumed the suggestions.
+    downloads = [m for m in typing["received"] if m.get("method") == "vibrant/downloadModel"]
+    assert len(downloads) == 1
+    assert typing["received"].index(downloads[0]) > typing["received"].index(
+        next(m for m in typing["received"] if m.get("method") == "vibrant/complete")
+    )
+    assert nm["paused_after_download"] is None
+
+
+@pytest.mark.llama
+@pytest.mark.hub
+def test_request_carries_language_filename_and_context(typing: dict[str, Any]) -> None:
+    """What the server received for the mid-line suggestion in pkg/models.py: its language
+    and its name relative to the working directory, and the chunks of pkg/helpers.py that
+    the ring kept: the saved version (which replaced the nearly equal one picked on entering
+    the file), the yanked lines and the lines around the cursor it was left at; not the
+    chunk of pkg/models.py, which the window around the cursor holds."""
+    ring = typing["ring"]
+    assert ring["filetype"] == "python"
+    expected = sent_context()
+    # Held before the request: the same, and pkg/models.py's own chunk (the whole file).
+    assert ring["held"] == [*expected, ["pkg/models.py", "\n".join(MODELS) + "\n"]]
+    assert ring["sent"] == expected
+    mid = next(p for p in completes(typing) if p.get("filename") == "pkg/models.py")
+    assert mid["languageId"] == "python"
+    assert [[c["filename"], c["text"]] for c in mid["context"]] == expected
+    assert "multiline" not in mid  # the server decides, by the same rule
+    # The chunk picked on entering the file, before one of its lines changed, is gone.
+    assert ["pkg/helpers.py", "\n".join(HELPERS[:32]) + "\n"] not in ring["held"]
+
+
+@pytest.mark.llama
+@pytest.mark.hub
+def test_mid_line_ghost_text_is_one_line_that_doubles_nothing(typing: dict[str, Any]) -> None:
+    """At `print(|, name)` the ghost text is what the server returned, as it is: one line
+    (no virtual lines below it) that doubles nothing of the rest of the line."""
+    m = typing["mid_line"]
+    rest = m["rest"]
+    assert rest == ", name)"
+    result = m["result"]
+    text = result["text"]
+    tokens = result["usage"]["completionTokens"]
+    print(f"mid-line: {text!r} ({result['stopReason']}, {tokens} tokens)")
+    assert result["stopReason"] != "length", result
+    assert "\n" not in text
+    assert overlap(text, rest) == 0 and rest.strip() not in text, text
+    if text:
+        assert m["suggestion"]["shown"] == text  # shown as the server returned it
+        assert [mk["text"] for mk in m["marks"]] == [text] and m["virt_lines"] == [0]
+    else:
+        assert m["marks"] == []

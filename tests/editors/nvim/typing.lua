@@ -96,8 +96,19 @@ local function ghost_marks()
   return out
 end
 
+local function errors_since(n)
+  local out = {}
+  for i = n + 1, #R.notifications do
+    if R.notifications[i].level >= vim.log.levels.WARN then
+      out[#out + 1] = R.notifications[i].msg
+    end
+  end
+  return out
+end
+
 local function run()
   vim.o.autoindent = false -- a typed newline is only a newline
+  vim.cmd("filetype on")
   vibrant = require("vibrant")
   ghost = require("vibrant.ghost")
   vibrant.setup({
@@ -105,14 +116,41 @@ local function run()
     settings = { threads = 2, contextSize = 1024, keepAliveS = 0 },
     complete = { max_tokens = 8, temperature = 0, prefix_lines = 40, suffix_lines = 8, window_step = 16 },
   })
+
+  -- Suggestions as you type are on by default; with no model downloaded the server answers
+  -- NotCached (it downloads nothing), and the ghost text says nothing and stops asking.
+  R.defaults = { auto = vibrant.config().complete.auto, ghost_auto = ghost.defaults.auto }
+  set_buffer({ "def add(a, b):", "    return " }, 1, 11)
+  local n = #R.notifications
+  type_text("a")
+  wait_for(60000, function()
+    return #ghost.history > 0
+  end, "the automatic request without a model")
+  local first = ghost.history[1]
+  type_text(" +")
+  sleep(1000) -- several debounce periods
+  type_text(" b")
+  sleep(1000)
+  R.no_model = {
+    record = { prompt = hex(first.prompt), suffix = hex(first.suffix), auto = first.auto, err = first.err },
+    requests = #ghost.history,
+    paused = ghost.paused,
+    errors = errors_since(n),
+    marks = ghost_marks(),
+  }
+
+  vim.cmd("stopinsert")
   vim.cmd("VibrantDownload " .. model)
   wait_for(120000, function()
-    for _, n in ipairs(R.notifications) do
-      if n.msg:find("downloaded") or n.msg:find("failed") then
+    for _, m in ipairs(R.notifications) do
+      if m.msg:find("downloaded") or m.msg:find("failed") then
         return true
       end
     end
   end, "the download")
+  R.no_model.paused_after_download = ghost.paused or vim.NIL
+  -- The steps below ask by themselves (suggest()); the last one types with the default.
+  vibrant.config().complete.auto = false
 
   -- Typing é, 中 and 😀 deep in a file: the window's start stays on its line.
   local lines = {}
@@ -185,8 +223,62 @@ local function run()
     R.ghost.marks_after_accept = ghost_marks()
   end
 
-  -- Automatic suggestions: a pause after typing asks by itself.
-  vibrant.config().complete.auto = true
+  -- Context from other files, the language and the file's name; ghost text in mid-line.
+  -- pkg/helpers.py entered (a chunk around the cursor), one line changed and saved (a chunk
+  -- nearly the same: it replaces the first), a few lines yanked; then pkg/models.py, whose
+  -- own chunk is what the window around the cursor holds.
+  vim.cmd("stopinsert")
+  vim.cmd("edit! pkg/helpers.py")
+  sleep(300) -- BufEnter picks after 100 ms
+  vim.cmd("normal! 5GA  # changed")
+  vim.cmd("write")
+  vim.cmd("normal! 34GV38Gy")
+  vim.cmd("edit! pkg/models.py")
+  sleep(300)
+  local models = vim.api.nvim_buf_get_lines(0, 0, -1, false)
+  local row
+  for i, line in ipairs(models) do
+    if line:find("print(, name)", 1, true) then
+      row = i - 1
+    end
+  end
+  local col = #"    print("
+  vim.api.nvim_win_set_cursor(0, { row + 1, col })
+  vim.api.nvim_input("i")
+  wait_for(2000, function()
+    return vim.api.nvim_get_mode().mode == "i"
+  end, "insert mode")
+  vim.api.nvim_win_set_cursor(0, { row + 1, col })
+  R.ring = {
+    filetype = vim.bo.filetype,
+    held = vim.tbl_map(function(c)
+      return { c.filename, c.text }
+    end, require("vibrant.completion").ring.chunks),
+  }
+  local mid = suggest()
+  R.mid_line = {
+    suggestion = mid,
+    rest = vim.api.nvim_get_current_line():sub(col + 1),
+    marks = ghost_marks(),
+    virt_lines = (function()
+      local out = {}
+      local marks = vim.api.nvim_buf_get_extmarks(0, vim.api.nvim_get_namespaces()["vibrant.ghost"], 0, -1, { details = true })
+      for _, m in ipairs(marks) do
+        if m[4].virt_text then -- the display, not the anchor
+          out[#out + 1] = m[4].virt_lines and #m[4].virt_lines or 0
+        end
+      end
+      return out
+    end)(),
+    result = vibrant.state.last_completion,
+  }
+  R.ring.sent = vim.tbl_map(function(c)
+    return { c.filename, c.text }
+  end, require("vibrant.completion").ring.chunks)
+  ghost.dismiss()
+
+  -- Automatic suggestions (the default): a pause after typing asks by itself.
+  vibrant.config().complete.auto = nil
   set_buffer({ "def add(a, b):", "    return " }, 1, 11)
   local n = #ghost.history
   type_text("a")
@@ -194,7 +286,7 @@ local function run()
     return #ghost.history > n and ghost.history[#ghost.history].prompt ~= nil
   end, "the automatic suggestion")
   local auto = ghost.history[#ghost.history]
-  R.auto = { prompt = hex(auto.prompt), err = auto.err, shown = auto.shown }
+  R.auto = { prompt = hex(auto.prompt), err = auto.err, shown = auto.shown, auto = auto.auto }
   vibrant.config().complete.auto = false
 
   vim.cmd("stopinsert")

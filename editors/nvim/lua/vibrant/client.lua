@@ -178,7 +178,9 @@ local function start_client(cmd)
 end
 
 --- Run fn(err, client) once the client is initialized, starting the server if needed.
-function M.with_client(fn)
+--- `quiet`: a server that can't start is not told to the user (fn gets the error), for
+--- requests the user didn't ask for.
+function M.with_client(fn, quiet)
   local client = M.get()
   if client and client.initialized then
     fn(nil, client)
@@ -190,14 +192,18 @@ function M.with_client(fn)
   end
   local cmd, why = M.resolve_cmd()
   if not cmd then
-    util.notify("vibrant: cannot start the server: " .. why .. "\n" .. INSTALL_HINT, vim.log.levels.ERROR)
+    if not quiet then
+      util.notify("vibrant: cannot start the server: " .. why .. "\n" .. INSTALL_HINT, vim.log.levels.ERROR)
+    end
     flush_waiting(M.not_started(why))
     return
   end
   local id = start_client(cmd)
   if not id then
     local msg = "could not start " .. table.concat(cmd, " ")
-    util.notify("vibrant: " .. msg .. "\n" .. INSTALL_HINT, vim.log.levels.ERROR)
+    if not quiet then
+      util.notify("vibrant: " .. msg .. "\n" .. INSTALL_HINT, vim.log.levels.ERROR)
+    end
     flush_waiting(M.not_started(msg))
     return
   end
@@ -205,7 +211,8 @@ function M.with_client(fn)
   M.state.starts = M.state.starts + 1
 end
 
---- Send a request; cb(err, result). opts.on_id(request_id) gets the id (to cancel).
+--- Send a request; cb(err, result). opts.on_id(request_id) gets the id (to cancel);
+--- opts.quiet as in M.with_client.
 function M.request(name, params, cb, opts)
   M.with_client(function(err, client)
     if err then
@@ -223,7 +230,7 @@ function M.request(name, params, cb, opts)
     elseif opts and opts.on_id then
       opts.on_id(request_id)
     end
-  end)
+  end, opts and opts.quiet)
 end
 
 --- Cancel a request sent with M.request.

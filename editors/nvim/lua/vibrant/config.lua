@@ -23,6 +23,8 @@ M.defaults = {
     max_prefix_chars = 16000, -- text before the cursor sent as the prompt
     max_suffix_chars = 4000, -- text after the cursor sent as the suffix
   },
+  -- Chunks of other files sent with each completion (vibrant.ring): chunks = 0 sends none.
+  context = { chunks = 16, chunk_lines = 32 },
   -- On vibrant/updateAvailable: also offer "Update" through vim.ui.select (after the
   -- notification), once you are out of insert mode.
   update_prompt = true,

@@ -1,15 +1,31 @@
 -- Suggestions shown as ghost text (virtual text) at the cursor in insert mode. Typing the
 -- start of a suggestion keeps showing its rest at once, without asking the server again;
--- typing anything else drops it. With `complete.auto`, a pause in typing asks for one.
+-- typing anything else drops it. With `complete.auto` (the default, as in llama.vim), a
+-- pause in typing asks for one.
+--
+-- An automatic request never downloads anything (the server answers NotCached instead, and
+-- names the model and its size) and loads only a downloaded model: the one chosen, else the
+-- server's pick among those downloaded. It is the user's request that tells them what is
+-- wrong: an automatic one that fails says nothing and pauses the automatic suggestions
+-- until a download finishes, another model is chosen or the user asks (suggest(),
+-- :VibrantComplete), so that typing without a model never nags.
+local client = require("vibrant.client")
 local completion = require("vibrant.completion")
 local config = require("vibrant.config")
 
 local M = {}
 
 M.defaults = {
-  auto = false, -- suggest as you type (after debounce_ms without a keystroke)
+  auto = true, -- suggest as you type (after debounce_ms without a keystroke)
   debounce_ms = 150,
 }
+
+local CANCELLED = -32800
+
+--- Why automatic suggestions are paused (nil: they are not): { code, message, and what
+--- ends the pause when it changes: model (the model chosen then), last (the last completion
+--- the user's own requests got then) }.
+M.paused = nil
 
 local ns = vim.api.nvim_create_namespace("vibrant.ghost")
 vim.api.nvim_set_hl(0, "VibrantGhost", { link = "Comment", default = true })
@@ -108,7 +124,8 @@ end
 local attached = false
 
 --- Ask for a suggestion at the cursor and show it as ghost text. cb(err, record).
-function M.suggest(cb)
+--- `auto`: asked by a pause in typing, not by the user (see the top of this file).
+function M.suggest(cb, auto)
   if not attached then
     M.attach()
   end
@@ -119,13 +136,17 @@ function M.suggest(cb)
   end
   local this = { buf = buf, tick = vim.api.nvim_buf_get_changedtick(buf) }
   pending = this
-  local record = { prompt = ctx.prompt, suffix = ctx.suffix, start_row = ctx.start_row }
+  local record = { prompt = ctx.prompt, suffix = ctx.suffix, start_row = ctx.start_row, auto = auto or nil }
   this.req = completion.request(ctx, function(err, result)
     if pending == this then
       pending = nil
     end
     record.err = err
     remember(record)
+    if err and err.code ~= CANCELLED and auto then
+      local state = client.state
+      M.paused = { code = err.code, message = err.message, model = state.model, last = state.last_completion }
+    end
     if not err then
       local text = result.text or ""
       record.text = text
@@ -147,7 +168,7 @@ function M.suggest(cb)
     if cb then
       cb(err, record)
     end
-  end)
+  end, auto)
 end
 
 --- Insert the suggestion's rest at the cursor. Returns whether there was one: a mapping
@@ -182,16 +203,21 @@ local function on_text_changed()
     return
   end
   local o = opts()
-  if not o.auto then
+  if not o.auto or vim.bo.buftype ~= "" then
+    return -- a prompt, a terminal, a scratch list: not code
+  end
+  local paused = M.paused
+  if paused and paused.model == client.state.model and paused.last == client.state.last_completion then
     return
   end
+  M.paused = nil -- another model was chosen since, or a request of the user's was answered
   if timer then
     timer:stop()
   end
   timer = timer or vim.uv.new_timer()
   timer:start(o.debounce_ms, 0, vim.schedule_wrap(function()
     if vim.api.nvim_get_mode().mode:match("^i") and not current then
-      M.suggest()
+      M.suggest(nil, true)
     end
   end))
 end
@@ -205,6 +231,16 @@ function M.attach()
     group = group,
     callback = function()
       follow()
+    end,
+  })
+  -- A model downloaded: worth asking again.
+  vim.api.nvim_create_autocmd("User", {
+    group = group,
+    pattern = "VibrantDownloadProgress",
+    callback = function(ev)
+      if type(ev.data) == "table" and ev.data.state == "done" then
+        M.paused = nil
+      end
     end,
   })
   vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {

@@ -21,6 +21,7 @@ function M.setup(opts)
   config.set(opts)
   commands.define()
   ghost.attach()
+  completion.collect(config.options.context)
   return M
 end
 
