@@ -27,6 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests.editors.received import completes, lsp_messages
+from tests.editors.ring_cases import HELPERS, MODELS, SCENARIOS, sent_context
+from tests.editors.ring_cases import check as check_ring
 from tests.support.editor_window import (
     check_window,
     natural_start,
@@ -167,6 +170,19 @@ def test_vscode_extension(tmp_path: Path) -> None:
             }
         )
     )
+    # The workspace the suite opens, with the files of its context test.
+    workspace = tmp_path / "workspace"
+    (workspace / "pkg").mkdir(parents=True)
+    (workspace / "pkg" / "helpers.py").write_text("\n".join(HELPERS) + "\n")
+    (workspace / "pkg" / "models.py").write_text("\n".join(MODELS) + "\n")
+    # The server behind tests/support/stdio_tee.py, which keeps the bytes it received.
+    received = tmp_path / "received.bin"
+    server = tmp_path / "vibrant-rpc-tee"
+    server.write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "support" / "stdio_tee.py"}" '
+        f'"{received}" -- "{Path(sys.executable).parent / "vibrant-rpc"}" "$@"\n'
+    )
+    server.chmod(0o755)
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
     ARTIFACTS.mkdir(parents=True)
@@ -187,7 +203,7 @@ def test_vscode_extension(tmp_path: Path) -> None:
     )
     env.pop("HF_HUB_OFFLINE", None)
     settings = {
-        "vibrant.serverPath": str(Path(sys.executable).parent / "vibrant-rpc"),
+        "vibrant.serverPath": str(server),
         "vibrant.contextSize": 1024,
         "vibrant.threads": 2,
         "vibrant.inlineCompletions.maxTokens": 24,
@@ -199,7 +215,7 @@ def test_vscode_extension(tmp_path: Path) -> None:
             "--env",
             os.environ.get("VIBRANT_VSCODE_ENV", str(ROOT / ".cache" / "vscode-test-env")),
             "--workspace",
-            str(tmp_path / "workspace"),
+            str(workspace),
             "--state",
             str(tmp_path / "code-server"),
             "--artifacts",
@@ -235,6 +251,18 @@ def test_vscode_extension(tmp_path: Path) -> None:
     assert "all " in suite and " tests passed" in suite
     shot = ARTIFACTS / "download-notification.png"
     assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot of the download"
+
+    # What the server received: each completion names its language and file; the one from
+    # pkg/models.py carries the chunks of pkg/helpers.py the ring kept (the suite entered,
+    # changed and saved it, copied lines of it, and left it), not the multiline decision.
+    sent = completes(lsp_messages(received.read_bytes()))
+    assert sent and all(p["languageId"] and p["filename"] for p in sent), sent[:1]
+    assert {p["languageId"] for p in sent} >= {"python", "plaintext"}
+    mid = [p for p in sent if p["filename"] == "pkg/models.py"]
+    assert mid, [p["filename"] for p in sent]
+    assert mid[0]["languageId"] == "python"
+    assert [[c["filename"], c["text"]] for c in mid[0]["context"]] == sent_context()
+    assert all("multiline" not in p for p in sent)
 
 
 # The request's window (editors/vscode/src/window.ts) under Node, on cases judged here ----
@@ -385,3 +413,16 @@ def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
     last = results[-1]
     assert last["prompt"].endswith("a\ufffd b\n\ufffd"), last["prompt"][-10:]
     assert last["suffix"].startswith(" c\n"), last["suffix"][:10]
+
+
+def test_ring_drops_near_duplicates_and_what_the_window_holds(tmp_path: Path) -> None:
+    """src/ring.ts under Node on tests/editors/ring_cases.py: the answers the Neovim ring
+    gives too (near duplicates replaced, chunks mostly in the window evicted, 16 at most,
+    oldest first, whole lines within the caps)."""
+    if not (EXT / "node_modules" / "typescript").is_dir():
+        _run(["npm", "ci", "--loglevel=error"], EXT, timeout=600)
+    _run(["npx", "--no-install", "tsc", "-p", "."], EXT, timeout=300)
+    cases, result = tmp_path / "cases.json", tmp_path / "ring.json"
+    cases.write_text(json.dumps({"scenarios": SCENARIOS}))
+    _run(["node", "out/test/ring-cases.js", str(cases), str(result)], EXT, timeout=120)
+    check_ring(json.loads(result.read_text())["scenarios"])

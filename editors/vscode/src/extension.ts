@@ -11,6 +11,7 @@ import {
     updateModel,
 } from './commands';
 import type { ServerClient } from './client';
+import { ContextChunks } from './contextChunks';
 import { InlineProvider } from './inline';
 import type { StatusBar } from './statusBar';
 import type { Ui } from './ui';
@@ -34,10 +35,14 @@ export function activate(context: vscode.ExtensionContext): VibrantApi {
     // Nothing here starts the server: it starts with the first command or completion.
     const vibrant = new Vibrant();
     instance = vibrant;
-    const inline = new InlineProvider(vibrant);
+    const chunks = new ContextChunks();
+    const inline = new InlineProvider(vibrant, chunks.ring);
     context.subscriptions.push(
         vibrant,
+        chunks,
         inline,
+        vscode.commands.registerCommand('vibrant.copy', () => chunks.copy(false)),
+        vscode.commands.registerCommand('vibrant.cut', () => chunks.copy(true)),
         vibrant.client.onUpdateAvailable((u) => onUpdateAvailable(vibrant, u)),
         vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, inline),
         vscode.commands.registerCommand('vibrant.selectModel', (id?: string) => selectModel(vibrant, id)),

@@ -2,7 +2,9 @@
 import * as vscode from 'vscode';
 import { ResponseError } from 'vscode-languageclient/node';
 import { currentModel } from './commands';
-import { CompleteParams, CompleteResult, ErrorCodes as ErrorCode } from './protocol';
+import { documentName } from './contextChunks';
+import { CompleteParams, CompleteResult, ContextFile, ErrorCodes as ErrorCode } from './protocol';
+import type { Ring } from './ring';
 import { isCancelled, Vibrant } from './vibrant';
 import { computeWindow, ContextWindow, DEFAULT_WINDOW, WindowOptions } from './window';
 
@@ -12,6 +14,10 @@ export interface CompletionRecord {
     suffix: string;
     /** The window's first line (it moves only every `windowStepLines` lines). */
     startLine: number;
+    /** What else the request said: the document's language and name, chunks of other files. */
+    languageId?: string;
+    filename?: string;
+    context?: ContextFile[];
     result?: CompleteResult;
     error?: string;
     cancelled?: boolean;
@@ -87,7 +93,11 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
     /** Each request's record as it ends: answered, failed, cancelled or typed through. */
     readonly onDidComplete = this.completed.event;
 
-    constructor(private readonly vibrant: Vibrant) {}
+    constructor(
+        private readonly vibrant: Vibrant,
+        /** Chunks of other files sent with each request (src/contextChunks.ts fills it). */
+        private readonly ring: Ring,
+    ) {}
 
     async provideInlineCompletionItems(
         document: vscode.TextDocument,
@@ -125,16 +135,30 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
             if (cts.token.isCancellationRequested) {
                 return undefined;
             }
+            // `multiline` is left out: the server decides one line or several by its rule
+            // (several only at the end of a line or on an empty one, outside a line comment),
+            // from the same text, with each language's line comment and strings, which the
+            // shims would have to copy, and keep in step, to decide it themselves.
+            const { languageId } = document;
+            const filename = documentName(document);
             const params: CompleteParams = {
                 prompt,
                 suffix,
                 maxTokens: cfg.get<number>('inlineCompletions.maxTokens', 64),
+                languageId,
+                filename,
             };
+            const chunks = this.ring.context(prompt + suffix);
+            if (chunks.length > 0) {
+                params.context = chunks;
+            }
             const model = currentModel();
             if (model) {
                 params.modelId = model;
             }
-            const record: CompletionRecord = { uri, prompt, suffix, startLine: w.startLine };
+            const record: CompletionRecord = {
+                uri, prompt, suffix, startLine: w.startLine, languageId, filename, context: chunks,
+            };
             try {
                 record.result = await this.vibrant.client.request<CompleteResult>('vibrant/complete', params, cts.token);
             } catch (err) {

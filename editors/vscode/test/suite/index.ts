@@ -386,6 +386,63 @@ const tests: Test[] = [
         }
     }],
 
+    ['mid-line ghost text is one line that doubles nothing; the request carries the file and chunks of others', async (api, hooks) => {
+        const root = vscode.workspace.workspaceFolders?.[0]?.uri;
+        assert.ok(root, 'no workspace folder is open');
+        // pkg/helpers.py entered (a chunk around the cursor), line 5 changed and saved (a chunk
+        // nearly the same, which replaces the first), lines 34-38 copied, left from line 34.
+        const helpersDoc = await vscode.workspace.openTextDocument(vscode.Uri.joinPath(root, 'pkg', 'helpers.py'));
+        const helpers = await vscode.window.showTextDocument(helpersDoc);
+        await sleep(100);
+        await helpers.edit((e) => e.insert(helpersDoc.lineAt(4).range.end, '  # changed'));
+        assert.ok(await helpersDoc.save(), 'pkg/helpers.py was not saved');
+        helpers.selection = new vscode.Selection(33, 0, 37, helpersDoc.lineAt(37).text.length);
+        // Copy as Ctrl+C would (the editor's own copy may wait on the browser's clipboard).
+        await Promise.race([vscode.commands.executeCommand('vibrant.copy'), sleep(3000)]);
+        helpers.selection = new vscode.Selection(33, 0, 33, 0);
+        // pkg/models.py: its own chunk is what the window around the cursor holds.
+        const doc = await vscode.workspace.openTextDocument(vscode.Uri.joinPath(root, 'pkg', 'models.py'));
+        const editor = await vscode.window.showTextDocument(doc);
+        await sleep(100);
+        let row = 0;
+        while (!doc.lineAt(row).text.includes('print(, name)')) {
+            row++;
+        }
+        const col = '    print('.length;
+        const rest = doc.lineAt(row).text.slice(col);
+        editor.selection = new vscode.Selection(row, col, row, col);
+        const editorCfg = vscode.workspace.getConfiguration('editor');
+        await editorCfg.update('inlineSuggest.enabled', true, vscode.ConfigurationTarget.Global);
+        try {
+            const since = hooks.completions.length;
+            await vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
+            const record = await waitFor('the mid-line completion', () =>
+                hooks.completions.slice(since).find((r) => r.uri === doc.uri.toString() && !r.cancelled && !r.typedThrough), 90000);
+            assert.ok(record.result, `the completion failed: ${record.error}`);
+            const text = record.result.text;
+            log(`mid-line at print(|${rest}: ${JSON.stringify(text)} (${record.result.stopReason}, ${record.result.usage.completionTokens} tokens); sent ${record.languageId} ${record.filename} with ${record.context?.length} chunks`);
+            assert.strictEqual(record.languageId, 'python');
+            assert.strictEqual(record.filename, 'pkg/models.py');
+            assert.deepStrictEqual(record.context?.map((c) => c.filename), ['pkg/helpers.py', 'pkg/helpers.py', 'pkg/helpers.py']);
+            assert.ok(!text.includes('\n'), 'a mid-line suggestion runs over several lines');
+            assert.ok(!text.includes(rest.trim()), 'the suggestion doubles the rest of the line');
+            for (let k = 1; k <= rest.length; k++) {
+                assert.ok(!text.endsWith(rest.slice(0, k)), `the suggestion ends with the start of ${JSON.stringify(rest)}`);
+            }
+            if (text.trim() !== '') {
+                assert.strictEqual(record.shown, text, 'shown as the server returned it');
+                // Tab: the line is the text before, the suggestion, and the rest, once.
+                await sleep(300);
+                await vscode.commands.executeCommand('editor.action.inlineSuggest.commit');
+                await waitFor('the accepted suggestion', () => doc.lineAt(row).text !== '    print(' + rest, 5000);
+                assert.strictEqual(doc.lineAt(row).text, '    print(' + text + rest);
+            }
+        } finally {
+            await editorCfg.update('inlineSuggest.enabled', false, vscode.ConfigurationTarget.Global);
+            await vscode.commands.executeCommand('workbench.action.files.revert');
+        }
+    }],
+
     ['Show Cache shows usage', async (api, hooks) => {
         const shown = vscode.commands.executeCommand<CacheStatsResult | undefined>('vibrant.showCache');
         const qp = await waitFor('the cache quick pick', () => {
