@@ -24,7 +24,7 @@ LAYERS: list[str] = [
     "cache",
     "inference",
     "fit",
-    "completion | download",
+    "completion | download | engines",
     "protocol",
     "app",
     "service",

@@ -31,9 +31,7 @@ FACES = {
         "detect_gpus", "estimate", "fit_model", "header_for", "load_request", "read_memory",
         "select_model",
     ],
-    "vibrant_rpc.completion": [
-        "Completer", "Lifecycle", "StateChange", "TypedThrough",
-    ],
+    "vibrant_rpc.completion": ["Completer", "Lifecycle", "StateChange", "TypedThrough"],
     "vibrant_rpc.completion.pipeline": [
         "DEFAULT_MS", "RULES", "Cursor", "Language", "Pipeline", "apply", "cursor_at",
         "language_for",
@@ -42,6 +40,11 @@ FACES = {
         "DownloadJobs", "DownloadResult", "Downloader", "HubClient", "Progress",
         "ProgressCallback", "Reporter", "Sources", "Ticket", "UpdateCheck", "UpdateInfo",
         "UpdateSchedule", "Updates", "open_hub",
+    ],
+    "vibrant_rpc.engines": [
+        "Engine", "EngineAnswer", "EngineStatus", "FimTemplate", "Routed", "ServeSpec",
+        "Supervisor", "engine_key", "laptop_setting", "render", "route", "serve_args",
+        "template_for",
     ],
     "vibrant_rpc.cli": ["main"],
 }  # fmt: skip
@@ -58,6 +61,15 @@ def test_the_face_is_pinned_and_every_name_resolves(package: str) -> None:
 def test_the_download_face_costs_nothing_until_a_name_is_used() -> None:
     code = (
         "import sys, vibrant_rpc.download as d; before = 'httpx' in sys.modules; d.Downloader; "
+        "print(before, 'httpx' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"], out.stdout + out.stderr
+
+
+def test_the_engines_face_costs_nothing_until_a_name_is_used() -> None:
+    code = (
+        "import sys, vibrant_rpc.engines as e; before = 'httpx' in sys.modules; e.Engine; "
         "print(before, 'httpx' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -18,7 +18,7 @@ import msgspec
 
 from .cache.manifest import ManifestEntry, ModelVersion
 from .cache.store import Cache, CacheStats, PartialDownload, RemovalResult
-from .config import Settings, read_settings
+from .config import LOCAL_ENGINE, Settings, read_settings
 from .download.progress import ProgressCallback
 from .errors import VibrantError
 from .fit.estimate import EstimateOptions, estimate
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .download.downloader import Downloader, DownloadResult
     from .download.sources import HeaderHub
     from .download.updates import UpdateCheck, Updates
+    from .engines.engine import Engine, EngineStatus
     from .fit.headers import HeaderStore, KnownHeader
 
 
@@ -166,7 +167,11 @@ class Vibrant:
             # so the order doesn't move with the RAM.
             order = estimate(known.header, EstimateOptions(context=4096)).cpu_bytes
             return Need(
-                bytes=f.ram_needed_bytes, order=order, breakdown=f.breakdown, context=f.context
+                bytes=f.ram_needed_bytes,
+                order=order,
+                breakdown=f.breakdown,
+                context=f.context,
+                note=known.note,
             )
 
         return need
@@ -327,6 +332,36 @@ class Vibrant:
             hub_factory=lambda: open_hub(s.sources, s.token_sources, s.trusted_sources),
             reuse=Reuse(roots=roots),
         )
+
+    @cached_property
+    def engine(self) -> Engine | None:
+        """The engine completions go to (the ``engine`` setting); None: this machine's.
+        Built on first use (httpx, and its key read from where the settings point); a
+        key that can't be read raises its ConfigError at each use."""
+        name = self.settings.engine
+        if name == LOCAL_ENGINE:
+            return None
+        from .engines.engine import Engine
+
+        return Engine(name, self.settings.engines[name])
+
+    def engine_status(self, ask: bool) -> EngineStatus | None:
+        """The engine completions go to, as last seen (memory only), or ``ask``ed now
+        (the network); None: this machine's. Never raises: a key that can't be read is
+        the status's error."""
+        name = self.settings.engine
+        if name == LOCAL_ENGINE:
+            return None
+        try:
+            engine = self.engine
+        except VibrantError as err:
+            from .engines.engine import EngineStatus
+
+            s = self.settings.engines[name]
+            return EngineStatus(name=name, url=s.url, kind=s.kind, model=s.model,
+                                healthy=False, error=err.message, fallback=s.fallback)  # fmt: skip
+        assert engine is not None
+        return engine.health() if ask else engine.status()
 
     @cached_property
     def updates(self) -> Updates:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import psutil
@@ -17,6 +18,40 @@ from .units import parse_size
 
 def _physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An inference server completions can go to (``[engines.<name>]``; docs/engines.md).
+    The key is named here (an environment variable or a file), never written here."""
+
+    url: str  # http(s)://host:port of llama-server or an OpenAI-compatible server
+    # "llama-server" (/infill, /completion) or "openai" (/v1/completions); None: probed.
+    kind: Literal["llama-server", "openai"] | None = None
+    api_key_env: str | None = None  # the environment variable that holds the key
+    api_key_file: str | None = None  # a file whose first line is the key (~ expanded)
+    # "local": the local model answers when the engine can't be reached; None: an error.
+    fallback: Literal["local"] | None = None
+    model: str | None = None  # the served model to ask for; None: the one it serves
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3.0
+    # A cold load on the engine can take a minute: the first token is waited for longer.
+    first_token_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    token_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0  # between two pieces
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.url)
+        if "@" in url.netloc:
+            # A key in the URL would travel into logs and error messages.
+            raise ValueError("url carries credentials: name the key in api_key_env or api_key_file")
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url {self.url!r} is not http(s)://host:port")
+        if url.query or url.fragment:
+            raise ValueError(f"url {self.url!r} has a query or fragment")
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("api_key_env and api_key_file both set: name one")
+
+
+# What the ``engine`` setting names when completions stay on this machine.
+LOCAL_ENGINE = "local"
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -53,6 +88,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # be had (unreachable, or the model is only on the mirror); any other mirror's word
     # never sets what its bytes are checked against.
     trusted_sources: list[str] = []
+    # Which engine completions go to: "local" (this machine's llama.cpp) or a name in
+    # ``engines``; and the llama-server that `vibrant model serve` runs (None: on PATH).
+    engine: str = LOCAL_ENGINE
+    engines: dict[str, EngineSettings] = {}
+    llama_server: str | None = None
 
 
 _FIELDS = {f.name for f in msgspec.structs.fields(Settings)}
@@ -64,6 +104,7 @@ def _camel(name: str) -> str:
 
 
 _CAMEL = {_camel(n): n for n in _FIELDS}
+_SNAKE = {_camel(f.name): f.name for f in msgspec.structs.fields(EngineSettings)}
 
 
 def _one(name: str, value: Any) -> Any:
@@ -85,11 +126,39 @@ def _normalise(raw: dict[str, Any], source: str, warnings: list[str]) -> dict[st
                 + ")."
             )
             continue
+        if name == "engines":
+            out[name] = _engines(value, source, warnings)
+            continue
         try:
             out[name] = _one(name, value)
         except (ValueError, msgspec.ValidationError) as err:
             reason = validation_problem(err).reason
             warnings.append(f"{source}: setting {key!r} = {value!r} ignored: {reason}.")
+    return out
+
+
+def _engines(raw: Any, source: str, warnings: list[str]) -> dict[str, EngineSettings]:
+    """Each engine checked alone; a refusal never echoes a value (one might be a key)."""
+    if not isinstance(raw, dict):
+        warnings.append(f"{source}: setting 'engines' ignored: a table of engines by name.")
+        return {}
+    out: dict[str, EngineSettings] = {}
+    for name, fields in raw.items():
+        if name == LOCAL_ENGINE or not isinstance(fields, dict):
+            warnings.append(f"{source}: engines.{name} ignored: not a table of settings, or "
+                            f"named {LOCAL_ENGINE!r} (this machine's own engine).")  # fmt: skip
+            continue
+        # initializationOptions write an engine's fields in camelCase too (apiKeyEnv).
+        fields = {_SNAKE.get(k, k): v for k, v in fields.items()}
+        if {"api_key", "apiKey", "key", "token"} & fields.keys():
+            warnings.append(f"{source}: engines.{name} ignored: a key is never written in "
+                            "the settings; name it with api_key_env or api_key_file.")  # fmt: skip
+            continue
+        try:
+            out[name] = msgspec.convert(fields, EngineSettings)
+        except msgspec.ValidationError as err:
+            reason = validation_problem(err).reason
+            warnings.append(f"{source}: engines.{name} ignored: {reason}.")
     return out
 
 
@@ -108,7 +177,15 @@ def read_settings(
         else:
             merged.update(_normalise(raw, str(config_file), warnings))
     if overrides:
-        merged.update(_normalise(overrides, "editor settings", warnings))
+        editor = _normalise(overrides, "editor settings", warnings)
+        # An editor's engines add to (or replace by name) those in config.toml.
+        editor["engines"] = {**merged.get("engines", {}), **editor.get("engines", {})}
+        merged.update(editor)
+    engine = merged.get("engine", LOCAL_ENGINE)
+    if engine != LOCAL_ENGINE and engine not in merged.get("engines", {}):
+        warnings.append(f"setting 'engine' = {engine!r} ignored: no [engines.{engine}] "
+                        f"(known: {', '.join(merged.get('engines', {})) or 'none'}).")  # fmt: skip
+        merged["engine"] = LOCAL_ENGINE
     return msgspec.convert(merged, Settings), warnings
 
 

@@ -21,6 +21,10 @@ unchanged. The CLI prints ``message`` and ``hint`` and exits 1; the server answe
     │   ├── DiskFullError            -31011   DiskFull          the disk itself is full
     │   ├── ModelInUseError          -31012   ModelInUse
     │   ├── RegistryError            -31013   RegistryError     a user registry entry refused
+    │   ├── EngineError              -31020   EngineError       the team's engine answered an error
+    │   │   ├── EngineUnreachableError -31021 EngineUnreachable no answer from its host:port
+    │   │   ├── EngineKeyRefusedError  -31022 EngineKeyRefused  401/403: the key is wrong or missing
+    │   │   └── ModelNotServedError    -31023 ModelNotServed    the engine serves another model
     │   ├── ConfigError              -31014   ConfigError       a setting refused
     │   └── GGUFFormatError          (its parent's)             not a GGUF header we can read
     ├── Cancelled                    -32800   Cancelled         the user stopped it: not a failure
@@ -205,6 +209,38 @@ class ConfigError(VibrantError):
 
     code = -31014
     kind = "ConfigError"
+
+
+class EngineError(VibrantError):
+    """The engine completions go to (``engine`` in the settings) answered with an error;
+    ``message`` carries the engine's own words, ``data.engine`` its name."""
+
+    code = -31020
+    kind = "EngineError"
+
+
+class EngineUnreachableError(EngineError):
+    """The engine could not be reached at its host:port (refused, timed out, or gone in
+    the middle of an answer). With ``fallback = "local"`` the local model answers instead."""
+
+    code = -31021
+    kind = "EngineUnreachable"
+
+
+class EngineKeyRefusedError(EngineError):
+    """The engine answered 401/403: the key (``api_key_env``/``api_key_file``) is wrong
+    or missing. The key itself is never in the message."""
+
+    code = -31022
+    kind = "EngineKeyRefused"
+
+
+class ModelNotServedError(EngineError):
+    """The model asked for (the engine's ``model`` setting) is not one the engine serves;
+    ``data.served`` lists those it does."""
+
+    code = -31023
+    kind = "ModelNotServed"
 
 
 class GGUFFormatError(VibrantError):

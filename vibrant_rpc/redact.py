@@ -29,10 +29,24 @@ _TOKEN = re.compile(r"hf_(?<!\whf_)[A-Za-z0-9]{8,}\b")
 HIDDEN = "***"
 
 
+# Keys this process read (an engine's api_key_env or api_key_file): hidden wherever they
+# appear. A key shorter than this would hide common words, and no real key is that short.
+_SECRETS: set[str] = set()
+SECRET_MIN_LENGTH = 8
+
+
+def add_secret(value: str) -> None:
+    if len(value) >= SECRET_MIN_LENGTH:
+        _SECRETS.add(value)
+
+
 def redact(text: str) -> str:
     # The substring tests skip a search where its literal is absent (10 MB in a few ms).
     if "://" in text:
         text = _redact_credentials(text)
+    for secret in _SECRETS:  # str.replace: linear in the text, per key
+        if secret in text:
+            text = text.replace(secret, HIDDEN)
     return _TOKEN.sub(HIDDEN, text) if "hf_" in text else text
 
 

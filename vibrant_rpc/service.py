@@ -25,7 +25,7 @@ from .app import ModelStatus, Vibrant
 from .completion.completer import Answer, Completer
 from .completion.lifecycle import Completion, Lifecycle, StateChange
 from .completion.pipeline import Pipeline
-from .config import Settings
+from .config import LOCAL_ENGINE, Settings
 from .download.jobs import DownloadJobs, Ticket
 from .download.progress import Progress
 from .inference.model import CompletionRequest
@@ -36,6 +36,7 @@ from .registry import ModelInfo
 if TYPE_CHECKING:
     from .download.downloader import DownloadResult
     from .download.updates import UpdateInfo
+    from .engines.routing import Answered
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ def complete_result(answered: Answer[Any], stop: p.StopReason) -> p.CompleteResu
     )
 
 
+class Note(msgspec.Struct, frozen=True):
+    """What the wire says of a completion besides its text (kept with a suggestion)."""
+
+    stop_reason: p.StopReason
+    engine: str  # which engine wrote it
+    fallback_reason: str | None  # why the local model did, when an engine was asked
+
+
 class Service:
     def __init__(
         self,
@@ -171,6 +180,8 @@ class Service:
         assert self._pool is not None
         self._pool.submit(self._clean_stale_partials)  # requests need not wait for it
         self._pool.submit(self._warm_up_runtime)
+        if self.app.settings.engine != LOCAL_ENGINE:
+            self._pool.submit(self.engine_info, True)  # the status knows its health early
         self._check_updates_in(self.app.settings.update_check_delay_s)
 
     def _clean_stale_partials(self) -> None:
@@ -234,6 +245,7 @@ class Service:
         if self._timer is not None:
             self._timer.cancel()
         self.downloads.cancel_all()
+        self.completer.cancel_running()  # a completion streaming from an engine ends with it
         self.lifecycle.close()
 
     # -- models ------------------------------------------------------------------------
@@ -244,6 +256,7 @@ class Service:
         return p.ListModelsResult(
             models=[model_entry(s, loaded) for s in listing.models],
             recommended=listing.selection.model_id if listing.selection else None,
+            engine=self.engine_info(ask=True),
         )
 
     def model_info(self, params: p.ModelInfoParams) -> p.ModelEntry:
@@ -356,6 +369,7 @@ class Service:
             error=snap.error,
             downloads=[download_progress(d) for d in self.downloads.active()],
             plan=wire(snap.plan, p.FitResult) if snap.plan else None,
+            engine=self.engine_info(ask=False),
         )
 
     def complete(
@@ -388,10 +402,14 @@ class Service:
             on_text: Callable[[str], None] | None,
             cancel: threading.Event,
             on_change: Callable[[StateChange], None] | None,
-        ) -> tuple[Completion, p.StopReason]:
-            done = self.lifecycle.complete(req, params.model_id, on_text, cancel, on_change)
-            return done, stop_reason(pipeline, done.result.finish_reason)
+        ) -> tuple[Completion, Note]:
+            done, engine, fallback_reason = self._answer(req, params, on_text, cancel, on_change)
+            said = Note(stop_reason(pipeline, done.result.finish_reason), engine, fallback_reason)
+            return Completion(
+                result=done.result, model_id=done.model_id, load_ms=done.load_ms
+            ), said
 
+        engine = self.engine_info(ask=False)
         answered = self.completer.complete(
             req,
             answer,
@@ -401,8 +419,14 @@ class Service:
             on_text=on_text,
             cancel=cancel,
             on_change=on_change,
+            typed_model=engine.model if engine else None,  # an engine's suggestion is its model's
         )
-        return complete_result(answered, answered.note)
+        note = answered.note
+        return msgspec.structs.replace(
+            complete_result(answered, note.stop_reason),
+            engine=note.engine,
+            fallback_reason=None if answered.typed_through else note.fallback_reason,
+        )
 
     def _pipeline(self, params: p.CompleteParams) -> Pipeline:
         return Pipeline.for_request(
@@ -414,3 +438,34 @@ class Service:
             stops=list(params.stop),
             time_budget_ms=self.app.settings.completion_time_budget_ms,
         )
+
+    def _answer(
+        self,
+        req: CompletionRequest,
+        params: p.CompleteParams,
+        on_text: Callable[[str], None] | None,
+        cancel: threading.Event,
+        on_change: Callable[[StateChange], None] | None,
+    ) -> tuple[Answered, str, str | None]:
+        """The completion, which engine wrote it, and why the local model did when the
+        settings name an engine (``engines.routing``: it could not be reached)."""
+
+        def local(begun: str = "", to: Callable[[str], None] | None = on_text) -> Completion:
+            asked = req
+            if begun:  # continue what the engine sent, through a pipeline of its own
+                more = msgspec.structs.replace(params, prompt=params.prompt + begun)
+                pipeline = None if params.raw else self._pipeline(more)
+                asked = msgspec.structs.replace(req, prompt=more.prompt, text_filter=pipeline)
+            return self.lifecycle.complete(asked, params.model_id, to, cancel, on_change)
+
+        engine = self.app.engine
+        if engine is None:
+            return local(), LOCAL_ENGINE, None
+        from .engines.routing import route
+
+        routed = route(engine, req, on_text, cancel, local)
+        return routed, routed.engine, routed.fallback_reason
+
+    def engine_info(self, ask: bool) -> p.EngineInfo | None:
+        status = self.app.engine_status(ask)
+        return wire(status, p.EngineInfo) if status is not None else None

@@ -82,6 +82,7 @@ class LlamaServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log = tmp / f"llama-server-{self.port}.log"
         args = [str(build()), "-m", str(model), "-c", str(context * parallel), "-t", "2",
                 "--host", "127.0.0.1", "--port", str(self.port), "-np", str(parallel),
@@ -115,6 +116,19 @@ class LlamaServer:
         response.raise_for_status()
         slots: list[dict[str, Any]] = response.json()
         return slots
+
+    def held(self, slot: int = 0) -> int:
+        """Tokens the slot's cache holds: its last prompt and what it generated after it
+        (so, less the prompt, how far a cancelled completion went on)."""
+        (found,) = [s for s in self.slots() if s["id"] == slot]
+        return int(found["n_prompt_tokens"])
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens ``/completion`` evaluates for ``prompt`` (BOS included)."""
+        response = httpx.post(f"{self.url}/tokenize", headers=self.headers(), timeout=10,
+                              json={"content": prompt, "add_special": True})  # fmt: skip
+        response.raise_for_status()
+        return len(response.json()["tokens"])
 
     def busy(self) -> bool:
         return any(s.get("is_processing") for s in self.slots())

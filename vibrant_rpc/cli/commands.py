@@ -23,6 +23,7 @@ from ..redact import RedactingFilter
 from ..states import Auto
 from ..units import parse_duration, parse_size
 from . import render
+from .serve import add_serve
 
 if TYPE_CHECKING:
     from ..download.downloader import DownloadResult
@@ -117,6 +118,8 @@ def cmd_list(ctx: Context) -> int:
             ctx.out.print(f"This machine: {reason}.", markup=False, soft_wrap=True)
         else:
             ctx.out.print(f"This machine: {listing.unselected}", markup=False)
+        if (engine := ctx.app.engine_status(ask=True)) is not None:
+            ctx.out.print(render.engine_line(engine), markup=False, soft_wrap=True)
 
     return ctx.show(listing.models, for_people)
 
@@ -382,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("download", cmd_download, "download (or resume) a model from the Hub")
     p.add_argument("model_id", help="a model id, or 'auto' for the model this machine gets")
+    add_serve(add)  # `vibrant model serve`: its own module, over engines.supervisor
     return parser
 
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     # of a second that commands without the network needn't pay.
     from ..cache.elsewhere import Found
     from ..download.updates import UpdateCheck
+    from ..engines.engine import EngineStatus
 
 INTERRUPTED_DOWNLOAD = (
     "Download interrupted. What was downloaded is kept: run the same command again to resume."
@@ -364,3 +365,14 @@ class JsonProgress:
             self._encoder.encode({"event": "progress", **msgspec.structs.asdict(p)}).decode() + "\n"
         )
         self.stream.flush()
+
+
+def engine_line(engine: EngineStatus) -> str:
+    """Where completions go when the settings name an engine, and how it is."""
+    where = f"Completions go to the engine {engine.name!r} at {engine.url}"
+    if engine.healthy:
+        model = f", serving {engine.model}" if engine.model else ""
+        kind = f" ({engine.kind})" if engine.kind else ""
+        return f"{where}{kind}: answering{model}."
+    fallback = "; the local model answers meanwhile" if engine.fallback else ""
+    return f"{where}: not answering ({engine.error or 'not asked yet'}){fallback}."

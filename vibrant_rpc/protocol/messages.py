@@ -114,9 +114,25 @@ class ModelEntry(Wire):
     fit: FitResult | None = None  # in vibrant/modelInfo: what it needs here, if known
 
 
+class EngineInfo(Wire):
+    """The engine completions go to (the ``engine`` setting), as last seen: ``vibrant/status``
+    reports what the last completion or check learnt, ``vibrant/listModels`` asks it."""
+
+    name: str  # its name in the settings ([engines.<name>])
+    url: str
+    kind: Literal["llama-server", "openai"] | None  # None: not reached yet
+    model: str | None  # the model it serves
+    healthy: bool | None  # None: not asked yet
+    error: str | None = None  # why it is not healthy, or its last error
+    checked_at: datetime | None = None
+    fallback: Literal["local"] | None = None  # the local model answers when it is down
+    slots: int | None = None  # llama-server's parallel slots
+
+
 class ListModelsResult(Wire):
     models: list[ModelEntry]  # in registry order
     recommended: str | None  # the selection's choice for this machine
+    engine: EngineInfo | None = None  # where completions go, when not this machine
 
 
 class ModelInfoParams(Params):
@@ -377,6 +393,7 @@ class StatusResult(Wire):
     downloads: list[DownloadProgress]  # running in this server, latest progress each
     # The loaded model's memory, context and GPU layers, as planned when it loaded.
     plan: FitResult | None = None
+    engine: EngineInfo | None = None  # where completions go, when not this machine
 
 
 class ModelStateChanged(Wire):
@@ -454,6 +471,10 @@ class CompleteResult(Wire):
     # Answered from the last completion without the model: the prompt typed the start of
     # it (temperature 0, no stop strings), and this is the rest.
     cached: bool = False
+    engine: str = "local"  # which answered: "local" (this machine) or the engine's name
+    # Why the local model answered instead of the engine (it could not be reached); a
+    # completion the engine began and the local model finished says so too.
+    fallback_reason: str | None = None
 
 
 class CompletionChunk(Wire):

@@ -126,6 +126,7 @@ export interface ContextFile {
 export interface ListModelsResult {
     models: ModelEntry[];
     recommended: string | null;
+    engine: EngineInfo | null;
 }
 
 /** A registry entry and its state in this machine's cache. */
@@ -231,6 +232,22 @@ export interface GpuLayersPlan {
     reason: string;
 }
 
+/**
+ * The engine completions go to (the `engine` setting), as last seen: `vibrant/status` reports what
+ * the last completion or check learnt, `vibrant/listModels` asks it.
+ */
+export interface EngineInfo {
+    name: string;
+    url: string;
+    kind: "llama-server" | "openai" | null;
+    model: string | null;
+    healthy: boolean | null;
+    error: string | null;
+    checkedAt: string | null;
+    fallback: "local" | null;
+    slots: number | null;
+}
+
 export interface SelectModelResult {
     modelId: string;
     reason: string;
@@ -325,6 +342,7 @@ export interface StatusResult {
     error: string | null;
     downloads: DownloadProgress[];
     plan: FitResult | null;
+    engine: EngineInfo | null;
 }
 
 /** `vibrant/downloadProgress`: at most about ten a second per download. */
@@ -348,6 +366,8 @@ export interface CompleteResult {
     timings: Timings;
     fim: boolean;
     cached: boolean;
+    engine: string;
+    fallbackReason: string | null;
 }
 
 export interface Usage {
@@ -521,6 +541,26 @@ export const ErrorCodes = {
     /** A setting that was refused (its value is ignored). */
     ConfigError: -31014,
     /**
+     * The engine completions go to (`engine` in the settings) answered with an error; `message`
+     * carries the engine's own words, `data.engine` its name.
+     */
+    EngineError: -31020,
+    /**
+     * The engine could not be reached at its host:port (refused, timed out, or gone in the middle
+     * of an answer). With `fallback = "local"` the local model answers instead.
+     */
+    EngineUnreachable: -31021,
+    /**
+     * The engine answered 401/403: the key (`api_key_env`/`api_key_file`) is wrong or missing. The
+     * key itself is never in the message.
+     */
+    EngineKeyRefused: -31022,
+    /**
+     * The model asked for (the engine's `model` setting) is not one the engine serves;
+     * `data.served` lists those it does.
+     */
+    ModelNotServed: -31023,
+    /**
      * Cancelled by `$/cancelRequest`, `window/workDoneProgress/cancel` or `vibrant/cancelDownload`;
      * a download keeps its partial.
      */
@@ -563,6 +603,9 @@ export const SERVER_SETTINGS = [
     "sources",
     "tokenSources",
     "trustedSources",
+    "engine",
+    "engines",
+    "llamaServer",
 ] as const;
 
 export type ServerSetting = (typeof SERVER_SETTINGS)[number];

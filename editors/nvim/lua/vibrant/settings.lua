@@ -22,4 +22,7 @@ return {
   { snake = "sources", camel = "sources" },
   { snake = "token_sources", camel = "tokenSources" },
   { snake = "trusted_sources", camel = "trustedSources" },
+  { snake = "engine", camel = "engine" },
+  { snake = "engines", camel = "engines" },
+  { snake = "llama_server", camel = "llamaServer" },
 }
