@@ -70,6 +70,7 @@ async def test_lifecycle_initialize_shutdown_exit(server: tuple[LanguageClient, 
         "error": None,
         "downloads": [],
         "plan": None,
+        "engine": None,  # completions are the local model's: no team engine set
     }
     # Nothing but protocol on stdout: pytest-lsp fails the test on any stray byte there.
 

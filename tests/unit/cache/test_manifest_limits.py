@@ -35,24 +35,29 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
 
 
+# The CLI run in a child that says its own peak (VmHWM, /proc/self/status) on the way out.
+# Not the child's rusage: Linux keeps a process's ru_maxrss across fork and exec, so a
+# child of a pytest that has grown to 240 MB reports 240 MB whatever the CLI took.
+_PEAK = (
+    "import atexit, sys\n"
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            sys.stderr.write('\\nPEAK ' + line.split()[1] + '\\n')\n"
+    "atexit.register(peak)\n"
+    "from vibrant_rpc.cli import main\n"
+    "sys.argv = ['vibrant', *sys.argv[1:]]\n"
+    "sys.exit(main())\n"
+)
+
+
 def max_rss_kib(*args: str) -> tuple[subprocess.CompletedProcess[str], int]:
-    """The CLI, and the most memory it held (KiB: its own rusage, from wait4)."""
-    exe = shutil.which("vibrant", path=str(Path(sys.executable).parent))
-    assert exe
-    r, w = os.pipe()
-    e_r, e_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: exec the CLI with its output on the pipes
-        os.dup2(w, 1)
-        os.dup2(e_w, 2)
-        os.execv(exe, [exe, *args])
-    os.close(w)
-    os.close(e_w)
-    with os.fdopen(r) as out_f, os.fdopen(e_r) as err_f:
-        out, err = out_f.read(), err_f.read()
-    _, status, usage = os.wait4(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return subprocess.CompletedProcess(args, code, out, err), usage.ru_maxrss
+    """The CLI, and the most memory it held (KiB)."""
+    r = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], capture_output=True, text=True, timeout=60
+    )
+    err, _, peak = r.stderr.rpartition("\nPEAK ")
+    return subprocess.CompletedProcess(r.args, r.returncode, r.stdout, err), int(peak)
 
 
 def test_a_1_gb_manifest_is_refused_unread_and_not_copied(cache: Cache, paths: Paths) -> None:
