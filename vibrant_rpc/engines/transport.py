@@ -43,8 +43,10 @@ from ..inference.text_stream import TextStream
 from ..redact import redact
 
 # How often a watch looks at its cancel event and deadline: what it adds to a cancel that
-# arrives while the thread is blocked in a read (between pieces the reader itself checks).
-WATCH_POLL_S = 0.005
+# arrives while the thread is blocked in a read (between pieces the reader itself checks,
+# and llama-server stops only at its next token anyway: 20-30 ms apart here). Each look
+# wakes a thread that, when the engine runs on the same cores, takes a slice from it.
+WATCH_POLL_S = 0.02
 
 
 class _Stream(httpcore.NetworkStream):
