@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "vibrant_rpc"
 # import its own modules and any unit in a lower layer; units in one layer ("a | b") are
 # independent siblings and never import each other. A unit is a package of vibrant_rpc or
 # a flat module; the primitives are one unit.
-PRIMITIVES = {"errors", "states", "units", "paths", "fsutil", "redact", "offline", "config",
+PRIMITIVES = {"errors", "states", "units", "paths", "fsutil", "redact", "offline", "config", "lazy",
               "__init__"}  # fmt: skip
 LAYERS: list[str] = [
     "primitives",

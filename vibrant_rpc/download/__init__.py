@@ -15,8 +15,9 @@ does): ``httpx`` costs a sixth of a second, and the CLI imports only what a comm
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_face
 
 if TYPE_CHECKING:
     from .downloader import Downloader, DownloadResult
@@ -60,12 +61,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value  # looked up once
-    return value
+__getattr__ = lazy_face(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -14,8 +14,9 @@ sixth of a second, and a command that reaches no engine never pays for it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_face
 
 if TYPE_CHECKING:
     from .engine import Engine, EngineAnswer, EngineStatus
@@ -56,12 +57,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    globals()[name] = value  # looked up once
-    return value
+__getattr__ = lazy_face(__name__, _WHERE)
 
 
 def __dir__() -> list[str]:
