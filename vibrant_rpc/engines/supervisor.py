@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import ipaddress
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -43,6 +47,31 @@ STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 # (--cache-reuse): a keystroke that shifts the window keeps most of its cache.
 CACHE_REUSE = 256
 DEFAULT_PORT = 8012  # llama.vim's and llama.vscode's default
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` that has the kernel SIGKILL llama-server when serve dies.
+
+    A serve killed with SIGKILL (or OOM) runs no cleanup, and its llama-server would go
+    on holding the port, the model's memory and the GPU. ``PR_SET_PDEATHSIG`` fires when
+    the *thread* that forked exits: ``Supervisor.run`` starts every llama-server from the
+    main thread, which lives as long as serve. Elsewhere (macOS) there is no such call.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+    parent = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # serve died between the fork and the prctl
+            os._exit(1)
+
+    return preexec
 
 
 class ServeSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -170,7 +199,12 @@ class Supervisor:
         self.serving.clear()
         self.starts += 1
         self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # One prctl between fork and exec: no lock the reader threads could hold.
+            preexec_fn=_dies_with_parent(),
         )
         threading.Thread(target=self._keep_lines, args=(self.proc,), daemon=True).start()
 

@@ -148,6 +148,24 @@ def test_serve_restarts_a_killed_llama_server_within_5_s_and_stops_on_sigterm(
     assert "llama-server stopped." in s.lines
 
 
+def test_a_killed_serve_takes_its_llama_server_with_it(home: Path, serve: list[Serve]) -> None:
+    """SIGKILL (or the OOM killer) leaves serve no time to clean up: the kernel's
+    parent-death signal must still end llama-server, or it keeps the port and memory."""
+    port = free_port()
+    s = Serve(home, "--port", str(port))
+    serve.append(s)
+    s.wait_line("llama-server is serving")
+    child = s.llama_server()
+    s.proc.send_signal(signal.SIGKILL)
+    s.proc.wait(10)
+    try:
+        child.wait(10)
+    except psutil.TimeoutExpired:
+        child.kill()
+        raise AssertionError("llama-server outlived its killed serve") from None
+    assert not healthy(port)
+
+
 def test_the_key_stays_off_command_lines_and_output(
     home: Path, serve: list[Serve], tmp_path: Path
 ) -> None:
