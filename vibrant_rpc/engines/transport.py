@@ -328,6 +328,21 @@ def sse_events(response: httpx.Response) -> Iterator[bytes]:
                 yield line[5:].lstrip(b" ")
 
 
+def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
+    """The lines of a newline-delimited JSON stream (Ollama's ``application/x-ndjson``:
+    one object a line), as they arrive; blank lines skipped."""
+    pending = b""
+    for chunk in response.iter_raw():
+        pending += chunk
+        while True:
+            end = pending.find(b"\n")
+            if end < 0:
+                break
+            line, pending = pending[:end].strip(), pending[end + 1 :]
+            if line:
+                yield line
+
+
 class Streamed(msgspec.Struct, kw_only=True):
     """What one streamed answer gave: the events' data, or why it ended early."""
 
@@ -342,10 +357,12 @@ def stream_events(
     body: dict[str, Any],
     cancel: threading.Event,
     on_event: Any,
+    events: Callable[[httpx.Response], Iterator[bytes]] = sse_events,
 ) -> Streamed:
     """POST ``body`` to ``path`` with ``"stream": true`` and hand each event's data to
-    ``on_event`` (which returns True at the last one). A cancel ends the read and closes
-    the connection, which is what makes the engine stop (docs/engines.md)."""
+    ``on_event`` (which returns True at the last one); ``events`` splits the answer into
+    events (server-sent events, or ``ndjson_lines`` for Ollama). A cancel ends the read
+    and closes the connection, which is what makes the engine stop (docs/engines.md)."""
     started = time.perf_counter()
     out = Streamed()
     watch = Watch(client, cancel)
@@ -355,7 +372,7 @@ def stream_events(
                 response.read()
                 raise client.refusal(response.status_code, response.content, path)
             out.started = True
-            for data in sse_events(response):
+            for data in events(response):
                 if cancel.is_set():
                     break
                 watch.piece()
