@@ -28,6 +28,7 @@ from tests.editors.ring_cases import check as check_ring
 from tests.support.editor_window import check_window, natural_start, utf8_starts
 from tests.support.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.support.hub_stub import HubStub
+from tests.support.llama_server import KEY, LlamaServer, free_port, running
 
 pytestmark = pytest.mark.editor
 
@@ -354,6 +355,117 @@ def test_server_discovery_and_missing_server(tmp_path: Path) -> None:
     assert data["fallback_cmd"] == [sys.executable, "-m", "vibrant_rpc"]
     assert data["fallback_server"]["name"] == "vibrant-rpc"
     assert data["fallback_status"]["msg"].startswith("vibrant: no model loaded")
+
+
+# :checkhealth vibrant: where completions go (tests/editors/nvim/health.lua) -------------
+
+HEALTH_SCRIPT = SCRIPT.with_name("health.lua")
+SERVED = "team-gemma"  # the alias the real llama-server serves Gemma under
+
+
+def checkhealth(
+    tmp: Path, *, settings: dict[str, Any] | None = None, config: str = "", key: str = KEY
+) -> list[str]:
+    """:checkhealth vibrant's lines in a real Neovim against the real server, with the engine
+    in the plugin's settings (initializationOptions) or in config.toml; the key in TEAM_KEY."""
+    home = tmp / "home"
+    (home / ".vibrant").mkdir(parents=True)
+    (home / ".vibrant" / "config.toml").write_text(config)
+    env = base_env(home, tmp / "result.json")
+    env.update(
+        VIBRANT_REGISTRY=str(write_registry(tmp, [GEMMA_ENTRY])),
+        HF_ENDPOINT="http://127.0.0.1:9",  # no Hub: a refused port
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        VIBRANT_TEST_SETTINGS=json.dumps(settings or {}),
+        TEAM_KEY=key,
+    )
+    lines: list[str] = run_nvim(HEALTH_SCRIPT, env, tmp, timeout=120)["health"]
+    text = "\n".join(lines)
+    assert KEY not in text and key not in text  # no key, right or wrong, is ever shown
+    return lines
+
+
+def section(lines: list[str], title: str) -> str:
+    """The text of one section of :checkhealth's buffer (from its title to the next)."""
+    start = next(i for i, line in enumerate(lines) if title in line)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].endswith(" ~")), None)
+    return "\n".join(lines[start:end])
+
+
+@pytest.fixture(scope="module")
+def team_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """The real llama-server on loopback serving Gemma 3 270M, with a key."""
+    with running(gemma_path(), tmp_path_factory.mktemp("engine"), alias=SERVED) as server:
+        yield server
+
+
+def test_checkhealth_without_an_engine_says_completions_run_here(tmp_path: Path) -> None:
+    lines = checkhealth(tmp_path)
+    where = section(lines, "vibrant: where completions go")
+    assert 'Completions run on this machine (engine = "local").' in where, where
+    assert "engine" not in where.replace('engine = "local"', ""), where
+    assert any("vibrant: model for this machine" in line for line in lines), lines
+
+
+@pytest.mark.engine
+@pytest.mark.llama
+def test_checkhealth_shows_a_healthy_engine_and_its_model(
+    team_engine: LlamaServer, tmp_path: Path
+) -> None:
+    """The engine in the plugin's settings (camelCase, as initializationOptions), no
+    fallback: its name, address, kind, the model llama-server serves, healthy."""
+    team = {"url": team_engine.url, "apiKeyEnv": "TEAM_KEY"}
+    lines = checkhealth(tmp_path, settings={"engine": "team", "engines": {"team": team}})
+    where = section(lines, "vibrant: where completions go")
+    address = f"http://127.0.0.1:{team_engine.port}"
+    assert f"Completions go to the engine team at {address} (kind llama-server)." in where, where
+    assert f"OK team is healthy, serving {SERVED} (1 slot)." in where, where
+    assert "No fallback: completions fail while the engine can't be reached" in where, where
+    assert "ERROR" not in where and "WARNING" not in where, where
+    # The local model is not used: its download is no warning.
+    local = section(lines, "vibrant: local model (not used: no fallback)")
+    assert "is not downloaded yet" in local and "WARNING" not in local, local
+
+
+@pytest.mark.engine
+@pytest.mark.llama
+def test_checkhealth_shows_a_refused_key_and_what_to_do(
+    team_engine: LlamaServer, tmp_path: Path
+) -> None:
+    config = (
+        f'engine = "team"\n[engines.team]\nurl = "{team_engine.url}"\napi_key_env = "TEAM_KEY"\n'
+    )
+    lines = checkhealth(tmp_path, config=config, key="not-the-teams-key-0000")
+    where = section(lines, "vibrant: where completions go")
+    assert (
+        f"ERROR team is not healthy: The engine 'team' at 127.0.0.1:{team_engine.port} "
+        "refused the key (401" in where
+    ), where
+    assert "Check the key: the variable api_key_env names" in where, where
+
+
+def test_checkhealth_shows_an_unreachable_engine_and_the_fallback(tmp_path: Path) -> None:
+    """The engine in config.toml at a loopback port nobody listens on, fallback local: not
+    healthy, naming host:port, what to do, and that the local model answers meanwhile."""
+    port = free_port()  # bound, then closed: nothing listens on it
+    config = (
+        f'engine = "team"\n[engines.team]\nurl = "http://127.0.0.1:{port}"\n'
+        'kind = "llama-server"\napi_key_env = "TEAM_KEY"\nfallback = "local"\n'
+    )
+    lines = checkhealth(tmp_path, config=config)
+    where = section(lines, "vibrant: where completions go")
+    assert (
+        f"Completions go to the engine team at http://127.0.0.1:{port} (kind llama-server)."
+        in where
+    )
+    assert (
+        f"ERROR team is not healthy: The engine 'team' at 127.0.0.1:{port} can't be reached"
+        in where
+    ), where
+    assert "Start the engine (on its machine: vibrant model serve" in where, where
+    assert "Fallback: the local model answers when the engine can't be reached" in where, where
+    local = section(lines, "vibrant: local model (the fallback)")
+    assert "is not downloaded yet" in local and "WARNING" in local, local  # needed for it
 
 
 # The request's window (vibrant.window), on cases judged here ---------------------------

@@ -1,4 +1,5 @@
--- :checkhealth vibrant: the server, its version, the cache folder, this machine's RAM
+-- :checkhealth vibrant: the server, its version, the cache folder, where completions go
+-- (this machine, or a team's engine: its health and model, asked now), this machine's RAM
 -- and the model it gets. Starts the server if it is not running yet.
 local client = require("vibrant.client")
 local config = require("vibrant.config")
@@ -7,6 +8,75 @@ local util = require("vibrant.util")
 local M = {}
 local val = util.val
 local health = vim.health
+
+--- The engine's address as shown: scheme, host:port and path, never a user or password.
+local function shown_url(url)
+  return (tostring(url):gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"))
+end
+
+--- What the user can do about an engine's error (EngineInfo carries its message only).
+local function engine_advice(e)
+  local msg = val(e.error) or ""
+  local where = string.format("[engines.%s] ($VIBRANT_HOME/config.toml, or setup's settings)", e.name)
+  if msg:find("refused the key", 1, true) then
+    return { "Check the key: the variable api_key_env names (set where the editor starts) or api_key_file, in " .. where .. "." }
+  elseif msg:find("does not serve", 1, true) then
+    return { "Set model in " .. where .. " to one it serves, or leave it out." }
+  elseif msg:find("can't be reached", 1, true) or msg:find("stopped in the middle", 1, true) then
+    return {
+      "Start the engine (on its machine: vibrant model serve <model> --port <port>), or fix url in " .. where .. ".",
+    }
+  end
+  return { "Check the engine and " .. where .. "; :LspLog has the server's log." }
+end
+
+--- Where completions go: this machine's model, or the engine the `engine` setting names,
+--- asked now (vibrant/listModels checks the engine: /health, or a probe of what it serves).
+--- Returns the engine (EngineInfo) or nil.
+local function completions_section()
+  health.start("vibrant: where completions go")
+  local res, err = client.request_sync("vibrant/listModels", nil, 30000)
+  if not res then
+    health.error((util.error_text(err, "vibrant/listModels")))
+    return nil
+  end
+  local e = val(res.engine)
+  if type(e) ~= "table" then
+    health.ok("Completions run on this machine (engine = \"local\").")
+    return nil
+  end
+  local kind = val(e.kind)
+  local model = val(e.model)
+  local slots = val(e.slots)
+  health.info(string.format(
+    "Completions go to the engine %s at %s (%s).",
+    e.name,
+    shown_url(e.url),
+    kind and ("kind " .. kind) or "kind not known yet"
+  ))
+  if e.healthy == true then
+    health.ok(string.format(
+      "%s is healthy, serving %s%s.",
+      e.name,
+      model or "a model it does not name",
+      slots and string.format(" (%d slot%s)", slots, slots == 1 and "" or "s") or ""
+    ))
+    if val(e.error) then
+      health.warn("Its last completion failed: " .. e.error)
+    end
+  else
+    health.error(
+      string.format("%s is not healthy: %s", e.name, val(e.error) or "it did not answer"),
+      engine_advice(e)
+    )
+  end
+  if val(e.fallback) == "local" then
+    health.info("Fallback: the local model answers when the engine can't be reached (fallback = \"local\").")
+  else
+    health.info("No fallback: completions fail while the engine can't be reached (fallback = \"local\" would use the local model).")
+  end
+  return e
+end
 
 function M.check()
   health.start("vibrant: Neovim")
@@ -59,7 +129,15 @@ function M.check()
     ))
   end
 
-  health.start("vibrant: model for this machine")
+  local engine = completions_section()
+
+  -- With an engine, the local model matters only as its fallback.
+  local needed = not engine or val(engine.fallback) == "local"
+  if not engine then
+    health.start("vibrant: model for this machine")
+  else
+    health.start(needed and "vibrant: local model (the fallback)" or "vibrant: local model (not used: no fallback)")
+  end
   local sel, selerr = client.request_sync("vibrant/selectModel", nil, 15000)
   if not sel then
     local text, kind = util.error_text(selerr, "vibrant/selectModel")
@@ -85,10 +163,12 @@ function M.check()
   end
   local entry = client.request_sync("vibrant/modelInfo", { modelId = sel.modelId }, 15000)
   if entry and not entry.cached then
-    health.warn(
-      string.format("%s is not downloaded yet%s.", sel.modelId, util.size_note(entry.downloadBytes)),
-      { ":VibrantDownload " .. sel.modelId }
-    )
+    local text = string.format("%s is not downloaded yet%s.", sel.modelId, util.size_note(entry.downloadBytes))
+    if needed then
+      health.warn(text, { ":VibrantDownload " .. sel.modelId })
+    else
+      health.info(text)
+    end
   elseif entry then
     health.ok(string.format("%s is downloaded (%s).", sel.modelId, util.bytes(val(entry.sizeBytes))))
   end
