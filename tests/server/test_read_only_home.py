@@ -25,12 +25,10 @@ from tests.support.gguf_fixtures import GEMMA_SHA256, gemma_path, tiny_fim_path
 from tests.support.rpc_client import (
     call,
     call_error,
+    home_env,
     model_entry,
-    put_model_file,
     server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 GEMMA, TINY, ABSENT = "gemma-270m", "tiny-fim", "absent"
@@ -69,17 +67,18 @@ def home(tmp_path: Path) -> Iterator[Path]:
     """A home with two cached models (hashed once, while it could be written) and one
     that isn't downloaded."""
     root = tmp_path / "shared"
-    write_registry(
-        root / ".vibrant" / "registry.json",
+    env = home_env(
+        root,
         [
-            model_entry(GEMMA, sha256=GEMMA_SHA256, ram_required_mb=300, recommended=True),
-            model_entry(TINY, ram_required_mb=50),
-            model_entry(ABSENT, ram_required_mb=50),
+            (
+                model_entry(GEMMA, sha256=GEMMA_SHA256, ram_required_mb=300, recommended=True),
+                gemma_path(),
+            ),
+            (model_entry(TINY, ram_required_mb=50), tiny_fim_path()),
+            (model_entry(ABSENT, ram_required_mb=50), None),
         ],
+        registry=root / ".vibrant" / "registry.json",
     )
-    put_model_file(root, GEMMA, gemma_path())
-    put_model_file(root, TINY, tiny_fim_path())
-    env = server_env(root, root / ".vibrant" / "registry.json")
     exe = str(Path(sys.executable).parent / "vibrant")
     for args in (["list"], ["verify", GEMMA], ["verify", TINY]):
         subprocess.run([exe, "model", *args], env=env, check=True, capture_output=True)
@@ -128,8 +127,8 @@ async def test_the_server_completes_from_a_read_only_home(
     models = home / "models"
     before = state_of(models)
     monkeypatch.setattr(rpc_client, "SERVER_CMD", read_only(home, *rpc_client.SERVER_CMD))
-    client, _ = await start_server(server_env(home.parent, home / "registry.json"))
-    try:
+    env = server_env(home.parent, home / "registry.json")
+    async with serving(env, exit_code=None) as (client, _):
         listed = await call(client, "vibrant/listModels", {"scope": "cached"})
         assert sorted(m["id"] for m in listed["models"]) == [GEMMA, TINY]
         info = await call(client, "vibrant/modelInfo", {"modelId": GEMMA})
@@ -154,6 +153,4 @@ async def test_the_server_completes_from_a_read_only_home(
             assert f"vibrant can't {doing} there" in message
         status = await call(client, "vibrant/status")
         assert status["state"] == "ready" and status["modelId"] == GEMMA
-    finally:
-        await stop_server(client)
     assert state_of(models) == before

@@ -24,13 +24,10 @@ from tests.support.rpc_client import (
     Recorder,
     call,
     call_error,
+    home_env,
     model_entry,
     plain,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
@@ -44,25 +41,19 @@ PROMPT = "def fibonacci(n):\n    "
 async def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[LanguageClient, Recorder]]:
-    home = tmp_path_factory.mktemp("complete")
-    registry = write_registry(
-        home / "registry.json",
+    env = home_env(
+        tmp_path_factory.mktemp("complete"),
         [
-            model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True),
-            model_entry(TINY, ram_required_mb=50),
+            (model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True), gemma_path()),
+            (model_entry(TINY, ram_required_mb=50), tiny_fim_path()),
         ],
     )
-    put_model_file(home, GEMMA, gemma_path())
-    put_model_file(home, TINY, tiny_fim_path())
-    client, rec = await start_server(
-        # The pipeline's time budget ends a completion at a line end once spent, so on a busy
-        # machine the same request could end a line earlier: these tests compare texts
-        # across requests, and the budget has tests of its own.
-        server_env(home, registry),
-        {"contextSize": 2048, "keepAliveS": 0, "completionTimeBudgetMs": 600_000},
-    )
-    yield client, rec
-    assert await stop_server(client) == 0
+    # The pipeline's time budget ends a completion at a line end once spent, so on a busy
+    # machine the same request could end a line earlier: these tests compare texts
+    # across requests, and the budget has tests of its own.
+    options = {"contextSize": 2048, "keepAliveS": 0, "completionTimeBudgetMs": 600_000}
+    async with serving(env, options) as server:
+        yield server
 
 
 def check_usage(result: dict[str, Any], max_tokens: int) -> None:

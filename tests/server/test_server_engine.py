@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,10 @@ from tests.support.rpc_client import (
     Recorder,
     call,
     call_error,
+    home_env,
     model_entry,
     plain,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 from vibrant_rpc.completion.pipeline import apply, cursor_at, language_for
 
@@ -50,18 +48,13 @@ def engines(url: str, **extra: Any) -> dict[str, Any]:
     return {"engine": "team", "engines": {"team": team}, "contextSize": 4096, "keepAliveS": 0}
 
 
-def vibrant_home(tmp: Path) -> tuple[Path, Path]:
-    registry = write_registry(tmp / "registry.json", [model_entry(GEMMA, sha256=GEMMA_SHA256)])
-    put_model_file(tmp, GEMMA, gemma_path())
-    return tmp, registry
-
-
-async def start(
-    tmp: Path, options: dict[str, Any], key: str = KEY
-) -> tuple[LanguageClient, Recorder]:
-    home, registry = vibrant_home(tmp)
-    env = server_env(home, registry, TEAM_KEY=key, VIBRANT_LOG_LEVEL="debug")
-    return await start_server(env, options)
+def laptop(
+    tmp: Path, options: dict[str, Any], key: str = KEY, exit_code: int | None = None
+) -> AbstractAsyncContextManager[tuple[LanguageClient, Recorder]]:
+    """vibrant serving with Gemma cached in ``tmp``, its team engine's key in TEAM_KEY."""
+    gemma = (model_entry(GEMMA, sha256=GEMMA_SHA256), gemma_path())
+    env = home_env(tmp, [gemma], TEAM_KEY=key, VIBRANT_LOG_LEVEL="debug")
+    return serving(env, options, exit_code=exit_code)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +69,11 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 async def team(
     engine: LlamaServer, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[LanguageClient, Recorder]]:
-    client, rec = await start(tmp_path_factory.mktemp("laptop"), engines(engine.url))
-    yield client, rec
-    seen = [m.message for m in client.log_messages] + [m.message for m in client.messages]
-    seen.append(repr(rec.events))
-    assert await stop_server(client) == 0
+    tmp = tmp_path_factory.mktemp("laptop")
+    async with laptop(tmp, engines(engine.url), exit_code=0) as (client, rec):
+        yield client, rec
+        seen = [m.message for m in client.log_messages] + [m.message for m in client.messages]
+        seen.append(repr(rec.events))
     # Whatever happened in this module's tests, the key never reached the editor.
     assert not [s for s in seen if KEY in s]
 
@@ -116,7 +109,7 @@ async def went_on(engine: LlamaServer, slot: int, sent: int) -> int:
     to the editor), where one that runs on goes to its 400. How soon depends on a
     token's time: 40-60 ms on a quiet 2-core machine (bench/bench_engines.py measures the
     100 ms bar); with other work on the machine one decode took 700 ms here."""
-    prompt = await asyncio.to_thread(engine.prompt_tokens, LONG["prompt"])
+    prompt = await asyncio.to_thread(engine.prompt_tokens, str(LONG["prompt"]))
     held = await asyncio.to_thread(engine.held, slot)
     return held - prompt - sent
 
@@ -208,8 +201,7 @@ async def test_a_superseding_request_stops_the_engine(
 
 async def test_a_wrong_key_is_refused_and_never_shown(engine: LlamaServer, tmp_path: Path) -> None:
     wrong = "wrong-key-" + "7" * 16
-    client, _ = await start(tmp_path, engines(engine.url), key=wrong)
-    try:
+    async with laptop(tmp_path, engines(engine.url), key=wrong) as (client, _):
         code, message, data = await call_error(client, "vibrant/complete", {"prompt": "x"})
         assert data["kind"] == "EngineKeyRefused" and code == -31022
         assert message == (
@@ -220,14 +212,11 @@ async def test_a_wrong_key_is_refused_and_never_shown(engine: LlamaServer, tmp_p
         assert status["engine"]["error"] == message
         seen = [message, repr(data), repr(status)] + [m.message for m in client.log_messages]
         assert not [s for s in seen if wrong in s]
-    finally:
-        await stop_server(client)
 
 
 async def test_the_engine_killed_mid_stream_falls_back_to_the_local_model(tmp_path: Path) -> None:
     with running(gemma_path(), tmp_path / "box", alias=SERVED) as box:
-        client, rec = await start(tmp_path / "laptop", engines(box.url, fallback="local"))
-        try:
+        async with laptop(tmp_path / "laptop", engines(box.url, fallback="local")) as (client, rec):
             fut = send(client, {**LONG, "maxTokens": 40, "partialResultToken": "k"}, "k")
             await first_piece(rec, "k")
             box.kill()
@@ -246,15 +235,12 @@ async def test_the_engine_killed_mid_stream_falls_back_to_the_local_model(tmp_pa
             assert again["engine"] == "local" and "can't be reached" in again["fallbackReason"]
             status = await call(client, "vibrant/status")
             assert status["engine"]["healthy"] is False and status["modelId"] == GEMMA
-        finally:
-            await stop_server(client)
 
 
 async def test_without_fallback_a_dead_engine_is_a_clear_error(tmp_path: Path) -> None:
     with running(gemma_path(), tmp_path / "box", alias=SERVED) as box:
         port = box.port
-    client, _ = await start(tmp_path / "laptop", engines(f"http://127.0.0.1:{port}"))
-    try:
+    async with laptop(tmp_path / "laptop", engines(f"http://127.0.0.1:{port}")) as (client, _):
         code, message, data = await call_error(client, "vibrant/complete", {"prompt": "x"})
         assert (code, data["kind"], data["engine"], data["address"]) == (
             -31021, "EngineUnreachable", "team", f"127.0.0.1:{port}")  # fmt: skip
@@ -267,5 +253,3 @@ async def test_without_fallback_a_dead_engine_is_a_clear_error(tmp_path: Path) -
         listed = await call(client, "vibrant/listModels", {"scope": "cached"})
         assert [m["id"] for m in listed["models"]] == [GEMMA]
         assert listed["engine"]["healthy"] is False
-    finally:
-        await stop_server(client)

@@ -26,12 +26,9 @@ from tests.support.rpc_client import (
     Recorder,
     call,
     call_error,
+    home_env,
     model_entry,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -47,23 +44,20 @@ async def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[LanguageClient, Recorder, Path]]:
     home = tmp_path_factory.mktemp("fit")
-    registry = write_registry(
-        home / "registry.json",
+    env = home_env(
+        home,
         [
-            model_entry(HUGE, ram_required_mb=500, recommended=True),
-            model_entry(GEMMA, sha256=GEMMA_SHA256, ram_required_mb=300, recommended=True),
-            model_entry(TINY, ram_required_mb=50),
+            (model_entry(HUGE, ram_required_mb=500, recommended=True), tiny_qwen2_path(HUGE_SPEC)),
+            (
+                model_entry(GEMMA, sha256=GEMMA_SHA256, ram_required_mb=300, recommended=True),
+                gemma_path(),
+            ),
+            (model_entry(TINY, ram_required_mb=50), tiny_fim_path()),
         ],
     )
-    put_model_file(home, HUGE, tiny_qwen2_path(HUGE_SPEC))
-    put_model_file(home, GEMMA, gemma_path())
-    put_model_file(home, TINY, tiny_fim_path())
     # contextSize 0: every model at its own training context.
-    client, rec = await start_server(
-        server_env(home, registry), {"contextSize": 0, "keepAliveS": 0}
-    )
-    yield client, rec, home
-    await stop_server(client)
+    async with serving(env, {"contextSize": 0, "keepAliveS": 0}, exit_code=None) as (client, rec):
+        yield client, rec, home
 
 
 def _manifest(home: Path) -> dict[str, Any]:

@@ -18,13 +18,10 @@ from tests.support.rpc_client import (
     Recorder,
     call,
     call_error,
+    home_env,
     model_entry,
     pid,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
@@ -40,23 +37,18 @@ async def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[LanguageClient, Recorder, Path]]:
     home = tmp_path_factory.mktemp("idle")
-    registry = write_registry(
-        home / "registry.json",
-        [
-            model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True),
-            model_entry(BROKEN, ram_required_mb=800),
-        ],
-    )
-    put_model_file(home, GEMMA, gemma_path())
     # Not a GGUF at all: llama.cpp refuses it with its own message.
     broken = home / "broken.bin"
     broken.write_bytes(b"GGUF" + b"\x00" * 4096)
-    put_model_file(home, BROKEN, broken)
-    client, rec = await start_server(
-        server_env(home, registry), {"keepAliveS": KEEP_ALIVE_S, "contextSize": 1024}
+    env = home_env(
+        home,
+        [
+            (model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True), gemma_path()),
+            (model_entry(BROKEN, ram_required_mb=800), broken),
+        ],
     )
-    yield client, rec, home
-    assert await stop_server(client) == 0
+    async with serving(env, {"keepAliveS": KEEP_ALIVE_S, "contextSize": 1024}) as (client, rec):
+        yield client, rec, home
 
 
 def rss(client: LanguageClient) -> int:

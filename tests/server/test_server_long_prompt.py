@@ -19,13 +19,10 @@ from pytest_lsp import LanguageClient
 from tests.support.gguf_fixtures import GEMMA_SHA256, gemma_path
 from tests.support.rpc_client import (
     call,
+    home_env,
     model_entry,
     plain,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
@@ -39,23 +36,18 @@ SHORT = {"prompt": "def fibonacci(n):\n    ", "maxTokens": 8, "temperature": 0}
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LanguageClient]:
-    home = tmp_path_factory.mktemp("long-prompt")
-    registry = write_registry(
-        home / "registry.json", [model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True)]
-    )
-    put_model_file(home, GEMMA, gemma_path())
-    client, _ = await start_server(
-        server_env(home, registry), {"contextSize": CONTEXT, "keepAliveS": 0}
-    )
-    await call(client, "vibrant/loadModel", {"modelId": GEMMA})
-    yield client
-    assert await stop_server(client) == 0
+    gemma = (model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True), gemma_path())
+    env = home_env(tmp_path_factory.mktemp("long-prompt"), [gemma])
+    async with serving(env, {"contextSize": CONTEXT, "keepAliveS": 0}) as (client, _):
+        await call(client, "vibrant/loadModel", {"modelId": GEMMA})
+        yield client
 
 
 def code(size: int, seed: int) -> str:
     """``size`` characters of code, different for each seed (so no KV cache is reused)."""
     rng = random.Random(seed)
-    lines, total = [], 0
+    lines: list[str] = []
+    total = 0
     while total < size:
         line = f"v{seed}_{len(lines)} = compute({rng.randrange(10**6)}, x[{rng.randrange(99)}])\n"
         lines.append(line)

@@ -18,12 +18,9 @@ from tests.support.gguf_fixtures import GEMMA_SHA256, gemma_path, tiny_fim_path
 from tests.support.rpc_client import (
     Recorder,
     call,
+    home_env,
     model_entry,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
@@ -65,21 +62,15 @@ def at(marked: str) -> tuple[str, str]:
 async def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[LanguageClient, Recorder]]:
-    home = tmp_path_factory.mktemp("quality")
-    registry = write_registry(
-        home / "registry.json",
+    env = home_env(
+        tmp_path_factory.mktemp("quality"),
         [
-            model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True),
-            model_entry(TINY, ram_required_mb=50),
+            (model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True), gemma_path()),
+            (model_entry(TINY, ram_required_mb=50), tiny_fim_path()),
         ],
     )
-    put_model_file(home, GEMMA, gemma_path())
-    put_model_file(home, TINY, tiny_fim_path())
-    client, rec = await start_server(
-        server_env(home, registry), {"contextSize": 2048, "keepAliveS": 0}
-    )
-    yield client, rec
-    assert await stop_server(client) == 0
+    async with serving(env, {"contextSize": 2048, "keepAliveS": 0}) as server:
+        yield server
 
 
 async def complete(client: LanguageClient, **params: Any) -> dict[str, Any]:

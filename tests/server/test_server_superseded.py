@@ -21,13 +21,10 @@ from tests.support.gguf_fixtures import GEMMA_SHA256, gemma_path
 from tests.support.rpc_client import (
     Recorder,
     call,
+    home_env,
     model_entry,
     plain,
-    put_model_file,
-    server_env,
-    start_server,
-    stop_server,
-    write_registry,
+    serving,
 )
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.llama]
@@ -49,17 +46,11 @@ GENERATING_STOP_S = 5.0
 async def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[LanguageClient, Recorder]]:
-    home = tmp_path_factory.mktemp("superseded")
-    registry = write_registry(
-        home / "registry.json", [model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True)]
-    )
-    put_model_file(home, GEMMA, gemma_path())
-    client, rec = await start_server(
-        server_env(home, registry), {"contextSize": 4096, "keepAliveS": 0}
-    )
-    await call(client, "vibrant/loadModel", {"modelId": GEMMA})
-    yield client, rec
-    assert await stop_server(client) == 0
+    gemma = (model_entry(GEMMA, sha256=GEMMA_SHA256, recommended=True), gemma_path())
+    env = home_env(tmp_path_factory.mktemp("superseded"), [gemma])
+    async with serving(env, {"contextSize": 4096, "keepAliveS": 0}) as (client, rec):
+        await call(client, "vibrant/loadModel", {"modelId": GEMMA})
+        yield client, rec
 
 
 def send(client: LanguageClient, params: dict[str, Any], msg_id: str) -> asyncio.Future[Any]:

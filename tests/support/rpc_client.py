@@ -1,8 +1,9 @@
 """Helpers for the server tests: start the real server process over stdio, talk to it.
 
 ``start_server`` gives a pytest-lsp ``LanguageClient`` that records our custom
-notifications and ``$/progress`` partial results; ``RawLsp`` speaks the framing
-by hand, for input no well-behaved client would send.
+notifications and ``$/progress`` partial results (``serving`` does the same in an
+``async with``, and stops it at the end); ``home_env`` makes a home with models cached.
+``RawLsp`` speaks the framing by hand, for input no well-behaved client would send.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,22 @@ def put_model_file(home: Path, model_id: str, source: Path) -> Path:
     except OSError:  # another filesystem
         shutil.copyfile(source, target)
     return target
+
+
+# A registry entry (model_entry) and the file the cache holds for it; None: not downloaded.
+Model = tuple[dict[str, Any], Path | None]
+
+
+def home_env(
+    home: Path, models: Sequence[Model], *, registry: Path | None = None, **extra: str
+) -> dict[str, str]:
+    """A home whose registry (``home/registry.json`` unless named) lists ``models``, each
+    file in the cache under its model's id; the server's environment for it (server_env)."""
+    path = write_registry(registry or home / "registry.json", [entry for entry, _ in models])
+    for entry, file in models:
+        if file is not None:
+            put_model_file(home, entry["id"], file)
+    return server_env(home, path, **extra)
 
 
 def copy_model_file(home: Path, name: str, source: Path) -> Path:
@@ -150,12 +168,30 @@ async def start_server(
 async def stop_server(client: LanguageClient) -> int | None:
     await asyncio.wait_for(client.shutdown_session(), 30)
     rc = client._server.returncode if client._server else None
-    await client.stop()
+    await client.stop()  # type: ignore[no-untyped-call]
     return rc
 
 
+@asynccontextmanager
+async def serving(
+    env: dict[str, str], init_options: dict[str, Any] | None = None, *, exit_code: int | None = 0
+) -> AsyncIterator[tuple[LanguageClient, Recorder]]:
+    """The server started and initialized (start_server), shut down when the block ends;
+    when it ends without an error, the server's exit status must be ``exit_code`` (None:
+    any)."""
+    client, rec = await start_server(env, init_options)
+    try:
+        yield client, rec
+    finally:
+        rc = await stop_server(client)
+    if exit_code is not None:
+        assert rc == exit_code, f"the server exited with {rc}"
+
+
 async def call(client: LanguageClient, method: str, params: Any = None) -> Any:
-    return plain(await client.protocol.send_request_async(method, params))
+    # pygls and pytest-lsp leave these methods unannotated.
+    result = await client.protocol.send_request_async(method, params)  # type: ignore[no-untyped-call]
+    return plain(result)
 
 
 async def call_error(
@@ -163,7 +199,7 @@ async def call_error(
 ) -> tuple[int, str, dict[str, Any]]:
     """(code, message, data) of the error a request must answer with."""
     try:
-        result = await client.protocol.send_request_async(method, params)
+        result = await client.protocol.send_request_async(method, params)  # type: ignore[no-untyped-call]
     except JsonRpcException as err:
         return err.code, err.message, plain(err.data) or {}
     raise AssertionError(f"{method} succeeded: {plain(result)}")
