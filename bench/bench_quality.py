@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import random
 import re
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -51,10 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_server import MODEL, THREADS, Server, setup_home  # noqa: E402
-from bench.bench_typing import LLAMA_SERVER, NO_REPACK, build_llama_server, pct  # noqa: E402
+from bench.bench_server import THREADS  # noqa: E402
+from bench.bench_typing import LLAMA_SERVER, pct, start_llama_server, start_vibrant  # noqa: E402
 from bench.results import write_section  # noqa: E402
-from tests.support.gguf_fixtures import gemma_path  # noqa: E402
 
 STDLIB = Path("/root/.pyenv/versions/3.11.7/lib/python3.11")
 LODASH = ROOT / "editors" / "vscode" / "node_modules" / "lodash" / "lodash.js"
@@ -241,12 +238,7 @@ class Answer:
 
 class Vibrant:
     def __init__(self) -> None:
-        env = setup_home()
-        link = Path(env["VIBRANT_HOME"]) / "models" / f"{MODEL}.gguf"
-        link.unlink()
-        os.link(gemma_path(), link)
-        self.server = Server(env)
-        self.server.initialize()
+        self.server = start_vibrant()
         self.server.request("vibrant/complete", {"prompt": "def f():\n", "maxTokens": 2})
 
     def complete(self, p: Position, raw: bool) -> Answer:
@@ -265,24 +257,7 @@ class Vibrant:
 
 class LlamaServer:
     def __init__(self) -> None:
-        binary = build_llama_server()
-        self.proc = subprocess.Popen(
-            [str(binary), "-m", str(gemma_path()), "-c", str(CONTEXT), "-t", str(THREADS),
-             "--host", "127.0.0.1", "--port", str(PORT), "--cache-reuse", "256", "-np", "1",
-             "--no-webui", *NO_REPACK],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("llama-server did not start")
-            time.sleep(0.2)
+        self.proc = start_llama_server(PORT, CONTEXT)
 
     def complete(self, p: Position) -> Answer:
         prompt, _ = p.window()

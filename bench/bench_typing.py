@@ -99,6 +99,42 @@ def build_llama_server() -> Path:
     return LLAMA_SERVER
 
 
+def start_llama_server(port: int, context: int) -> subprocess.Popen[bytes]:
+    """llama-server (built once) serving Gemma on 127.0.0.1:``port`` with a ``context``
+    of tokens, as an editor's own would run (one slot, prompt cache reuse), once its
+    ``/health`` says it is ready."""
+    proc = subprocess.Popen(
+        [str(build_llama_server()), "-m", str(gemma_path()), "-c", str(context),
+         "-t", str(THREADS), "--host", "127.0.0.1", "--port", str(port),
+         "--cache-reuse", "256", "-np", "1", "--no-webui", *NO_REPACK],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("llama-server did not start")
+        time.sleep(0.2)
+
+
+def start_vibrant() -> Server:
+    """vibrant's server over stdio, initialized, on a fresh bench home (bench_server's) with
+    Gemma cached; no model loaded yet."""
+    env = setup_home()
+    # The cache adopts no symlink: a hard link to the fixture (same filesystem here).
+    link = Path(env["VIBRANT_HOME"]) / "models" / f"{MODEL}.gguf"
+    link.unlink()
+    os.link(gemma_path(), link)
+    server = Server(env)
+    server.initialize()
+    return server
+
+
 class Request:
     def __init__(self, prompt: str, suffix: str) -> None:
         self.prompt, self.suffix = prompt, suffix
@@ -134,13 +170,7 @@ class Vibrant:
     name = "vibrant"
 
     def __init__(self) -> None:
-        env = setup_home()
-        # The cache adopts no symlink: a hard link to the fixture (same filesystem here).
-        link = Path(env["VIBRANT_HOME"]) / "models" / f"{MODEL}.gguf"
-        link.unlink()
-        os.link(gemma_path(), link)
-        self.server = Server(env)
-        self.server.initialize()
+        self.server = start_vibrant()
         self.complete(Request("def f():\n", ""))  # load the model
 
     def complete(self, req: Request) -> Sample:
@@ -229,24 +259,7 @@ class LlamaServer:
     name = "llama-server"
 
     def __init__(self) -> None:
-        binary = build_llama_server()
-        self.proc = subprocess.Popen(
-            [str(binary), "-m", str(gemma_path()), "-c", str(CONTEXT), "-t", str(THREADS),
-             "--host", "127.0.0.1", "--port", str(PORT), "--cache-reuse", "256", "-np", "1",
-             "--no-webui", *NO_REPACK],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("llama-server did not start")
-            time.sleep(0.2)
+        self.proc = start_llama_server(PORT, CONTEXT)
         self.complete(Request("def f():\n", ""))
 
     def complete(self, req: Request) -> Sample:
