@@ -12,7 +12,7 @@ import msgspec
 import psutil
 
 from .errors import ConfigError, validation_problem
-from .states import Auto
+from .states import Auto, EngineKind
 from .units import parse_size
 
 
@@ -24,9 +24,10 @@ class EngineSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """An inference server completions can go to (``[engines.<name>]``; docs/engines.md).
     The key is named here (an environment variable or a file), never written here."""
 
-    url: str  # http(s)://host:port of llama-server or an OpenAI-compatible server
-    # "llama-server" (/infill, /completion) or "openai" (/v1/completions); None: probed.
-    kind: Literal["llama-server", "openai"] | None = None
+    url: str  # http(s)://host:port of llama-server, an OpenAI-compatible server or Ollama
+    # "llama-server" (/infill, /completion), "openai" (/v1/completions) or "ollama"
+    # (/api/generate, raw); None: probed.
+    kind: EngineKind | None = None
     api_key_env: str | None = None  # the environment variable that holds the key
     api_key_file: str | None = None  # a file whose first line is the key (~ expanded)
     # "local": the local model answers when the engine can't be reached; None: an error.

@@ -31,6 +31,11 @@ StopReason = Literal[
 # header and this machine's memory as it loads.
 Auto = Literal["auto"]
 
+# What a team's inference server is (``[engines.<name>] kind``; docs/engines.md): llama-server
+# (/infill, /completion), an OpenAI-compatible server (/v1/completions), or Ollama
+# (/api/generate with ``raw``).
+EngineKind = Literal["llama-server", "openai", "ollama"]
+
 # Where a model's header came from: its downloaded file, the Hub's file read by Range,
 # or the registry's architecture numbers.
 HeaderSource = Literal["file", "hub", "registry"]

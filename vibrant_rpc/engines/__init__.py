@@ -2,11 +2,12 @@
 server's own half: ``engine`` is one configured engine (``[engines.<name>]``: probed
 kind and model, health, completions), over ``transport`` (httpx, streamed answers a
 cancel can end, the key sent to that engine only) and its adapters, ``llama_server``
-(``/infill``, ``/completion``) and ``openai`` (``/v1/completions`` with the FIM prompt
-``fim`` renders); ``keys`` reads an engine's key; ``routing`` sends a completion to the
-engine, and to the local model when it is down and ``fallback = "local"``;
-``supervisor`` runs llama-server on a cached model for `vibrant model serve`.
-docs/engines.md holds the engines' facts this relies on.
+(``/infill``, ``/completion``), ``openai`` (``/v1/completions`` with the FIM prompt
+``fim`` renders) and ``ollama`` (``/api/generate``, raw, with the same prompt); ``keys``
+reads an engine's key; ``routing`` sends a completion to the engine, and to the local
+model when it is down and ``fallback = "local"``; ``supervisor`` runs llama-server on a
+cached model for `vibrant model serve`. docs/engines.md holds the engines' facts this
+relies on.
 
 The names below are looked up on first use (PEP 562, as ``download``'s): httpx costs a
 sixth of a second, and a command that reaches no engine never pays for it.

@@ -1,12 +1,14 @@
 """One configured engine: what it is (probed), whether it answers, and completions from it.
 
 The kind, when the settings leave it out, is probed: llama-server answers ``GET /props``
-with its ``model_path`` and ``build_info``; an OpenAI-compatible server answers
-``GET /v1/models`` (vLLM, SGLang, Ollama). The model it serves comes from the same
-answers (``/props``'s alias, ``/v1/models``' ids); a ``model`` setting must be one of
-them. The probe runs before the first completion and again after a failure; health is
-``GET /health`` (llama-server; no key needed) or ``GET /v1/models``. ``status()`` is
-memory only: what the last probe or completion learnt.
+with its ``model_path`` and ``build_info``; Ollama answers ``GET /api/tags`` with its
+models (asked before ``/v1/models``, which Ollama answers too); an OpenAI-compatible
+server answers ``GET /v1/models`` (vLLM, SGLang). The model it serves comes from the same
+answers (``/props``'s alias, ``/api/tags``' names, ``/v1/models``' ids); a ``model``
+setting must be one of them, and Ollama, which has many, needs one unless it has only
+one. The probe runs before the first completion and again after a failure; health is
+``GET /health`` (llama-server; no key needed), ``GET /api/version`` (Ollama) or
+``GET /v1/models``. ``status()`` is memory only: what the last probe or completion learnt.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ import msgspec
 from ..config import EngineSettings
 from ..errors import EngineError, EngineUnreachableError, ModelNotServedError
 from ..inference.model import CompletionRequest, CompletionResult
+from ..states import EngineKind
 from .keys import engine_key
 from .llama_server import LlamaServerAdapter
+from .ollama import TAGS, VERSION, OllamaAdapter, Tags, served_model
 from .openai import OpenAIAdapter
 from .transport import EngineClient
 
 log = logging.getLogger(__name__)
 
-EngineKind = Literal["llama-server", "openai"]
 # A probe or health check is small: it may not wait as long as a completion's first token.
 PROBE_TIMEOUT_S = 10.0
 
@@ -70,7 +73,9 @@ class _Models(msgspec.Struct):
     data: list[_Model]
 
 
-Adapter = LlamaServerAdapter | OpenAIAdapter
+Adapter = LlamaServerAdapter | OllamaAdapter | OpenAIAdapter
+# What a health check asks each kind: llama-server's /health needs no key.
+_HEALTH: dict[str, str] = {"llama-server": "/health", "ollama": VERSION, "openai": "/v1/models"}
 
 
 class Engine:
@@ -128,6 +133,10 @@ class Engine:
         if props is not None:
             model = self._check_model(_served_names(props, self._models()))
             return LlamaServerAdapter(self.client), model, props.total_slots
+        tags = self._tags(required=kind == "ollama") if kind in (None, "ollama") else None
+        if tags is not None:
+            served = served_model(tags, self.settings.model, self.name, self.client.where)
+            return OllamaAdapter(self.client, served), served, None
         model = self._check_model(self._models())
         return OpenAIAdapter(self.client, model), model, None
 
@@ -142,6 +151,27 @@ class Engine:
         if not (props.model_path or props.build_info) and not required:
             return None
         return props
+
+    def _tags(self, *, required: bool) -> Tags | None:
+        try:
+            raw = self.client.get_json(TAGS, PROBE_TIMEOUT_S)
+        except EngineUnreachableError:
+            raise
+        except EngineError as err:
+            # 404/405, or no JSON: not Ollama (another answer, a wrong key: said as it is).
+            if required or err.details.get("status") not in (404, 405, None):
+                raise
+            return None
+        try:
+            return msgspec.convert(raw, Tags)
+        except msgspec.ValidationError:
+            if not required:
+                return None  # /api/tags means something else here: not Ollama
+            raise EngineError(
+                f"The engine {self.name!r} at {self.client.where} answered {TAGS} with no "
+                "model list: is the url that of an Ollama server?",
+                engine=self.name,
+            ) from None
 
     def _models(self) -> list[str]:
         raw = self.client.get_json("/v1/models", PROBE_TIMEOUT_S)
@@ -180,8 +210,7 @@ class Engine:
         try:
             if adapter is None:
                 return self.probe()
-            path = "/health" if isinstance(adapter, LlamaServerAdapter) else "/v1/models"
-            self.client.get_json(path, PROBE_TIMEOUT_S)
+            self.client.get_json(_HEALTH[adapter.kind], PROBE_TIMEOUT_S)
         except EngineError as err:
             self._note(healthy=False, error=err.message)
         else:
@@ -208,8 +237,9 @@ class Engine:
             assert adapter is not None
         try:
             result = adapter.complete(req, on_text, cancel)
-        except EngineUnreachableError as err:
-            # Probe again next time: the engine may come back serving another model.
+        except (EngineUnreachableError, ModelNotServedError) as err:
+            # Probe again next time: the engine may come back serving another model (or
+            # have been given the one asked for: Ollama pulls models while it runs).
             with self._lock:
                 self._adapter = None
             self._note(healthy=False, error=err.message)

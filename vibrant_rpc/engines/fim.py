@@ -4,15 +4,16 @@ An OpenAI-compatible engine gets the prompt as text: vLLM refuses ``suffix`` (40
 is not currently supported"), Ollama applies it only where the model's template uses
 it, TGI appends it (docs/engines.md). So vibrant renders the FIM prompt for the served
 model itself, with that model's own special tokens written as text (llama-server, vLLM
-and SGLang parse special tokens in a text prompt), and stops on its end and
-file-separator tokens. The local runtime builds the same layout from token ids
-(``inference.model``); llama-server's ``/infill`` builds it on the engine.
+and SGLang parse special tokens in a text prompt; Ollama gets it with ``raw``, its
+template left out), and stops on its end and file-separator tokens. The local runtime
+builds the same layout from token ids (``inference.model``); llama-server's ``/infill``
+builds it on the engine.
 
-The served model is known by its name (``/v1/models``, or the engine's ``model``
-setting); the families below are the code models with FIM tokens that vibrant's registry
-and the peers' templates (Continue's ``AutocompleteTemplate.ts``, Tabby's
-``prompt_template``) know. A model of none of them gets the prefix alone, as the local
-runtime does for a model without FIM tokens.
+The served model is known by its name (``/v1/models``, ``/api/tags``, or the engine's
+``model`` setting); the families below are the code models with FIM tokens that
+vibrant's registry and the peers' templates (Continue's ``AutocompleteTemplate.ts``,
+Tabby's ``prompt_template``) know. A model of none of them gets the prefix alone, as the
+local runtime does for a model without FIM tokens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import re
 
 import msgspec
 
+from ..inference.model import CompletionRequest
 from ..inference.prompt import REPO_NAME, ContextChunk
 
 
@@ -151,3 +153,15 @@ def render(
         return f"{head}{template.prefix}{prefix}{template.suffix}{suffix}{template.middle}"
     head = commented(context or [], comment)
     return f"{template.prefix}{head}{prefix}{template.suffix}{suffix}{template.middle}"
+
+
+def text_prompt(template: FimTemplate | None, req: CompletionRequest) -> tuple[str, bool]:
+    """The prompt an engine that takes text gets for ``req`` (OpenAI-compatible servers,
+    Ollama's raw mode), and whether it is a FIM prompt: rendered for the served model's
+    template where the request has a suffix; else, no FIM known for the model (or no
+    suffix), the prefix after the other files as commented lines, continued."""
+    if template is not None and req.suffix is not None:
+        prompt = render(template, req.prompt, req.suffix, req.context, req.filename,
+                        req.comment)  # fmt: skip
+        return prompt, True
+    return commented(req.context, req.comment) + req.prompt, False

@@ -1,10 +1,11 @@
-"""OpenAI-compatible engines (vLLM, SGLang, Ollama, llama-server's own): ``/v1/completions``
+"""OpenAI-compatible engines (vLLM, SGLang, llama-server's own): ``/v1/completions``
 with the FIM prompt rendered by vibrant for the served model (``fim.render``), never
 ``suffix`` (vLLM answers it with 400; docs/engines.md), and the model's end and
 file-separator tokens as stop strings. Streamed, with ``stream_options.include_usage``
 for the token counts; a stop string that still shows up in the text (an engine that
 doesn't cut it) ends the completion there, as the request's own stops and the
-completion pipeline do (``transport.Pieces``).
+completion pipeline do (``transport.Pieces``). Ollama has its own adapter (``ollama``):
+its ``/v1/completions`` applies the model's template to the prompt.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import msgspec
 
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import FinishReason
-from .fim import FimTemplate, commented, render, template_for
+from .fim import FimTemplate, template_for, text_prompt
 from .transport import EngineClient, Pieces, stream_events
 
 
@@ -56,13 +57,7 @@ class OpenAIAdapter:
         cancel: threading.Event,
     ) -> CompletionResult:
         template = self.template
-        fim = req.suffix is not None and template is not None
-        if template is not None and req.suffix is not None:
-            prompt = render(template, req.prompt, req.suffix, req.context, req.filename,
-                            req.comment)  # fmt: skip
-        else:
-            # No FIM known for the model: it continues the prefix, after the other files.
-            prompt = commented(req.context, req.comment) + req.prompt
+        prompt, fim = text_prompt(template, req)
         model_stops = list(template.stops) if template is not None else []
         body: dict[str, Any] = {
             "prompt": prompt,

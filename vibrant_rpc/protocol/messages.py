@@ -19,6 +19,7 @@ import msgspec
 from ..errors import InvalidParams as InvalidParams
 from ..states import Auto as Auto
 from ..states import DownloadState as DownloadState
+from ..states import EngineKind as EngineKind
 from ..states import FinishReason as FinishReason
 from ..states import HeaderSource as HeaderSource
 from ..states import ModelState as ModelState
@@ -120,7 +121,7 @@ class EngineInfo(Wire):
 
     name: str  # its name in the settings ([engines.<name>])
     url: str
-    kind: Literal["llama-server", "openai"] | None  # None: not reached yet
+    kind: EngineKind | None  # None: not reached yet
     model: str | None  # the model it serves
     healthy: bool | None  # None: not asked yet
     error: str | None = None  # why it is not healthy, or its last error

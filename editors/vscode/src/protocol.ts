@@ -5,6 +5,8 @@ export type Auto = "auto";
 
 export type HeaderSource = "file" | "hub" | "registry";
 
+export type EngineKind = "llama-server" | "openai" | "ollama";
+
 export type ModelState = "unloaded" | "loading" | "ready" | "failed";
 
 export type DownloadState =
@@ -239,7 +241,7 @@ export interface GpuLayersPlan {
 export interface EngineInfo {
     name: string;
     url: string;
-    kind: "llama-server" | "openai" | null;
+    kind: EngineKind | null;
     model: string | null;
     healthy: boolean | null;
     error: string | null;
