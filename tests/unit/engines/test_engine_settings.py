@@ -75,3 +75,14 @@ def test_defaults_are_local() -> None:
     settings, warnings = read_settings(None)
     assert (settings.engine, settings.engines, settings.llama_server, warnings) == (
         "local", {}, None, [])  # fmt: skip
+
+
+def test_kind_ollama() -> None:
+    settings, warnings = read_settings(None, {
+        "engine": "box",
+        "engines": {"box": {"url": "http://gpu-box:11434", "kind": "ollama",
+                            "model": "qwen2.5-coder:7b-base"}},
+    })  # fmt: skip
+    assert warnings == []
+    assert (settings.engines["box"].kind, settings.engines["box"].model) == (
+        "ollama", "qwen2.5-coder:7b-base")  # fmt: skip
