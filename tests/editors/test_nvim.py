@@ -15,16 +15,24 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.editors.received import check_models_request, lsp_messages
 from tests.editors.received import completes as received_completes
-from tests.editors.received import lsp_messages
 from tests.editors.ring_cases import HELPERS, MODELS, SCENARIOS, sent_context
 from tests.editors.ring_cases import check as check_ring
+from tests.editors.window_cases import (
+    DEFAULTS,
+    LONG_ROW,
+    MIX,
+    check_cuts,
+    cut_cases,
+    cut_document,
+)
 from tests.support.editor_window import check_window, natural_start, utf8_starts
 from tests.support.gguf_fixtures import GEMMA_SIZE, gemma_path
 from tests.support.hub_stub import HubStub
@@ -471,14 +479,6 @@ def test_checkhealth_shows_an_unreachable_engine_and_the_fallback(tmp_path: Path
 # The request's window (vibrant.window), on cases judged here ---------------------------
 
 WINDOW_CASES = Path(__file__).resolve().parent / "nvim" / "window_cases.lua"
-DEFAULTS = {
-    "prefix_lines": 256,
-    "suffix_lines": 64,
-    "window_step": 32,
-    "max_prefix_chars": 16000,
-    "max_suffix_chars": 4000,
-}
-MIX = "é中文😀x"  # 2-, 3- and 4-byte characters
 
 
 def run_window_cases(
@@ -507,7 +507,7 @@ def run_window_cases(
     return out
 
 
-def check(lines: list[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
+def check(lines: Sequence[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
     """What the server receives: strict UTF-8, and the window editor_window defines."""
     r["prompt"].decode("utf-8"), r["suffix"].decode("utf-8")  # raises on a broken character
     opts = {**DEFAULTS, **case["opts"]}
@@ -517,47 +517,11 @@ def check(lines: list[bytes], case: dict[str, Any], r: dict[str, Any]) -> None:
 def test_window_cuts_on_lines_and_characters(tmp_path: Path) -> None:
     """Every byte cap from 1 to 60 lands inside é, 中文 and 😀 at both ends: the module
     cuts before or after the whole character, and on line boundaries where lines fit."""
-    doc = [f"l{i} {MIX * (i % 5)}".encode() for i in range(400)]
-    doc[150] = (MIX * 40).encode()  # one long line
-    cases: list[dict[str, Any]] = []
-    long_line = doc[150]
-    for cap in range(1, 61):
-        for col in utf8_starts(long_line)[::7]:
-            cases.append(
-                {
-                    "doc": 0,
-                    "row": 150,
-                    "col": col,
-                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap},
-                }
-            )
-    for cap in (10, 50, 100, 333, 1000, 2000, 3000, 4000):
-        for row in (0, 1, 31, 32, 149, 151, 257, 300, 399):
-            col = len(doc[row]) // 2
-            col = min(s for s in utf8_starts(doc[row]) if s >= col)
-            cases.append(
-                {
-                    "doc": 0,
-                    "row": row,
-                    "col": col,
-                    "opts": {"max_prefix_chars": cap, "max_suffix_chars": cap, "prefix_lines": 64},
-                }
-            )
-    for row in range(0, 400, 13):
-        cases.append({"doc": 0, "row": row, "col": len(doc[row]), "opts": {}})
+    doc = cut_document(str.encode)
+    cases = cut_cases(doc, utf8_starts)
     results = run_window_cases(tmp_path, [doc], cases)
-    for case, r in zip(cases, results, strict=True):
-        check(doc, case, r)
-    assert sum(r["prompt_cut"] for r in results) > 100  # the caps did land inside the line
-    assert sum(r["suffix_cut"] for r in results) > 100
-    # Over the cap with many lines: the start dropped whole steps, not single lines.
-    stepped = [
-        r
-        for case, r in zip(cases, results, strict=True)
-        if r["start_row"] - natural_start(case["row"], {**DEFAULTS, **case["opts"]}) >= 32
-        and case["row"] - r["start_row"] >= 32
-    ]
-    assert len(stepped) >= 3, len(stepped)
+    check_cuts(doc, cases, results, check)
+    long_line = doc[LONG_ROW]
     # Somewhere the cap landed inside each kind of character and the module stepped over it.
     cut_inside = {
         len(s.encode())
@@ -584,8 +548,8 @@ def test_window_start_stays_put_while_typing(tmp_path: Path) -> None:
         doc = [*base[:row], base[row] + text.encode(), *base[row + 1 :]]
         docs.append(doc)
         cases.append({"doc": len(docs) - 1, "row": row, "col": len(doc[row]), "opts": {}})
-    for r in range(100, 300):
-        cases.append({"doc": 0, "row": r, "col": 0, "opts": {"prefix_lines": 50}})
+    for down in range(100, 300):
+        cases.append({"doc": 0, "row": down, "col": 0, "opts": {"prefix_lines": 50}})
     results = run_window_cases(tmp_path, docs, cases)
     for case, r in zip(cases, results, strict=True):
         check(docs[case["doc"]], case, r)
@@ -604,7 +568,7 @@ def test_window_replaces_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     gives a request the server can read: each such byte becomes U+FFFD."""
     bad = [b"\xff", b"\xe4\xb8", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\x80"]
     doc = [b"ok " + b + " 中".encode() for b in bad] * 3
-    cases = [
+    cases: list[dict[str, Any]] = [
         {"doc": 0, "row": row, "col": 3 + len(bad[row % len(bad)]), "opts": {}}
         for row in range(len(doc))
     ]
@@ -831,10 +795,7 @@ def test_request_carries_language_filename_and_context(typing: dict[str, Any]) -
     # Held before the request: the same, and pkg/models.py's own chunk (the whole file).
     assert ring["held"] == [*expected, ["pkg/models.py", "\n".join(MODELS) + "\n"]]
     assert ring["sent"] == expected
-    mid = next(p for p in completes(typing) if p.get("filename") == "pkg/models.py")
-    assert mid["languageId"] == "python"
-    assert [[c["filename"], c["text"]] for c in mid["context"]] == expected
-    assert "multiline" not in mid  # the server decides, by the same rule
+    check_models_request(completes(typing))
     # The chunk picked on entering the file, before one of its lines changed, is gone.
     assert ["pkg/helpers.py", "\n".join(HELPERS[:32]) + "\n"] not in ring["held"]
 

@@ -6,32 +6,15 @@
 local out_path = assert(os.getenv("VIBRANT_TEST_RESULT"), "VIBRANT_TEST_RESULT not set")
 vim.opt.runtimepath:prepend(assert(os.getenv("VIBRANT_NVIM_PLUGIN"), "VIBRANT_NVIM_PLUGIN not set"))
 
+local harness = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)), "harness.lua"))
+
 local R = {}
 
-local function run()
+harness.finish(R, out_path, function()
   local settings = vim.json.decode(os.getenv("VIBRANT_TEST_SETTINGS") or "{}")
   local vibrant = require("vibrant")
   vibrant.setup({ settings = settings, complete = { auto = false } })
   vim.cmd("checkhealth vibrant")
   R.health = vim.api.nvim_buf_get_lines(0, 0, -1, false)
-  local client = vibrant.client()
-  vibrant.stop()
-  assert(
-    vim.wait(10000, function()
-      return client == nil or client:is_stopped()
-    end, 20),
-    "the server did not stop"
-  )
-end
-
-local ok, err = xpcall(run, debug.traceback)
-R.ok, R.error = ok, not ok and tostring(err) or nil
-local f = assert(io.open(out_path, "w"))
-f:write(vim.json.encode(R))
-f:close()
-if ok then
-  vim.cmd("qall!")
-else
-  io.stderr:write(tostring(err) .. "\n")
-  vim.cmd("cquit 3")
-end
+  harness.stop_server(vibrant)
+end)

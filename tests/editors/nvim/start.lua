@@ -3,6 +3,7 @@
 local out_path = assert(os.getenv("VIBRANT_TEST_RESULT"))
 local python = assert(os.getenv("VIBRANT_TEST_PYTHON")) -- has vibrant_rpc installed
 vim.opt.runtimepath:prepend(assert(os.getenv("VIBRANT_NVIM_PLUGIN")))
+local harness = dofile(vim.fs.joinpath(vim.fs.dirname(debug.getinfo(1, "S").source:sub(2)), "harness.lua"))
 
 local R = { notifications = {} }
 vim.notify = function(msg, level)
@@ -38,17 +39,8 @@ local function run()
     return #R.notifications > n
   end, 20), "no answer from python -m vibrant_rpc")
   R.fallback_status = R.notifications[#R.notifications]
-  local client = vibrant.client()
-  R.fallback_server = client.server_info
-  vibrant.stop()
-  assert(vim.wait(10000, function()
-    return client:is_stopped()
-  end, 20), "the server did not stop")
+  R.fallback_server = vibrant.client().server_info
+  harness.stop_server(vibrant)
 end
 
-local ok, err = xpcall(run, debug.traceback)
-R.ok, R.error = ok, not ok and tostring(err) or nil
-local f = assert(io.open(out_path, "w"))
-f:write(vim.json.encode(R))
-f:close()
-vim.cmd(ok and "qall!" or "cquit 3")
+harness.finish(R, out_path, run)
