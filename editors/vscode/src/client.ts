@@ -1,5 +1,6 @@
 // The language client: vibrant-rpc over stdio, started on first use (never at activation),
-// and what the server says about itself: the model's state, downloads, available updates.
+// and what the server says about itself: the model's state, downloads, available updates,
+// and the team engine completions go to (its health and model, and which engine answered).
 import { ChildProcess, spawn } from 'child_process';
 import * as vscode from 'vscode';
 import {
@@ -10,7 +11,10 @@ import {
     State,
 } from 'vscode-languageclient/node';
 import { downloadLine, percentOf } from './format';
-import { DownloadProgress, ModelState, ModelStateChanged, StatusResult, UpdateAvailable } from './protocol';
+import {
+    CompleteResult, DownloadProgress, EngineInfo, ErrorCodes, ModelState, ModelStateChanged, StatusResult,
+    UpdateAvailable,
+} from './protocol';
 import { INSTALL_HINT, locateServer, ServerCommand, ServerNotFoundError } from './serverLocator';
 import { SERVER_SETTING_OF } from './settings';
 import { Ui } from './ui';
@@ -31,7 +35,21 @@ export interface ServerState {
     readonly downloads: readonly DownloadStatus[];
     /** Why the server could not be found, until it is. */
     readonly missingServer: string | undefined;
+    /** The team engine completions go to (the `engine` setting), as the server last saw it;
+     * null: this machine's model. */
+    readonly engine: EngineInfo | null;
+    /** Which engine answered the last completion ("local" or the engine's name), and why
+     * the local model did when an engine was asked. */
+    readonly answeredBy: string | undefined;
+    readonly fallbackReason: string | null | undefined;
 }
+
+// The errors of a completion the engine's health explains: ask the server for it again.
+const ENGINE_ERRORS: readonly number[] = [
+    ErrorCodes.EngineError, ErrorCodes.EngineUnreachable, ErrorCodes.EngineKeyRefused, ErrorCodes.ModelNotServed,
+];
+// The server checks the engine just after it starts: how long the status is asked for it.
+const ENGINE_CHECK_WAIT_MS = 30000;
 
 // The settings whose change needs a new server: what it is sent, and where to find it.
 const SERVER_SETTINGS = [...Object.keys(SERVER_SETTING_OF), 'serverPath', 'pythonPath'];
@@ -45,6 +63,9 @@ export class ServerClient implements vscode.Disposable {
     private model: ModelState = 'unloaded';
     private modelId: string | null = null;
     private reason: string | null | undefined;
+    private engine: EngineInfo | null = null;
+    private answeredBy: string | undefined;
+    private fallbackReason: string | null | undefined;
     private readonly downloads = new Map<string, DownloadStatus>();
     private readonly stateEvents = new vscode.EventEmitter<ServerState>();
     private readonly downloadEvents = new vscode.EventEmitter<DownloadProgress>();
@@ -82,6 +103,9 @@ export class ServerClient implements vscode.Disposable {
             reason: this.reason,
             downloads: [...this.downloads.values()],
             missingServer: this.missingServer,
+            engine: this.engine,
+            answeredBy: this.answeredBy,
+            fallbackReason: this.fallbackReason,
         };
     }
 
@@ -213,16 +237,67 @@ export class ServerClient implements vscode.Disposable {
             throw err;
         }
         this.output.appendLine(`Model server running, pid ${this.process?.pid}.`);
-        try {
-            const status = await client.sendRequest<StatusResult>('vibrant/status');
-            this.setModelState(status.state, status.modelId, status.error);
-            for (const d of status.downloads) {
-                this.onProgress(d);
-            }
-        } catch (err) {
-            this.output.appendLine(`vibrant/status failed: ${String(err)}`);
+        const status = await this.fetchStatus(client);
+        for (const d of status?.downloads ?? []) {
+            this.onProgress(d);
+        }
+        if (status?.engine && !status.engine.checkedAt) {
+            void this.awaitEngineCheck(client);
         }
         return client;
+    }
+
+    /** Ask the server's status (memory only: what its last check or completion learnt) and
+     * show it: the model's state and the engine's. Undefined when it could not be asked. */
+    async refreshStatus(): Promise<StatusResult | undefined> {
+        return this.isRunning && this.client ? this.fetchStatus(this.client) : undefined;
+    }
+
+    private async fetchStatus(client: LanguageClient): Promise<StatusResult | undefined> {
+        try {
+            const status = await client.sendRequest<StatusResult>('vibrant/status');
+            if (this.client !== client) {
+                return undefined; // a status of a server since stopped
+            }
+            this.engine = status.engine ?? null;
+            this.setModelState(status.state, status.modelId, status.error);
+            return status;
+        } catch (err) {
+            this.output.appendLine(`vibrant/status failed: ${String(err)}`);
+            return undefined;
+        }
+    }
+
+    /** The server checks its engine in the background as it starts: show the result. */
+    private async awaitEngineCheck(client: LanguageClient): Promise<void> {
+        const deadline = Date.now() + ENGINE_CHECK_WAIT_MS;
+        while (Date.now() < deadline && this.client === client) {
+            await new Promise((resolve) => setTimeout(resolve, 500));
+            const status = await this.fetchStatus(client);
+            if (!status || !status.engine || status.engine.checkedAt) {
+                return;
+            }
+        }
+    }
+
+    /** A completion's answer: when another engine wrote it than the last one (the local
+     * model took over, or the engine is back), show it and ask the engine's health anew. */
+    noteAnswer(result: CompleteResult): void {
+        if (result.engine === this.answeredBy && result.fallbackReason === this.fallbackReason) {
+            return;
+        }
+        this.answeredBy = result.engine;
+        this.fallbackReason = result.fallbackReason;
+        this.stateEvents.fire(this.state);
+        void this.refreshStatus();
+    }
+
+    /** A completion's error: the engine's, and its health shown anew. */
+    noteError(err: unknown): void {
+        const code = (err as { code?: unknown } | undefined)?.code;
+        if (typeof code === 'number' && ENGINE_ERRORS.includes(code)) {
+            void this.refreshStatus();
+        }
     }
 
     async stop(): Promise<void> {
@@ -237,6 +312,9 @@ export class ServerClient implements vscode.Disposable {
             await client.dispose().catch(() => undefined);
         }
         this.kill();
+        this.engine = null;
+        this.answeredBy = undefined;
+        this.fallbackReason = undefined;
         this.setModelState('unloaded', null, undefined);
     }
 
@@ -326,6 +404,11 @@ export class ServerClient implements vscode.Disposable {
         );
         for (const d of this.downloads.values()) {
             parts.push(`downloading ${d.modelId}: ${d.line}`);
+        }
+        const e = this.engine;
+        if (e) {
+            const health = e.healthy === true ? 'healthy' : e.healthy === false ? 'not healthy' : 'not checked yet';
+            parts.push(`engine ${e.name} (${e.model ?? 'model not known yet'}, ${health})`);
         }
         return parts.join(' · ');
     }

@@ -166,11 +166,13 @@ export class InlineProvider implements vscode.InlineCompletionItemProvider {
                 record.error = err instanceof Error ? err.message : String(err);
                 this.completed.fire(record);
                 if (!record.cancelled) {
+                    this.vibrant.client.noteError(err);
                     this.reportError(err);
                 }
                 return undefined;
             }
             record.elapsedMs = Date.now() - started;
+            this.vibrant.client.noteAnswer(record.result);
             const text = record.result.text;
             const show = text.trim() !== '' && !cts.token.isCancellationRequested;
             if (show) {

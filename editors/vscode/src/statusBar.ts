@@ -1,11 +1,59 @@
-// The status bar item: the model's state, a running download, or a server that isn't found.
-// Click: Vibrant's commands (Show Status).
+// The status bar item: the model's state, a running download, a server that isn't found, or
+// the team engine completions go to (its model, its health). Click: Vibrant's commands.
 import * as vscode from 'vscode';
 import { ServerClient, ServerState } from './client';
+import { EngineInfo } from './protocol';
 import { INSTALL_HINT } from './serverLocator';
 
+interface ItemLook {
+    text: string;
+    tooltip: string;
+    background?: string;
+}
+
+/** The engine's address as shown: never a user or password (the server refuses a key in
+ * the url, and this keeps one from being shown if it ever got there). */
+export function shownUrl(url: string): string {
+    return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, '$1');
+}
+
+/** Where completions go when the settings name an engine: its name and the model it serves,
+ * a warning when it is not healthy; the tooltip says the URL, kind, model and fallback. */
+export function engineStatusOf(e: EngineInfo, s: ServerState): ItemLook {
+    const fallback = e.fallback === 'local';
+    const lines: string[] = [];
+    let text: string;
+    let background: string | undefined;
+    if (e.healthy === false) {
+        text = `$(warning) Vibrant: ${e.name} unhealthy${fallback ? ' · local fallback' : ''}`;
+        background = 'statusBarItem.warningBackground';
+        lines.push(`The engine ${e.name} is not healthy: ${e.error ?? 'it did not answer'}`);
+    } else if (e.healthy === true) {
+        text = `$(cloud) Vibrant: ${e.name} · ${e.model ?? 'no model named'}`;
+        lines.push(`Completions go to the engine ${e.name}: healthy.`);
+        if (e.error) {
+            lines.push(`Its last error: ${e.error}`);
+        }
+    } else {
+        text = `$(cloud) Vibrant: ${e.name} · not checked yet`;
+        lines.push(`Completions go to the engine ${e.name} (not checked yet).`);
+    }
+    lines.push(`URL: ${shownUrl(e.url)}`);
+    lines.push(`Kind: ${e.kind ?? 'not known yet'}`);
+    const slots = e.slots ? ` (${e.slots} slot${e.slots === 1 ? '' : 's'})` : '';
+    lines.push(`Model: ${e.model ?? 'not known yet'}${slots}`);
+    lines.push(fallback
+        ? 'Fallback: the local model answers when the engine can\'t be reached (fallback = "local").'
+        : 'Fallback: none: completions fail while the engine can\'t be reached.');
+    if (s.answeredBy) {
+        const who = s.answeredBy === 'local' ? `the local model${s.modelId ? ` (${s.modelId})` : ''}` : `the engine ${s.answeredBy}`;
+        lines.push(`Last completion: ${who}${s.fallbackReason ? `. ${s.fallbackReason}` : '.'}`);
+    }
+    return { text, tooltip: lines.join('\n'), background };
+}
+
 /** The item's text and tooltip for a state of the server. */
-export function statusOf(s: ServerState): { text: string; tooltip: string; background?: string } {
+export function statusOf(s: ServerState): ItemLook {
     const download = s.downloads[0];
     if (s.missingServer) {
         return {
@@ -20,6 +68,9 @@ export function statusOf(s: ServerState): { text: string; tooltip: string; backg
             text: `$(cloud-download) Vibrant: downloading${pct}`,
             tooltip: `Downloading ${download.modelId}: ${download.line}`,
         };
+    }
+    if (s.engine) {
+        return engineStatusOf(s.engine, s);
     }
     switch (s.model) {
         case 'loading':
@@ -63,6 +114,15 @@ export class StatusBar implements vscode.Disposable {
 
     get text(): string {
         return this.item.text;
+    }
+
+    get tooltip(): string {
+        return typeof this.item.tooltip === 'string' ? this.item.tooltip : this.item.tooltip?.value ?? '';
+    }
+
+    /** The theme color of the item's background: a warning or an error; undefined: none. */
+    get background(): string | undefined {
+        return this.item.backgroundColor?.id;
     }
 
     private render(s: ServerState): void {

@@ -3,6 +3,7 @@
 // tests/editors/test_vscode.py sets it up; VIBRANT_TEST_MODEL names the model its registry holds.
 import * as assert from 'assert';
 import * as fs from 'fs';
+import * as path from 'path';
 import * as vscode from 'vscode';
 import type { VibrantApi } from '../../src/extension';
 import type { CompletionRecord } from '../../src/inline';
@@ -70,6 +71,71 @@ function serverChildren(): { pid: number; cmdline: string }[] {
 }
 
 type Test = [string, (api: VibrantApi, hooks: TestHooks) => Promise<void>];
+
+// The team engine (tests/editors/test_vscode.py runs the real llama-server on loopback) ------
+
+const ENGINE_URL = process.env.VIBRANT_TEST_ENGINE_URL ?? '';
+const ENGINE_MODEL = process.env.VIBRANT_TEST_ENGINE_MODEL ?? '';
+
+/** Completions go to the engine `team` at `url` from the next server on: `[engines.team]`
+ * in $VIBRANT_HOME/config.toml (the key in TEAM_KEY); undefined: back to this machine. */
+function configureEngine(url: string | undefined): void {
+    const home = process.env.VIBRANT_HOME;
+    assert.ok(home, 'VIBRANT_HOME is not set');
+    const config = path.join(home, 'config.toml');
+    if (url === undefined) {
+        fs.rmSync(config, { force: true });
+        return;
+    }
+    fs.mkdirSync(home, { recursive: true });
+    fs.writeFileSync(config, [
+        'engine = "team"', '[engines.team]', `url = "${url}"`, 'kind = "llama-server"',
+        'api_key_env = "TEAM_KEY"', 'fallback = "local"', '',
+    ].join('\n'));
+}
+
+/** One inline completion asked as the editor would (invoked), in a document of its own. */
+async function completeOnce(api: VibrantApi, hooks: TestHooks, content: string): Promise<CompletionRecord> {
+    const doc = await vscode.workspace.openTextDocument({ language: 'python', content });
+    await vscode.window.showTextDocument(doc);
+    const last = doc.lineAt(doc.lineCount - 1);
+    const before = hooks.completions.length;
+    const cts = new vscode.CancellationTokenSource();
+    await api.inline.provideInlineCompletionItems(doc, last.range.end, {
+        triggerKind: vscode.InlineCompletionTriggerKind.Invoke, selectedCompletionInfo: undefined,
+    }, cts.token);
+    const record = hooks.completions[hooks.completions.length - 1];
+    assert.ok(hooks.completions.length > before && record, 'no completion record');
+    assert.ok(record.result, `the completion failed: ${record.error}`);
+    return record;
+}
+
+/** vibrant.serverPath as the suite found it (run() reads it before the first test). */
+let initialServerPath = '';
+
+/** A new server (the engine settings are read as it starts). In code-server, after the
+ * tests before have updated settings (ConfigurationTarget.Global), the user settings that
+ * the runner wrote are gone from the extension host's configuration (inspect: no
+ * globalValue, though settings.json still holds them), serverPath with them: set it again. */
+async function restartServer(api: VibrantApi): Promise<void> {
+    const cfg = (): vscode.WorkspaceConfiguration => vscode.workspace.getConfiguration('vibrant');
+    if (!cfg().get<string>('serverPath', '')) {
+        log(`vibrant.serverPath reads empty before a restart: ${JSON.stringify(cfg().inspect('serverPath'))}; setting it again`);
+        await cfg().update('serverPath', initialServerPath, vscode.ConfigurationTarget.Global);
+        await waitFor('vibrant.serverPath', () => cfg().get<string>('serverPath', ''), 10000);
+    }
+    await api.client.restart();
+}
+
+function logStatus(api: VibrantApi, what: string): void {
+    log(`status bar ${what}: ${JSON.stringify(api.statusBar.text)} [${api.statusBar.background ?? 'no background'}] ${JSON.stringify(api.statusBar.tooltip)}`);
+}
+
+function assertNoKey(api: VibrantApi): void {
+    const key = process.env.TEAM_KEY;
+    assert.ok(key, 'TEAM_KEY is not set');
+    assert.ok(!api.statusBar.tooltip.includes(key) && !api.statusBar.text.includes(key), 'the key is shown');
+}
 
 const tests: Test[] = [
     ['the server is not running before the first command', async (api, hooks) => {
@@ -443,6 +509,89 @@ const tests: Test[] = [
         }
     }],
 
+    ['the status bar shows the team engine, healthy, and the model it serves', async (api, hooks) => {
+        assert.ok(ENGINE_URL && ENGINE_MODEL, 'VIBRANT_TEST_ENGINE_URL and VIBRANT_TEST_ENGINE_MODEL are not set');
+        configureEngine(ENGINE_URL);
+        await restartServer(api);
+        // The server checks the engine as it starts; the status it reports then is shown.
+        await waitFor('the engine in the status bar', () => api.statusBar.text.includes(`team · ${ENGINE_MODEL}`), 30000);
+        logStatus(api, 'with a healthy engine');
+        assert.strictEqual(api.statusBar.text, `$(cloud) Vibrant: team · ${ENGINE_MODEL}`);
+        assert.strictEqual(api.statusBar.background, undefined, 'a healthy engine looks like a warning');
+        const tooltip = api.statusBar.tooltip;
+        for (const line of [
+            'Completions go to the engine team: healthy.', `URL: ${ENGINE_URL}`, 'Kind: llama-server',
+            `Model: ${ENGINE_MODEL} (1 slot)`, 'Fallback: the local model answers when the engine can\'t be reached',
+        ]) {
+            assert.ok(tooltip.includes(line), `the tooltip lacks ${JSON.stringify(line)}: ${tooltip}`);
+        }
+        assertNoKey(api);
+        const record = await completeOnce(api, hooks, 'def add(a, b):\n    """Add two numbers."""\n    return ');
+        log(`engine completion: ${JSON.stringify(record.result?.text)} by ${record.result?.engine} (${record.result?.modelId})`);
+        assert.strictEqual(record.result?.engine, 'team');
+        assert.strictEqual(record.result?.modelId, ENGINE_MODEL);
+        await waitFor('the answer in the tooltip', () => api.statusBar.tooltip.includes('Last completion: the engine team.'), 10000);
+        assert.strictEqual(api.statusBar.text, `$(cloud) Vibrant: team · ${ENGINE_MODEL}`);
+    }],
+
+    ['an engine gone: the local model answers and the status bar warns, naming host:port and the fallback', async (api, hooks) => {
+        const pid = Number(process.env.VIBRANT_TEST_ENGINE_PID);
+        assert.ok(pid > 0, 'VIBRANT_TEST_ENGINE_PID is not set');
+        const hostPort = new URL(ENGINE_URL).host;
+        // The team's llama-server dies: its port on loopback is closed from now on.
+        process.kill(pid, 'SIGKILL');
+        const gone = (): boolean => {
+            try {
+                return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '); // dead, not reaped yet
+            } catch {
+                return true;
+            }
+        };
+        await waitFor('llama-server to exit', () => gone(), 10000);
+        const record = await completeOnce(api, hooks, 'def mul(a, b):\n    """Multiply two numbers."""\n    return ');
+        log(`fallback completion: ${JSON.stringify(record.result?.text)} by ${record.result?.engine} (${record.result?.modelId}): ${record.result?.fallbackReason}`);
+        assert.strictEqual(record.result?.engine, 'local');
+        assert.strictEqual(record.result?.modelId, MODEL);
+        assert.ok((record.result?.fallbackReason ?? '').includes(hostPort), `fallbackReason: ${record.result?.fallbackReason}`);
+        // Another engine answered than before: the status is asked again and shows the engine down.
+        await waitFor('the warning', () => api.statusBar.text.includes('team unhealthy'), 10000);
+        logStatus(api, 'after the fallback');
+        const check = (when: string): void => {
+            assert.strictEqual(api.statusBar.text, '$(warning) Vibrant: team unhealthy · local fallback', when);
+            assert.strictEqual(api.statusBar.background, 'statusBarItem.warningBackground', when);
+            const tooltip = api.statusBar.tooltip;
+            for (const line of [
+                `The engine team is not healthy: The engine 'team' at ${hostPort} can't be reached`,
+                `URL: ${ENGINE_URL}`, 'Fallback: the local model answers when the engine can\'t be reached',
+            ]) {
+                assert.ok(tooltip.includes(line), `${when}: the tooltip lacks ${JSON.stringify(line)}: ${tooltip}`);
+            }
+            assertNoKey(api);
+        };
+        check('after the fallback');
+        await waitFor('the answer in the tooltip', () =>
+            api.statusBar.tooltip.includes(`Last completion: the local model (${MODEL}). The engine`), 10000);
+        // A new server with the engine's port closed: its first check, fetched with the status.
+        await restartServer(api);
+        await waitFor('the warning after a restart', () => api.statusBar.text.includes('team unhealthy'), 30000);
+        logStatus(api, 'after a restart');
+        check('after a restart');
+        assert.ok(!api.statusBar.tooltip.includes('Last completion'), api.statusBar.tooltip);
+    }],
+
+    ['without an engine the status bar shows the local model', async (api, hooks) => {
+        configureEngine(undefined);
+        await restartServer(api);
+        logStatus(api, 'without an engine');
+        assert.strictEqual(api.statusBar.text, '$(circle-outline) Vibrant: not loaded');
+        const record = await completeOnce(api, hooks, 'def sub(a, b):\n    """Subtract b from a."""\n    return ');
+        assert.strictEqual(record.result?.engine, 'local');
+        assert.strictEqual(record.result?.fallbackReason, null);
+        await waitFor('the status bar to say ready', () => api.statusBar.text === `$(check) Vibrant: ready · ${MODEL}`, 10000);
+        logStatus(api, 'without an engine, after a completion');
+        assert.ok(!/engine|team/i.test(api.statusBar.tooltip), api.statusBar.tooltip);
+    }],
+
     ['Show Cache shows usage', async (api, hooks) => {
         const shown = vscode.commands.executeCommand<CacheStatsResult | undefined>('vibrant.showCache');
         const qp = await waitFor('the cache quick pick', () => {
@@ -523,6 +672,8 @@ export async function run(): Promise<void> {
     assert.ok(ext, 'the extension is not installed');
     const api = ext.isActive ? ext.exports : await ext.activate();
     const hooks = new TestHooks(api);
+    initialServerPath = vscode.workspace.getConfiguration('vibrant').get<string>('serverPath', '');
+    log(`vibrant.serverPath at the start: ${JSON.stringify(vscode.workspace.getConfiguration('vibrant').inspect('serverPath'))}`);
     const failures: string[] = [];
     const only = process.env.VIBRANT_TEST_ONLY;
     for (const [name, fn] of tests) {
