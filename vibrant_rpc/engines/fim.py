@@ -155,13 +155,24 @@ def render(
     return f"{template.prefix}{head}{prefix}{template.suffix}{suffix}{template.middle}"
 
 
-def text_prompt(template: FimTemplate | None, req: CompletionRequest) -> tuple[str, bool]:
+class TextPrompt(msgspec.Struct, frozen=True):
+    """What an engine that takes text is sent for one request."""
+
+    prompt: str
+    fim: bool  # rendered for the served model's FIM template, not the prefix continued
+    model_stops: list[str]  # the served model's end and file-separator tokens
+    stops: list[str]  # the request's and the model's: where the engine is asked to stop
+
+
+def text_prompt(template: FimTemplate | None, req: CompletionRequest) -> TextPrompt:
     """The prompt an engine that takes text gets for ``req`` (OpenAI-compatible servers,
-    Ollama's raw mode), and whether it is a FIM prompt: rendered for the served model's
-    template where the request has a suffix; else, no FIM known for the model (or no
-    suffix), the prefix after the other files as commented lines, continued."""
+    Ollama's raw mode), and where it stops: rendered for the served model's template
+    where the request has a suffix; else, no FIM known for the model (or no suffix), the
+    prefix after the other files as commented lines, continued."""
+    model_stops = list(template.stops) if template is not None else []
+    stops = list(dict.fromkeys([*req.stop, *model_stops]))
     if template is not None and req.suffix is not None:
         prompt = render(template, req.prompt, req.suffix, req.context, req.filename,
                         req.comment)  # fmt: skip
-        return prompt, True
-    return commented(req.context, req.comment) + req.prompt, False
+        return TextPrompt(prompt, True, model_stops, stops)
+    return TextPrompt(commented(req.context, req.comment) + req.prompt, False, model_stops, stops)

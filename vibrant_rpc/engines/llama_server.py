@@ -21,7 +21,7 @@ from ..errors import EngineError
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import FinishReason
 from .fim import commented
-from .transport import EngineClient, Pieces, stream_events
+from .transport import EngineClient, Pieces, Step, stream_events
 
 
 class _Timings(msgspec.Struct):
@@ -101,24 +101,20 @@ class LlamaServerAdapter:
         pieces = Pieces(req, on_text, [])
         latest: list[_Event] = []
 
-        def on_event(data: bytes) -> bool:
+        def on_event(data: bytes) -> Step:
             event = _DECODE.decode(data)
             if event.error is not None:
                 raise self.client.refusal(500, data, path)
             latest[:] = [event]
-            # The text is over (a stop string or the pipeline): closing stops the engine.
-            return pieces.feed(event.content) or event.stop
+            if pieces.feed(event.content):
+                return "cut"  # a stop string or the pipeline: closing stops the engine
+            return "end" if event.stop else "more"
 
         streamed = stream_events(self.client, path, body, cancel, on_event)
         seen = latest[0] if latest else None
-        if streamed.cancelled:
-            return _result("", "cancelled", seen, fim, streamed.ms)
-        text = pieces.text()
-        if pieces.ended:
-            return _result(text, "stop", seen, fim, streamed.ms)
-        if seen is None or not seen.stop:
-            raise self.client.unreachable(EOFError("the answer ended early"), mid_answer=True)
-        return _result(text, _FINISH.get(seen.stop_type, "stop"), seen, fim, streamed.ms)
+        said = _FINISH.get(seen.stop_type, "stop") if seen is not None and seen.stop else None
+        text, why = pieces.ending(self.client, streamed, said)
+        return _result(text, why, seen, fim, streamed.ms)
 
 
 def _result(

@@ -29,7 +29,7 @@ from ..errors import EngineError, ModelNotServedError
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import FinishReason
 from .fim import FimTemplate, template_for, text_prompt
-from .transport import EngineClient, Pieces, engine_message, ndjson_lines, stream_events
+from .transport import EngineClient, Pieces, Step, engine_message, ndjson_lines, stream_events
 
 PATH = "/api/generate"
 TAGS = "/api/tags"  # the local models: the probe's question
@@ -77,18 +77,17 @@ class OllamaAdapter:
         on_text: Callable[[str], None] | None,
         cancel: threading.Event,
     ) -> CompletionResult:
-        prompt, fim = text_prompt(self.template, req)
-        model_stops = list(self.template.stops) if self.template is not None else []
+        sent = text_prompt(self.template, req)
         options: dict[str, Any] = {"num_predict": req.max_tokens, "temperature": req.temperature}
-        if req.stop or model_stops:
-            options["stop"] = list(dict.fromkeys([*req.stop, *model_stops]))
+        if sent.stops:
+            options["stop"] = sent.stops
         # raw: the prompt as it is, never the model's template around it; never `suffix`.
-        body = {"model": self.model, "prompt": prompt, "raw": True, "stream": True,
+        body = {"model": self.model, "prompt": sent.prompt, "raw": True, "stream": True,
                 "options": options}  # fmt: skip
-        pieces = Pieces(req, on_text, model_stops)
+        pieces = Pieces(req, on_text, sent.model_stops)
         final: list[_Event] = []
 
-        def on_event(data: bytes) -> bool:
+        def on_event(data: bytes) -> Step:
             event = _DECODE.decode(data)
             if event.error is not None:
                 raise EngineError(
@@ -98,8 +97,9 @@ class OllamaAdapter:
                 )
             if event.done:
                 final[:] = [event]
-            # The text is over (a stop string or the pipeline): closing stops the engine.
-            return pieces.feed(event.response) or event.done
+            if pieces.feed(event.response):
+                return "cut"  # a stop string or the pipeline: closing stops the engine
+            return "end" if event.done else "more"
 
         try:
             streamed = stream_events(self.client, PATH, body, cancel, on_event, ndjson_lines)
@@ -111,15 +111,11 @@ class OllamaAdapter:
                 **err.details,
             ) from None
         done = final[0] if final else None
-        if streamed.cancelled:
-            return _result("", "cancelled", done, fim, streamed.ms)
-        text = pieces.text()
-        if pieces.ended:
-            return _result(text, "stop", done, fim, streamed.ms)
-        if done is None:
-            raise self.client.unreachable(EOFError("the answer ended early"), mid_answer=True)
-        finish: FinishReason = "length" if done.done_reason == "length" else "stop"
-        return _result(text, finish, done, fim, streamed.ms)
+        said: FinishReason | None = None
+        if done is not None:
+            said = "length" if done.done_reason == "length" else "stop"
+        text, why = pieces.ending(self.client, streamed, said)
+        return _result(text, why, done, sent.fim, streamed.ms)
 
 
 def served_model(tags: Tags, wanted: str | None, name: str, where: str) -> str:

@@ -19,7 +19,7 @@ import msgspec
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import FinishReason
 from .fim import FimTemplate, template_for, text_prompt
-from .transport import EngineClient, Pieces, stream_events
+from .transport import EngineClient, Pieces, Step, stream_events
 
 
 class _Choice(msgspec.Struct):
@@ -56,26 +56,24 @@ class OpenAIAdapter:
         on_text: Callable[[str], None] | None,
         cancel: threading.Event,
     ) -> CompletionResult:
-        template = self.template
-        prompt, fim = text_prompt(template, req)
-        model_stops = list(template.stops) if template is not None else []
+        sent = text_prompt(self.template, req)
         body: dict[str, Any] = {
-            "prompt": prompt,
+            "prompt": sent.prompt,
             "max_tokens": req.max_tokens,
             "temperature": req.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if req.stop or model_stops:
-            body["stop"] = list(dict.fromkeys([*req.stop, *model_stops]))
+        if sent.stops:
+            body["stop"] = sent.stops
         if self.model is not None:
             body["model"] = self.model
         # The stops are checked here too: an engine may leave one in the text.
-        pieces = Pieces(req, on_text, model_stops)
+        pieces = Pieces(req, on_text, sent.model_stops)
         finish: list[str] = []
         usage: list[_Usage] = []
 
-        def on_event(data: bytes) -> bool:
+        def on_event(data: bytes) -> Step:
             chunk = _DECODE.decode(data)
             if chunk.error is not None:
                 raise self.client.refusal(500, data, PATH)
@@ -83,22 +81,17 @@ class OpenAIAdapter:
                 usage[:] = [chunk.usage]
             for choice in chunk.choices[:1]:
                 if pieces.feed(choice.text):
-                    return True  # the text is over: closing stops the engine
+                    return "cut"  # the text is over: closing stops the engine
                 if choice.finish_reason is not None:
                     finish.append(choice.finish_reason)
-            return False  # the usage chunk and [DONE] follow the last choice
+            return "more"  # the usage chunk and [DONE] (the end) follow the last choice
 
         streamed = stream_events(self.client, PATH, body, cancel, on_event)
-        ms = streamed.ms
-        used = usage[0] if usage else None
-        if streamed.cancelled:
-            return _result("", "cancelled", used, fim, ms)
-        text = pieces.text()
-        if pieces.ended:
-            return _result(text, "stop", used, fim, ms)
-        if not finish:
-            raise self.client.unreachable(EOFError("the answer ended early"), mid_answer=True)
-        return _result(text, "length" if finish[0] == "length" else "stop", used, fim, ms)
+        said: FinishReason | None = None
+        if finish:
+            said = "length" if finish[0] == "length" else "stop"
+        text, why = pieces.ending(self.client, streamed, said)
+        return _result(text, why, usage[0] if usage else None, sent.fim, streamed.ms)
 
 
 def _result(

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpcore
@@ -41,6 +41,7 @@ from ..errors import (
 from ..inference.model import CompletionRequest
 from ..inference.text_stream import TextStream
 from ..redact import redact
+from ..states import FinishReason
 
 # How often a watch looks at its cancel event and deadline: what it adds to a cancel that
 # arrives while the thread is blocked in a read (between pieces the reader itself checks,
@@ -286,6 +287,11 @@ class Watch:
         self._deadline = time.monotonic() + self.client.settings.token_timeout_s
         self._waiting = "next token"
 
+    def ending(self, grace_s: float) -> None:
+        """The engine's last event arrived: the rest of its answer may take ``grace_s``."""
+        self._deadline = time.monotonic() + grace_s
+        self._waiting = "end of the answer"
+
     def stop(self) -> None:
         with self._lock:
             self._active = False
@@ -343,11 +349,22 @@ def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
                 yield line
 
 
+# What an event means to the reader (``on_event``'s answer): read on; the text is over on
+# vibrant's side (the pipeline or a stop string), so close the connection and the engine
+# stops; or the engine's own last event, so read the rest of the answer (its terminator,
+# a usage chunk, ``[DONE]``) and the connection goes back to the pool.
+Step = Literal["more", "cut", "end"]
+# After the engine's last event, how long the rest of its answer may take before the
+# connection is closed anyway: it follows in the same write or the next.
+END_GRACE_S = 0.5
+
+
 class Streamed(msgspec.Struct, kw_only=True):
     """What one streamed answer gave: the events' data, or why it ended early."""
 
     cancelled: bool = False
     started: bool = False  # the engine sent its status and a first piece
+    ended: bool = False  # the engine sent its last event
     ms: float = 0.0
 
 
@@ -356,13 +373,16 @@ def stream_events(
     path: str,
     body: dict[str, Any],
     cancel: threading.Event,
-    on_event: Any,
+    on_event: Callable[[bytes], Step],
     events: Callable[[httpx.Response], Iterator[bytes]] = sse_events,
 ) -> Streamed:
     """POST ``body`` to ``path`` with ``"stream": true`` and hand each event's data to
-    ``on_event`` (which returns True at the last one); ``events`` splits the answer into
-    events (server-sent events, or ``ndjson_lines`` for Ollama). A cancel ends the read
-    and closes the connection, which is what makes the engine stop (docs/engines.md)."""
+    ``on_event`` (its ``Step`` says what the event means); ``events`` splits the answer
+    into events (server-sent events, or ``ndjson_lines`` for Ollama). A cancel or a cut
+    ends the read and closes the connection, which is what makes the engine stop
+    (docs/engines.md). An answer the engine ends itself is read to its end, so that the
+    next keystroke's request reuses the connection: to a team box over a network, a new
+    connection (TCP, and TLS behind a proxy) would cost round trips every keystroke."""
     started = time.perf_counter()
     out = Streamed()
     watch = Watch(client, cancel)
@@ -375,9 +395,15 @@ def stream_events(
             for data in events(response):
                 if cancel.is_set():
                     break
+                if out.ended:
+                    continue  # the rest of an answer the engine has ended
                 watch.piece()
-                if data == b"[DONE]" or on_event(data):
+                step = "end" if data == b"[DONE]" else on_event(data)
+                if step == "cut":
                     break
+                if step == "end":
+                    out.ended = True
+                    watch.ending(END_GRACE_S)
             # Before the connection can go back to the pool: nothing may shut it after.
             watch.stop()
             out.cancelled = cancel.is_set()
@@ -385,6 +411,8 @@ def stream_events(
         watch.stop()
         if cancel.is_set():
             out.cancelled = True
+        elif out.ended:
+            pass  # the answer was whole; only what follows its end did not come
         elif watch.timed_out is not None:
             raise EngineUnreachableError(
                 f"The engine {client.name!r} at {client.where} gave {watch.timed_out}.",
@@ -422,3 +450,18 @@ class Pieces:
 
     def text(self) -> str:
         return self.stream.finish(self.ended)
+
+    def ending(
+        self, client: EngineClient, streamed: Streamed, finish: FinishReason | None
+    ) -> tuple[str, FinishReason]:
+        """The text and why it ended: cancelled, cut by a stop string or the pipeline (the
+        stream closed early), or the engine's own ``finish`` (None: the answer broke off
+        before the engine said it was done, an error)."""
+        if streamed.cancelled:
+            return "", "cancelled"
+        text = self.text()
+        if self.ended:
+            return text, "stop"
+        if finish is None:
+            raise client.unreachable(EOFError("the answer ended early"), mid_answer=True)
+        return text, finish

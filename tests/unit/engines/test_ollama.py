@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import psutil
 import pytest
 
 from tests.unit.engines.ollama_stand_in import CHAT_ANSWER, QWEN_SYSTEM, Ollama
@@ -186,6 +187,36 @@ def test_cancel_closes_the_stream_and_ollama_stops(ollama: tuple[StandIn, Ollama
     # Ollama sees the disconnect before its next token (one every 50 ms).
     assert run.ended_at - cancelled_at[0] < 0.25, run.ended_at - cancelled_at[0]
     assert len(run.sent) <= 5 and server.gone.is_set()
+
+
+def test_the_connection_outlives_an_answer_ollama_ends_not_one_vibrant_ends(
+    ollama: tuple[StandIn, Ollama],
+) -> None:
+    """An answer the engine ends itself is read to its end, so the next keystroke reuses
+    the connection: to a team box over a network a new one costs round trips (and TLS's
+    behind a proxy) every keystroke. One vibrant ends early (a cancel, a cut) is closed,
+    which is what stops the engine. (llama-server closes every streamed answer's
+    connection itself: docs/engines.md.)"""
+    server, fake = ollama
+    port = server.server_address[1]
+
+    def ours() -> set[int]:
+        return {c.laddr.port for c in psutil.Process().net_connections("tcp")
+                if c.raddr and c.raddr.port == port
+                and c.status == psutil.CONN_ESTABLISHED}  # fmt: skip
+
+    e = engine(server.url)
+    e.probe()
+    assert e.complete(REQ).result.finish_reason == "stop"
+    kept = ours()
+    assert len(kept) == 1
+    assert e.complete(REQ).result.text == "".join(fake.middle)
+    assert ours() == kept and fake.runs[-1].ended == "stop"  # the same connection
+    cancel = threading.Event()
+    answer = e.complete(REQ, on_text=lambda _: cancel.set(), cancel=cancel)
+    assert answer.result.finish_reason == "cancelled"
+    assert fake.runs[-1].done.wait(2) and fake.runs[-1].ended == "disconnect"
+    assert not ours()
 
 
 def test_a_model_ollama_no_longer_has(ollama: tuple[StandIn, Ollama]) -> None:
