@@ -359,7 +359,8 @@ class Vibrant:
 
             s = self.settings.engines[name]
             return EngineStatus(name=name, url=s.url, kind=s.kind, model=s.model,
-                                healthy=False, error=err.message, fallback=s.fallback)  # fmt: skip
+                                healthy=False, error=err.message, error_kind=err.kind,
+                                hint=err.hint, fallback=s.fallback)  # fmt: skip
         assert engine is not None
         return engine.health() if ask else engine.status()
 

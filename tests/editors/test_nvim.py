@@ -450,6 +450,7 @@ def test_checkhealth_shows_a_refused_key_and_what_to_do(
         "refused the key (401" in where
     ), where
     assert "Check the key: the variable api_key_env names" in where, where
+    assert "Check the key in TEAM_KEY (the [engines.team] setting names it)." in where, where
 
 
 def test_checkhealth_shows_an_unreachable_engine_and_the_fallback(tmp_path: Path) -> None:
@@ -471,6 +472,7 @@ def test_checkhealth_shows_an_unreachable_engine_and_the_fallback(tmp_path: Path
         in where
     ), where
     assert "Start the engine (on its machine: vibrant model serve" in where, where
+    assert "Is it running, and is the url in its [engines] setting right?" in where, where
     assert "Fallback: the local model answers when the engine can't be reached" in where, where
     local = section(lines, "vibrant: local model (the fallback)")
     assert "is not downloaded yet" in local and "WARNING" in local, local  # needed for it

@@ -210,6 +210,9 @@ async def test_a_wrong_key_is_refused_and_never_shown(engine: LlamaServer, tmp_p
         assert data["hint"] == "Check the key in TEAM_KEY (the [engines.team] setting names it)."
         status = await call(client, "vibrant/status")
         assert status["engine"]["error"] == message
+        # The editor shows what to do from the server's own words, not by matching them.
+        assert (status["engine"]["errorKind"], status["engine"]["hint"]) == (
+            "EngineKeyRefused", data["hint"])  # fmt: skip
         seen = [message, repr(data), repr(status)] + [m.message for m in client.log_messages]
         assert not [s for s in seen if wrong in s]
 
@@ -253,3 +256,5 @@ async def test_without_fallback_a_dead_engine_is_a_clear_error(tmp_path: Path) -
         listed = await call(client, "vibrant/listModels", {"scope": "cached"})
         assert [m["id"] for m in listed["models"]] == [GEMMA]
         assert listed["engine"]["healthy"] is False
+        assert listed["engine"]["errorKind"] == "EngineUnreachable"
+        assert listed["engine"]["hint"].startswith("Is it running, and is the url")

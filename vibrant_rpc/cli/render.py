@@ -375,4 +375,5 @@ def engine_line(engine: EngineStatus) -> str:
         kind = f" ({engine.kind})" if engine.kind else ""
         return f"{where}{kind}: answering{model}."
     fallback = "; the local model answers meanwhile" if engine.fallback else ""
-    return f"{where}: not answering ({engine.error or 'not asked yet'}){fallback}."
+    hint = f" {engine.hint}" if engine.hint else ""
+    return f"{where}: not answering ({engine.error or 'not asked yet'}){fallback}.{hint}"

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import msgspec
 
 from ..config import EngineSettings
-from ..errors import EngineError, EngineUnreachableError, ModelNotServedError
+from ..errors import EngineError, EngineUnreachableError, ModelNotServedError, VibrantError
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import EngineKind
 from .keys import engine_key
@@ -47,6 +47,8 @@ class EngineStatus(msgspec.Struct, kw_only=True):
     model: str | None  # the model it serves (or the one asked for)
     healthy: bool | None  # None: not asked yet
     error: str | None = None  # why it is not healthy
+    error_kind: str | None = None  # the error's kind (EngineUnreachable, EngineKeyRefused...)
+    hint: str | None = None  # what to do about it
     checked_at: datetime | None = None
     fallback: Literal["local"] | None = None
     slots: int | None = None  # llama-server's parallel slots
@@ -101,12 +103,14 @@ class Engine:
         with self._lock:
             return msgspec.structs.replace(self._status)
 
-    def _note(self, *, healthy: bool, error: str | None = None, **fields: Any) -> None:
+    def _note(self, *, healthy: bool, error: VibrantError | None = None, **fields: Any) -> None:
         with self._lock:
             self._status = msgspec.structs.replace(
                 self._status,
                 healthy=healthy,
-                error=error,
+                error=error.message if error else None,
+                error_kind=error.kind if error else None,
+                hint=error.hint if error else None,
                 checked_at=datetime.now(UTC),
                 **fields,
             )
@@ -118,7 +122,7 @@ class Engine:
         try:
             adapter, model, slots = self._probe()
         except EngineError as err:
-            self._note(healthy=False, error=err.message)
+            self._note(healthy=False, error=err)
             raise
         with self._lock:
             self._adapter = adapter
@@ -212,7 +216,7 @@ class Engine:
                 return self.probe()
             self.client.get_json(_HEALTH[adapter.kind], PROBE_TIMEOUT_S)
         except EngineError as err:
-            self._note(healthy=False, error=err.message)
+            self._note(healthy=False, error=err)
         else:
             self._note(healthy=True)
         return self.status()
@@ -242,10 +246,10 @@ class Engine:
             # have been given the one asked for: Ollama pulls models while it runs).
             with self._lock:
                 self._adapter = None
-            self._note(healthy=False, error=err.message)
+            self._note(healthy=False, error=err)
             raise
         except EngineError as err:
-            self._note(healthy=True, error=err.message)
+            self._note(healthy=True, error=err)
             raise
         if result.finish_reason != "cancelled":
             self._note(healthy=True)

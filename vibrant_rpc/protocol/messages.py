@@ -125,6 +125,8 @@ class EngineInfo(Wire):
     model: str | None  # the model it serves
     healthy: bool | None  # None: not asked yet
     error: str | None = None  # why it is not healthy, or its last error
+    error_kind: str | None = None  # that error's kind in the error tree (EngineUnreachable...)
+    hint: str | None = None  # what to do about it
     checked_at: datetime | None = None
     fallback: Literal["local"] | None = None  # the local model answers when it is down
     slots: int | None = None  # llama-server's parallel slots

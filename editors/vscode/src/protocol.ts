@@ -245,6 +245,8 @@ export interface EngineInfo {
     model: string | null;
     healthy: boolean | null;
     error: string | null;
+    errorKind: string | null;
+    hint: string | null;
     checkedAt: string | null;
     fallback: "local" | null;
     slots: number | null;

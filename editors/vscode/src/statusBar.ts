@@ -28,6 +28,9 @@ export function engineStatusOf(e: EngineInfo, s: ServerState): ItemLook {
         text = `$(warning) Vibrant: ${e.name} unhealthy${fallback ? ' · local fallback' : ''}`;
         background = 'statusBarItem.warningBackground';
         lines.push(`The engine ${e.name} is not healthy: ${e.error ?? 'it did not answer'}`);
+        if (e.hint) {
+            lines.push(e.hint);
+        }
     } else if (e.healthy === true) {
         text = `$(cloud) Vibrant: ${e.name} · ${e.model ?? 'no model named'}`;
         lines.push(`Completions go to the engine ${e.name}: healthy.`);

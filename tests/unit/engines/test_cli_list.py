@@ -47,5 +47,6 @@ def test_model_list_says_when_the_engine_is_down(paths: Paths) -> None:
     assert (
         f"Completions go to the engine 'team' at http://127.0.0.1:{port}: not answering (The "
         f"engine 'team' at 127.0.0.1:{port} can't be reached (connection refused).); the "
-        "local model answers meanwhile." in " ".join(out.stdout.split())
+        "local model answers meanwhile. Is it running, and is the url in its [engines] "
+        "setting right?" in " ".join(out.stdout.split())
     )

@@ -14,20 +14,28 @@ local function shown_url(url)
   return (tostring(url):gsub("^(%a[%w+.-]*://)[^/@]*@", "%1"))
 end
 
---- What the user can do about an engine's error (EngineInfo carries its message only).
+--- What the user can do about an engine's error: the server's own hint, and where the
+--- setting lives for the error's kind (EngineInfo.errorKind).
 local function engine_advice(e)
-  local msg = val(e.error) or ""
+  local kind = val(e.errorKind)
   local where = string.format("[engines.%s] ($VIBRANT_HOME/config.toml, or setup's settings)", e.name)
-  if msg:find("refused the key", 1, true) then
-    return { "Check the key: the variable api_key_env names (set where the editor starts) or api_key_file, in " .. where .. "." }
-  elseif msg:find("does not serve", 1, true) then
-    return { "Set model in " .. where .. " to one it serves, or leave it out." }
-  elseif msg:find("can't be reached", 1, true) or msg:find("stopped in the middle", 1, true) then
-    return {
-      "Start the engine (on its machine: vibrant model serve <model> --port <port>), or fix url in " .. where .. ".",
-    }
+  local advice = {}
+  if val(e.hint) then
+    table.insert(advice, e.hint)
   end
-  return { "Check the engine and " .. where .. "; :LspLog has the server's log." }
+  if kind == "EngineKeyRefused" then
+    table.insert(advice, "Check the key: the variable api_key_env names (set where the editor starts) or api_key_file, in " .. where .. ".")
+  elseif kind == "ModelNotServed" then
+    table.insert(advice, "Set model in " .. where .. " to one it serves, or leave it out.")
+  elseif kind == "EngineUnreachable" then
+    table.insert(
+      advice,
+      "Start the engine (on its machine: vibrant model serve <model> --port <port>), or fix url in " .. where .. "."
+    )
+  else
+    table.insert(advice, "Check the engine and " .. where .. "; :LspLog has the server's log.")
+  end
+  return advice
 end
 
 --- Where completions go: this machine's model, or the engine the `engine` setting names,

@@ -562,6 +562,7 @@ const tests: Test[] = [
             const tooltip = api.statusBar.tooltip;
             for (const line of [
                 `The engine team is not healthy: The engine 'team' at ${hostPort} can't be reached`,
+                'Is it running, and is the url in its [engines] setting right?',
                 `URL: ${ENGINE_URL}`, 'Fallback: the local model answers when the engine can\'t be reached',
             ]) {
                 assert.ok(tooltip.includes(line), `${when}: the tooltip lacks ${JSON.stringify(line)}: ${tooltip}`);
