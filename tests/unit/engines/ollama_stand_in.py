@@ -138,8 +138,7 @@ class Ollama:
                             "choices": [choice]}):  # fmt: skip
                 _ended(run, "disconnect", self.server)
                 return
-        data = b"data: [DONE]\n\n"
-        h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        h.chunk(b"data: [DONE]\n\n")
         h.end_events()
 
     def _pieces(self, h: Handler, run: Run, options: dict[str, Any]) -> Iterator[tuple[str, bool]]:
@@ -200,13 +199,7 @@ def _ended(run: Run, why: str, server: StandIn) -> None:
 
 
 def _write(h: Handler, value: Any) -> bool:
-    data = json.dumps(value).encode() + b"\n"
-    try:
-        h.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        h.wfile.flush()
-    except OSError:
-        return False
-    return True
+    return h.chunk(json.dumps(value).encode() + b"\n")
 
 
 def _plain(h: Handler, status: int, text: str) -> None:

@@ -53,7 +53,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def event(self, value: Any) -> bool:
         """One ``data:`` event; False once the client has gone."""
-        data = f"data: {json.dumps(value)}\n\n".encode()
+        return self.chunk(f"data: {json.dumps(value)}\n\n".encode())
+
+    def chunk(self, data: bytes) -> bool:
+        """One chunk of a chunked answer; False once the client has gone."""
         try:
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
