@@ -110,7 +110,8 @@ class LlamaServerAdapter:
                 return "cut"  # a stop string or the pipeline: closing stops the engine
             return "end" if event.stop else "more"
 
-        streamed = stream_events(self.client, path, body, cancel, on_event)
+        # llama-server closes a streamed answer's connection (docs/engines.md): not pooled.
+        streamed = stream_events(self.client, path, body, cancel, on_event, keep=False)
         seen = latest[0] if latest else None
         said = _FINISH.get(seen.stop_type, "stop") if seen is not None and seen.stop else None
         text, why = pieces.ending(self.client, streamed, said)

@@ -19,6 +19,7 @@ are not read (``trust_env=False``), so no other host ever sees it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -48,6 +49,8 @@ from ..states import FinishReason
 # and llama-server stops only at its next token anyway: 20-30 ms apart here). Each look
 # wakes a thread that, when the engine runs on the same cores, takes a slice from it.
 WATCH_POLL_S = 0.02
+
+log = logging.getLogger(__name__)
 
 
 class _Stream(httpcore.NetworkStream):
@@ -172,7 +175,10 @@ class EngineClient:
         """GET ``path``'s JSON; the engine's errors as vibrant's."""
         timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         try:
-            response = self.http.get(path, timeout=timeout)
+            try:
+                response = self.http.get(path, timeout=timeout)
+            except _STALE:  # a kept connection the engine closed as this went out
+                response = self.http.get(path, timeout=timeout)
         except httpx.TransportError as err:
             raise self.unreachable(err) from None
         if response.status_code >= 300:
@@ -348,6 +354,9 @@ def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
             yield line
 
 
+# Failures of a request on a connection the engine had already closed: nothing was read.
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
 # What an event means to the reader (``on_event``'s answer): read on; the text is over on
 # vibrant's side (the pipeline or a stop string), so close the connection and the engine
 # stops; or the engine's own last event, so read the rest of the answer (its terminator,
@@ -374,6 +383,9 @@ def stream_events(
     cancel: threading.Event,
     on_event: Callable[[bytes], Step],
     events: Callable[[httpx.Response], Iterator[bytes]] = sse_events,
+    *,
+    keep: bool = True,
+    again: bool = True,
 ) -> Streamed:
     """POST ``body`` to ``path`` with ``"stream": true`` and hand each event's data to
     ``on_event`` (its ``Step`` says what the event means); ``events`` splits the answer
@@ -386,7 +398,10 @@ def stream_events(
     out = Streamed()
     watch = Watch(client, cancel)
     try:
-        with client.http.stream("POST", path, json=body) as response:
+        # keep=False: an engine that closes the connection after every streamed answer
+        # (llama-server) says so in its answer, and the connection is not pooled.
+        headers = None if keep else {"Connection": "close"}
+        with client.http.stream("POST", path, json=body, headers=headers) as response:
             if response.status_code >= 300:
                 response.read()
                 raise client.refusal(response.status_code, response.content, path)
@@ -410,6 +425,16 @@ def stream_events(
         watch.stop()
         if cancel.is_set():
             out.cancelled = True
+        elif again and not out.started and watch.timed_out is None and isinstance(err, _STALE):
+            # A kept connection the engine closed as this request went out (an idle
+            # timeout; llama-server after each streamed answer): it never saw the request,
+            # so it goes again, once, on a new connection (as urllib3 and Go's net/http do).
+            log.debug(
+                "engine %s: a kept connection was closed (%s); sending again", client.name, err
+            )
+            return stream_events(
+                client, path, body, cancel, on_event, events, keep=keep, again=False
+            )
         elif out.ended:
             pass  # the answer was whole; only what follows its end did not come
         elif watch.timed_out is not None:

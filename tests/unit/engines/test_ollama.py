@@ -219,6 +219,32 @@ def test_the_connection_outlives_an_answer_ollama_ends_not_one_vibrant_ends(
     assert not ours()
 
 
+def test_a_kept_connection_the_engine_closed_is_sent_again(
+    ollama: tuple[StandIn, Ollama],
+) -> None:
+    """An engine may close a kept connection just as the next request goes out on it
+    (an idle timeout): the request was never read, so it goes again on a new connection
+    instead of failing the keystroke with "can't be reached"."""
+    server, _ = ollama
+    generate = server.routes["/api/generate"]
+
+    def closes_kept(h: Handler) -> None:
+        again = getattr(h, "answered", False)  # one Handler per connection
+        h.answered = True  # type: ignore[attr-defined]
+        if again:
+            h.close_connection = True  # closed without a word, as a timeout does
+            return
+        generate(h)
+
+    server.routes["/api/generate"] = closes_kept
+    e = engine(server.url)
+    e.probe()
+    first = e.complete(REQ).result.text
+    assert e.complete(REQ).result.text == first != ""
+    asked = [p for _, p, _, _ in server.seen if p == "/api/generate"]
+    assert len(asked) == 3  # the second went out twice: on the kept connection, then anew
+
+
 def test_a_model_ollama_no_longer_has(ollama: tuple[StandIn, Ollama]) -> None:
     """404 'model "x" not found, try pulling it first' (`ollama rm` after the probe)."""
     server, fake = ollama
