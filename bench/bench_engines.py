@@ -9,7 +9,13 @@
    path, so that neither finds the other's prompt in its cache. vibrant's requests are
    ``raw`` (no completion pipeline, no typed-through answer): the same work on the
    engine, so the difference is what vibrant adds. Gemma 3 270M has no FIM tokens: both
-   paths continue the prompt through ``/completion``.
+   paths continue the prompt through ``/completion``. Run twice: **apart**, the engines
+   on the first half of the cores (as many threads) and the editor's side (vibrant, the
+   direct client) on the rest, as a team box and a laptop are two machines; and
+   **shared**, the engines' threads on every core the editor's side also runs on. On a
+   small machine shared costs the streamed path more than vibrant's own work: each
+   streamed token wakes llama-server's HTTP thread and the reader, which preempt a
+   compute thread that the others then wait for at their barrier.
 2. **Many editors.** ``vibrant model serve --parallel N`` (the real command) and N
    simulated editors, each typing a line of its own (KEYS keystrokes, THINK_S between a
    completion and the next keystroke, as Tabby's load test sleeps 0.5 s), each through
@@ -77,17 +83,19 @@ class Box:
     """One llama-server with the key, as a team box runs it (without serve's supervision:
     the overhead run wants two identical ones side by side)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, cores: set[int] | None = None) -> None:
         self.port = free_port()
+        threads = len(cores) if cores else THREADS
         self.url = f"http://127.0.0.1:{self.port}"
         key_file = tmp / f"key-{self.port}"
         key_file.write_text(KEY + "\n")
         self.proc = subprocess.Popen(
             [str(build_llama_server()), "-m", str(gemma_path()), "-c", str(CONTEXT),
-             "-t", str(THREADS), "--host", "127.0.0.1", "--port", str(self.port),
+             "-t", str(threads), "--host", "127.0.0.1", "--port", str(self.port),
              "--cache-reuse", "256", "-np", "1", "--no-webui", "--api-key-file",
              str(key_file), *NO_REPACK],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
         )  # fmt: skip
         wait_healthy(self.port, 120)
         self.http = httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=600)
@@ -230,10 +238,25 @@ class Laptop:
 Stops = list[tuple[float, int]]
 
 
-def overhead(tmp: Path) -> tuple[dict[str, tuple[float, float, int]], Stops, list[float]]:
+def placements() -> dict[str, tuple[set[int] | None, set[int] | None]]:
+    """Where the engines and the editor's side run: apart (the engines on the first half
+    of this process's cores, the editor's side on the rest) and shared (all on all)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return {"shared": (None, None)}
+    half = len(cores) // 2
+    return {"apart": (set(cores[:half]), set(cores[half:])), "shared": (None, None)}
+
+
+def overhead(
+    tmp: Path, engine_cores: set[int] | None = None, editor_cores: set[int] | None = None
+) -> tuple[dict[str, tuple[float, float, int]], Stops, list[float]]:
     """p50 per keystroke, vibrant and direct, per scenario (and over all of them); the
     cancel and supersede figures."""
-    boxes = [Box(tmp), Box(tmp)]
+    boxes = [Box(tmp, engine_cores), Box(tmp, engine_cores)]
+    every_core = os.sched_getaffinity(0)
+    if editor_cores:  # this process (the direct editor) and vibrant's server, started now
+        os.sched_setaffinity(0, editor_cores)
     laptop = Laptop(boxes[0])
     direct = boxes[1]
     times: dict[str, tuple[list[float], list[float]]] = {}
@@ -266,6 +289,7 @@ def overhead(tmp: Path) -> tuple[dict[str, tuple[float, float, int]], Stops, lis
         laptop.close()
         for box in boxes:
             box.close()
+        os.sched_setaffinity(0, every_core)
     out = {}
     every_v: list[float] = []
     every_d: list[float] = []
@@ -397,7 +421,12 @@ def main() -> int:
     build_llama_server()
     load_before = os.getloadavg()[0]  # other work on the machine weighs on every figure
     tmp = Path(setup_home()["HOME"])
-    ov, cancels, supersedes = overhead(tmp)
+    runs = {}
+    for name, (engine_cores, editor_cores) in placements().items():
+        print(f"overhead, {name}: engines on {engine_cores or 'every core'}", flush=True)
+        runs[name] = overhead(tmp, engine_cores, editor_cores)
+    placement = next(iter(runs))  # apart where there are two cores or more
+    ov, cancels, supersedes = runs[placement]
     env = setup_home()
     config = Path(env["VIBRANT_HOME"]) / "config.toml"
     config.write_text(config.read_text() + f'llama_server = "{build_llama_server()}"\n')
@@ -410,26 +439,43 @@ def main() -> int:
     assert KEY not in "\n".join(output), "the key in serve's output"
     within = [n for n, (_, p95) in load.items() if p95 < 1000]
 
-    rows = ["| scenario | keystrokes | through vibrant p50 | llama-server direct p50 | ratio |",
-            "|---|---|---|---|---|"]  # fmt: skip
-    share = ov.pop("vibrant's own share")
-    for scen, (v, d, n) in ov.items():
-        rows.append(f"| {scen} | {n} | {v:.0f} ms | {d:.0f} ms | {v / d:.3f}x |")
+    rows = ["| cores | scenario | keystrokes | through vibrant p50 | llama-server direct p50 "
+            "| ratio | vibrant's own share p50 / p95 |",
+            "|---|---|---|---|---|---|---|"]  # fmt: skip
+    shares = {name: run[0].pop("vibrant's own share") for name, run in runs.items()}
+    for name, (figures, _, _) in runs.items():
+        for scen, (v, d, n) in figures.items():
+            own = shares[name] if scen == "all" else None
+            own_cell = f"{own[0]:.1f} / {own[1]:.1f} ms" if own else ""
+            rows.append(f"| {name} | {scen} | {n} | {v:.0f} ms | {d:.0f} ms | {v / d:.3f}x "
+                        f"| {own_cell} |")  # fmt: skip
+    share = shares[placement]
+    apart = runs.get("apart")
+    where = (
+        f"apart: the two llama-servers pinned to cores {sorted(placements()['apart'][0] or [])} "
+        f"with as many threads, vibrant's server and the direct editor on the others"
+        if apart
+        else "one core: shared"
+    )
     load_rows = ["| editors (serve --parallel N) | p50 per keystroke | p95 per keystroke |",
                  "|---|---|---|"]  # fmt: skip
     for n, (p50, p95) in load.items():
         load_rows.append(f"| {n} | {p50:.0f} ms | {p95:.0f} ms |")
     body = f"""
 Gemma 3 270M Q4_K_M on llama-server (the llama.cpp vendored in llama-cpp-python 0.3.36),
-{THREADS} threads, `--cache-reuse 256`, a key; maxTokens {MAX_TOKENS}, greedy.
+`--cache-reuse 256`, a key; maxTokens {MAX_TOKENS}, greedy.
 
 **Overhead** (`bench_typing`'s replay; each keystroke through vibrant → llama-server
 (streamed, `raw`) and from the editor to an identical llama-server directly, as
-llama.vscode calls it (non-streamed), alternating which goes first):
+llama.vscode calls it (non-streamed), alternating which goes first). Twice: *apart*,
+the engines on half the cores and the editor's side on the others, as a team box and a
+laptop are two machines; *shared*, the engines' {THREADS} threads on every core, where
+the editor's side also runs:
 
 {chr(10).join(rows)}
 
-Bar: through vibrant p50 ≤ 1.05x direct: **{ov["all"][0] / ov["all"][1]:.3f}x**.
+Bar: through vibrant p50 ≤ 1.05x direct ({where}):
+**{ov["all"][0] / ov["all"][1]:.3f}x**.
 What vibrant adds around the engine's answer (the editor's wait less vibrant's stream
 from the engine, per keystroke): p50 {share[0]:.1f} ms, p95 {share[1]:.1f} ms.
 
