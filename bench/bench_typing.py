@@ -190,8 +190,10 @@ class Vibrant:
     def supersede_ms(self, running: Request, delay_s: float, new: Request) -> tuple[float, float]:
         """A new completion ``delay_s`` into a running one: (from sending the new one to
         the running one's -32800, to the new one's answer), in ms."""
+        # raw: the completion pipeline would end the running one at its first line, before
+        # the new one arrives; this measures a long one being superseded.
         params = {"prompt": running.prompt, "suffix": running.suffix, "maxTokens": 200,
-                  "temperature": 0}  # fmt: skip
+                  "temperature": 0, "raw": True}  # fmt: skip
         first = self.server.send("vibrant/complete", params)
         time.sleep(delay_s)
         t0 = time.perf_counter()
@@ -207,7 +209,7 @@ class Vibrant:
     def superseded_ms(self, req: Request) -> float:
         """From $/cancelRequest to the reply, the request cancelled mid-prompt."""
         params = {"prompt": req.prompt, "suffix": req.suffix, "maxTokens": 200,
-                  "temperature": 0}  # fmt: skip
+                  "temperature": 0, "raw": True}  # fmt: skip
         msg_id = self.server.send("vibrant/complete", params)
         time.sleep(0.5)
         t0 = time.perf_counter()
