@@ -15,8 +15,13 @@ def lsp_messages(raw: bytes) -> list[dict[str, Any]]:
     """The JSON-RPC messages of an LSP byte stream; each body must be strict UTF-8."""
     out = []
     while raw:
-        header, _, rest = raw.partition(b"\r\n\r\n")
-        length = int(re.search(rb"Content-Length: (\d+)", header, re.I)[1])  # type: ignore[index]
+        header, blank, rest = raw.partition(b"\r\n\r\n")
+        found = re.search(rb"Content-Length: (\d+)", header, re.I)
+        if not blank or found is None or len(rest) < int(found[1]):
+            # The last message cut short: the editor was stopped while it wrote (the suite
+            # ends by closing it); what it finished sending is all there is.
+            break
+        length = int(found[1])
         body, raw = rest[:length], rest[length:]
         out.append(json.loads(body.decode("utf-8")))  # raises on a broken character
     return out
