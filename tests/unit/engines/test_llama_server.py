@@ -137,7 +137,10 @@ def test_a_cancel_stops_the_engine(
     decoded = gemma_server.held() - r.prompt_tokens
     print(f"cancel: {decoded} tokens decoded for 6 pieces sent; idle "
           f"{(time.perf_counter() - closed) * 1000:.0f} ms after the close")  # fmt: skip
-    assert 6 <= decoded <= 6 + 3, decoded
+    # The slot's cache holds a sampled token only once the next step decodes it: the 6th
+    # piece sent may not be in it yet when the engine sees the close (5), and a close it
+    # doesn't notice would leave it running on to 400.
+    assert 6 - 1 <= decoded <= 6 + 3, decoded
     # And the next completion is served at once.
     assert engine.complete(CompletionRequest(prompt="x", max_tokens=2)).result.text
 
