@@ -139,9 +139,13 @@ def dir_size(path: Path) -> int:
     """Bytes the files below ``path`` really occupy (sparse partial files count as written;
     links count as nothing)."""
     total = 0
-    for p in path.rglob("*"):
-        with contextlib.suppress(OSError):
-            st = os.lstat(p)
-            if stat.S_ISREG(st.st_mode):
-                total += min(st.st_size, st.st_blocks * 512)
+    # os.walk, not Path.rglob: a folder removed while it is read (a download finishing
+    # moves its partial folder away as `cacheStats` adds it up) is skipped, where rglob's
+    # scandir raised FileNotFoundError out of the request.
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += min(st.st_size, st.st_blocks * 512)
     return total
