@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.gguf_fixtures import gemma_path, tiny_fim_path
+from vibrant_rpc.inference.llama_setup import COMPUTE
 from vibrant_rpc.inference.model import (
     CompletionRequest,
     CompletionResult,
@@ -30,6 +32,10 @@ pytestmark = pytest.mark.llama
 SOURCE = Path("/root/.pyenv/versions/3.11.7/lib/python3.11/argparse.py")
 OPTS = LoadOptions(context_size=4096, threads=2)
 STEP, LINES = 32, 256  # the shims' window: 256 lines before the cursor, moved in steps of 32
+# A token the shifted cache chose may trail a fresh evaluation's best by this much: a
+# near-tie that llama.cpp's numbers (cells in another order, another batch shape) break
+# the other way, as tests/unit/inference/test_greedy_decode.py bounds it.
+NEAR_TIE = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +57,35 @@ def tiny() -> Iterator[LoadedModel]:
     model = LoadedModel.load("tiny", tiny_fim_path(), OPTS)
     yield model
     model.close()
+
+
+def held_tokens(model: LoadedModel) -> list[int]:
+    """What the model's cache holds: the prompt, then the tokens it chose but the last."""
+    llm: Any = model._llm
+    return list(llm.input_ids[: llm.n_tokens].tolist())
+
+
+def behind_best(model: LoadedModel, tokens: list[int], n_prompt: int) -> list[float]:
+    """For each token after the prompt, how far its logit is below the best one in a
+    fresh evaluation by ``model`` (the prompt in batches, then a token at a time)."""
+    llm: Any = model._llm
+
+    def go() -> list[float]:
+        import llama_cpp
+        import numpy as np
+
+        llm.reset()
+        llama_cpp.llama_memory_clear(model._memory, True)
+        llm.eval(tokens[:n_prompt])
+        out = []
+        for t in tokens[n_prompt:]:
+            ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+            logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+            out.append(float(logits.max() - logits[t]))
+            llm.eval([t])
+        return out
+
+    return COMPUTE.run(go)
 
 
 def greedy(prompt: str, suffix: str | None = None, max_tokens: int = 12) -> CompletionRequest:
@@ -87,16 +122,23 @@ def test_gemma_window_slide_reuses_the_cache_and_matches_a_fresh_evaluation(
         # The window lost its first STEP lines and gained STEP at the end: those are new.
         assert shifted.prompt_cached > shifted.prompt_tokens // 2
         assert shifted.prompt_evaluated + shifted.prompt_cached == shifted.prompt_tokens
+        chosen = held_tokens(gemma)
         base = fresh(gemma_fresh, req)
         assert base.prompt_evaluated == base.prompt_tokens - base.prompt_cached
         assert shifted.text
         same_text += shifted.text == base.text
+        # Every token the shifted cache chose is a fresh evaluation's greedy choice, but at
+        # a near-tie. A wrong shift (positions or RoPE) gives garbage: tokens far below
+        # the best from the first one on.
+        behind = behind_best(gemma_fresh, chosen, shifted.prompt_tokens)
         print(f"{end}: {shifted.prompt_cached}/{shifted.prompt_tokens} cached,", end=" ")
-        print(f"{shifted.text!r} vs fresh {base.text!r}")
-    # Measured here (CPU, 2 threads): 2 of 4 the same; the other two continue the file
-    # with other code of argparse from the same place. A wrong shift (positions or RoPE)
-    # gives garbage and none the same. With 160-line windows moved by 8 lines: 10 of 12.
-    assert same_text >= len(ends) // 2
+        print(f"{shifted.text!r} vs fresh {base.text!r}; behind the best by at most "
+              f"{max(behind):.3f}")  # fmt: skip
+        assert len(behind) == len(chosen) - shifted.prompt_tokens > 0
+        assert max(behind) < NEAR_TIE, behind
+    # Measured here (CPU, 2 threads): 1 to 3 of 4 the same text; the others part at a
+    # near-tie and continue the file with other code of argparse from the same place.
+    print(f"the same text as a fresh evaluation: {same_text} of {len(ends)}")
 
 
 def test_gemma_typing_after_a_slide_keeps_the_moved_cache(gemma: LoadedModel) -> None:
