@@ -89,6 +89,7 @@ class ReadingBackend(httpcore.NetworkBackend):
         self._inner = httpcore.SyncBackend()
         self._lock = threading.Lock()
         self._reads: dict[int, socket.socket] = {}
+        self._shut: set[int] = set()  # threads whose read ``interrupt`` ended
 
     def connect_tcp(
         self,
@@ -117,20 +118,41 @@ class ReadingBackend(httpcore.NetworkBackend):
     def interrupt(self, thread: int) -> None:
         with self._lock:
             sock = self._reads.pop(thread, None)
+            if sock is not None:
+                self._shut.add(thread)
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked recv; the peer sees EOF
 
+    def was_interrupted(self, thread: int) -> bool:
+        """Whether ``interrupt`` ended this thread's read (a cancel, a deadline), not the
+        engine."""
+        with self._lock:
+            return thread in self._shut
+
     def forget(self, thread: int) -> None:
         with self._lock:
             self._reads.pop(thread, None)
+            self._shut.discard(thread)
+
+
+# Failures of a request on a connection the engine had already closed: nothing was read.
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Transport(httpx.HTTPTransport):
-    """httpx's transport over a ``ReadingBackend`` (httpx takes no backend of its own)."""
+    """httpx's transport over a ``ReadingBackend`` (httpx takes no backend of its own).
+
+    A request that meets a kept connection the engine closed as it went out (an idle
+    timeout; llama-server after each streamed answer) fails before any answer came back:
+    the engine never saw it, so it goes again, once, on a new connection, as urllib3 and
+    Go's net/http do. Not one whose read this process ended itself (a cancel, a
+    deadline). Every request to an engine (probes, health, completions) goes through
+    here, so each gets the same rule."""
 
     def __init__(self, backend: ReadingBackend, limits: httpx.Limits) -> None:
         super().__init__(trust_env=False, limits=limits)
+        self._backend = backend
         self._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
             max_connections=limits.max_connections,
@@ -138,6 +160,15 @@ class _Transport(httpx.HTTPTransport):
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=backend,
         )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except _STALE as err:
+            if self._backend.was_interrupted(threading.get_ident()):
+                raise
+            log.debug("%s: a kept connection was closed (%s); sending again", request.url, err)
+            return super().handle_request(request)
 
 
 def host_port(url: str) -> str:
@@ -175,10 +206,7 @@ class EngineClient:
         """GET ``path``'s JSON; the engine's errors as vibrant's."""
         timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         try:
-            try:
-                response = self.http.get(path, timeout=timeout)
-            except _STALE:  # a kept connection the engine closed as this went out
-                response = self.http.get(path, timeout=timeout)
+            response = self.http.get(path, timeout=timeout)
         except httpx.TransportError as err:
             raise self.unreachable(err) from None
         if response.status_code >= 300:
@@ -354,9 +382,6 @@ def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
             yield line
 
 
-# Failures of a request on a connection the engine had already closed: nothing was read.
-_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-
 # What an event means to the reader (``on_event``'s answer): read on; the text is over on
 # vibrant's side (the pipeline or a stop string), so close the connection and the engine
 # stops; or the engine's own last event, so read the rest of the answer (its terminator,
@@ -385,7 +410,6 @@ def stream_events(
     events: Callable[[httpx.Response], Iterator[bytes]] = sse_events,
     *,
     keep: bool = True,
-    again: bool = True,
 ) -> Streamed:
     """POST ``body`` to ``path`` with ``"stream": true`` and hand each event's data to
     ``on_event`` (its ``Step`` says what the event means); ``events`` splits the answer
@@ -425,16 +449,6 @@ def stream_events(
         watch.stop()
         if cancel.is_set():
             out.cancelled = True
-        elif again and not out.started and watch.timed_out is None and isinstance(err, _STALE):
-            # A kept connection the engine closed as this request went out (an idle
-            # timeout; llama-server after each streamed answer): it never saw the request,
-            # so it goes again, once, on a new connection (as urllib3 and Go's net/http do).
-            log.debug(
-                "engine %s: a kept connection was closed (%s); sending again", client.name, err
-            )
-            return stream_events(
-                client, path, body, cancel, on_event, events, keep=keep, again=False
-            )
         elif out.ended:
             pass  # the answer was whole; only what follows its end did not come
         elif watch.timed_out is not None:
