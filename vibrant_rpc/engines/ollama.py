@@ -8,7 +8,7 @@ model's template; for the default (instruct) ``qwen2.5-coder`` tags, a chat turn
 the rendered FIM prompt. With ``raw`` the model sees the prompt as it is (Tabby forces
 the template to ``{{ .Prompt }}`` for the same reason).
 
-The answer streams as newline-delimited JSON (``transport.ndjson_lines``): a
+The answer streams as newline-delimited JSON (``events.ndjson_lines``): a
 ``response`` piece an object, the last with ``done``, ``done_reason`` and the token
 counts; an error mid-stream is an object with ``error``. Ollama stops generating when
 the client goes, so a cancel closes the stream as for the other engines.
@@ -28,8 +28,9 @@ import msgspec
 from ..errors import EngineError, ModelNotServedError
 from ..inference.model import CompletionRequest, CompletionResult
 from ..states import FinishReason
+from .events import ndjson_lines
 from .fim import FimTemplate, template_for, text_prompt
-from .transport import EngineClient, Pieces, Step, engine_message, ndjson_lines, stream_events
+from .transport import EngineClient, Pieces, Step, engine_message, stream_events
 
 PATH = "/api/generate"
 TAGS = "/api/tags"  # the local models: the probe's question

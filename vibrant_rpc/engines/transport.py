@@ -43,6 +43,7 @@ from ..inference.model import CompletionRequest
 from ..inference.text_stream import TextStream
 from ..redact import redact
 from ..states import FinishReason
+from .events import sse_events
 
 # How often a watch looks at its cancel event and deadline: what it adds to a cancel that
 # arrives while the thread is blocked in a read (between pieces the reader itself checks,
@@ -351,35 +352,6 @@ class Watch:
                 self._active = False
                 self.client.backend.interrupt(self.thread)
                 return
-
-
-def _lines(response: httpx.Response) -> Iterator[bytes]:
-    """The answer's lines as they arrive, without their line ends."""
-    pending = b""
-    for chunk in response.iter_raw():
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                break
-            line, pending = pending[:end].rstrip(b"\r"), pending[end + 1 :]
-            yield line
-
-
-def sse_events(response: httpx.Response) -> Iterator[bytes]:
-    """The ``data:`` payloads of a server-sent event stream, as they arrive (comments,
-    such as llama-server's ``:`` pings, and other fields skipped)."""
-    for line in _lines(response):
-        if line.startswith(b"data:"):
-            yield line[5:].lstrip(b" ")
-
-
-def ndjson_lines(response: httpx.Response) -> Iterator[bytes]:
-    """The lines of a newline-delimited JSON stream (Ollama's ``application/x-ndjson``:
-    one object a line), as they arrive; blank lines skipped."""
-    for line in _lines(response):
-        if line := line.strip():
-            yield line
 
 
 # What an event means to the reader (``on_event``'s answer): read on; the text is over on
