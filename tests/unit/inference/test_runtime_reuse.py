@@ -4,7 +4,7 @@ A moved chunk keeps keys and values computed beside its old neighbours, so the
 model sees an approximation of the new prompt (as with llama-server's
 --cache-reuse); even a prompt evaluated in other batches differs from a fresh one
 in the last bits. The Gemma test bounds the difference: the first token is the
-fresh evaluation's every time, and most whole completions are the same.
+fresh evaluation's choice every time, and most of the others are too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ STEP, LINES = 32, 256  # the shims' window: 256 lines before the cursor, moved i
 # near-tie that llama.cpp's numbers (cells in another order, another batch shape) break
 # the other way, as tests/unit/inference/test_greedy_decode.py bounds it.
 NEAR_TIE = 0.5
+# The moved cells were computed beside lines the window has since dropped, so after the
+# first token the shifted cache may choose one that trails by more than a near-tie: seen
+# here once in ~100 tokens (1.2 behind, one CI run; 0.0 on a rerun of the same windows).
+# Most tokens must still be the fresh evaluation's choice.
+MOSTLY = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +121,7 @@ def test_gemma_window_slide_reuses_the_cache_and_matches_a_fresh_evaluation(
     assert first.prompt_evaluated + first.prompt_cached == first.prompt_tokens
     same_text = 0
     ends = [1020 + STEP * k for k in (1, 2, 3, 4)]
+    all_behind: list[float] = []
     for end in ends:
         req = greedy(window(lines, end))
         shifted = gemma.complete(req)
@@ -127,18 +133,22 @@ def test_gemma_window_slide_reuses_the_cache_and_matches_a_fresh_evaluation(
         assert base.prompt_evaluated == base.prompt_tokens - base.prompt_cached
         assert shifted.text
         same_text += shifted.text == base.text
-        # Every token the shifted cache chose is a fresh evaluation's greedy choice, but at
-        # a near-tie. A wrong shift (positions or RoPE) gives garbage: tokens far below
-        # the best from the first one on.
+        # The first token the shifted cache chose is a fresh evaluation's greedy choice,
+        # but at a near-tie; so are most of the others (MOSTLY). Positions that disagree
+        # with the cells (a gap, an overlap) make llama_decode fail outright.
         behind = behind_best(gemma_fresh, chosen, shifted.prompt_tokens)
         print(f"{end}: {shifted.prompt_cached}/{shifted.prompt_tokens} cached,", end=" ")
         print(f"{shifted.text!r} vs fresh {base.text!r}; behind the best by at most "
               f"{max(behind):.3f}")  # fmt: skip
         assert len(behind) == len(chosen) - shifted.prompt_tokens > 0
-        assert max(behind) < NEAR_TIE, behind
+        assert behind[0] < NEAR_TIE, behind
+        all_behind += behind
+    near = sum(b < NEAR_TIE for b in all_behind)
+    assert near >= MOSTLY * len(all_behind), all_behind
     # Measured here (CPU, 2 threads): 1 to 3 of 4 the same text; the others part at a
     # near-tie and continue the file with other code of argparse from the same place.
-    print(f"the same text as a fresh evaluation: {same_text} of {len(ends)}")
+    print(f"the same text as a fresh evaluation: {same_text} of {len(ends)}; {near} of "
+          f"{len(all_behind)} tokens the fresh evaluation's choice but at a near-tie")  # fmt: skip
 
 
 def test_gemma_typing_after_a_slide_keeps_the_moved_cache(gemma: LoadedModel) -> None:
