@@ -287,6 +287,20 @@ def test_vscode_extension(tmp_path: Path) -> None:
     assert {p["languageId"] for p in sent} >= {"python", "plaintext"}
     check_models_request(sent)
     assert all("multiline" not in p for p in sent)
+    # The settings the user set, and no others: package.json's defaults left out, so that
+    # config.toml and the server's own (gpu_layers "auto") apply. The engine's were set as
+    # a VS Code user sets them (vibrant.engine, vibrant.engines), its key by name only.
+    options = [
+        m["params"].get("initializationOptions")
+        for f in starts
+        for m in lsp_messages(f.read_bytes())
+        if m.get("method") == "initialize"
+    ]
+    assert options[0] == {"contextSize": 1024, "threads": 2}, options[0]
+    team = {"url": team_engine.url, "kind": "llama-server", "apiKeyEnv": "TEAM_KEY",
+            "fallback": "local"}  # fmt: skip
+    assert any(o.get("engine") == "team" and o.get("engines") == {"team": team}
+               for o in options), options  # fmt: skip
 
 
 # The request's window (editors/vscode/src/window.ts) under Node, on cases judged here ----

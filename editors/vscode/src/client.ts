@@ -16,7 +16,7 @@ import {
     UpdateAvailable,
 } from './protocol';
 import { INSTALL_HINT, locateServer, ServerCommand, ServerNotFoundError } from './serverLocator';
-import { SERVER_SETTING_OF } from './settings';
+import { initializationOptions, SERVER_SETTING_OF } from './settings';
 import { Ui } from './ui';
 
 export interface DownloadStatus {
@@ -133,32 +133,10 @@ export class ServerClient implements vscode.Disposable {
 
     private initializationOptions(): Record<string, unknown> {
         const cfg = vscode.workspace.getConfiguration('vibrant');
-        const options: Record<string, unknown> = {};
-        const model = cfg.get<string>('model', '').trim();
-        if (model) {
-            options.model = model;
-        }
-        const contextSize = cfg.get<number | string>('contextSize');
-        if (typeof contextSize === 'number' || contextSize === 'auto') {
-            options.contextSize = contextSize;
-        }
-        const threads = cfg.get<number | null>('threads');
-        if (typeof threads === 'number' && threads > 0) {
-            options.threads = threads;
-        }
-        const gpuLayers = cfg.get<number | string>('gpuLayers');
-        if (typeof gpuLayers === 'number' || gpuLayers === 'auto') {
-            options.gpuLayers = gpuLayers;
-        }
-        const keepAlive = cfg.get<number>('keepAliveSeconds');
-        if (typeof keepAlive === 'number') {
-            options.keepAliveS = keepAlive;
-        }
-        const cacheLimit = cfg.get<string>('cacheSizeLimit', '').trim();
-        if (cacheLimit) {
-            options.cacheSizeLimit = cacheLimit;
-        }
-        return options;
+        return initializationOptions((name) => {
+            const set = cfg.inspect(name);
+            return set?.workspaceFolderValue ?? set?.workspaceValue ?? set?.globalValue;
+        });
     }
 
     private async startClient(): Promise<LanguageClient> {

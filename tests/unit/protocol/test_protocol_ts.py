@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from vibrant_rpc import config
 from vibrant_rpc import protocol as p
 from vibrant_rpc.protocol import typescript as protocol_ts
+from vibrant_rpc.states import EngineKind
 
 ROOT = Path(__file__).resolve().parents[3]
 EXT = ROOT / "editors" / "vscode"
@@ -188,6 +189,43 @@ def test_every_extension_setting_is_the_servers_or_marked_client_only(compiled: 
         _, warnings = config.read_settings(None, {server_name: None})
         unknown = [w for w in warnings if "unknown setting" in w]
         assert not unknown, f"vibrant.{vscode_name} is sent as {server_name}: {unknown}"
+
+
+def test_extension_sends_only_the_settings_the_user_set(compiled: Path) -> None:
+    set_by_user = {"contextSize": 1024, "threads": None, "model": "  ", "cacheSizeLimit": " 9GiB ",
+                   "engine": "team", "engines": {"team": {"url": "http://box:8012"}},
+                   "serverPath": "/x"}  # fmt: skip
+    got = _node_json(
+        compiled,
+        "const s = require('./src/settings.js');"
+        f"const set = {json.dumps(set_by_user)};"
+        "console.log(JSON.stringify(s.initializationOptions((n) => set[n])));",
+    )
+    # Unset, null and blank are left out (config.toml's and the server's defaults apply);
+    # client-only settings never go; names are the server's.
+    assert got == {"contextSize": 1024, "cacheSizeLimit": "9GiB", "engine": "team",
+                   "engines": {"team": {"url": "http://box:8012"}}}  # fmt: skip
+    settings, warnings = config.read_settings(None, got)
+    assert not warnings and settings.engine == "team" and settings.context_size == 1024
+
+
+def test_extension_defaults_are_the_servers_and_its_engine_fields_are_engine_settings() -> None:
+    props = json.loads((EXT / "package.json").read_text())["contributes"]["configuration"][
+        "properties"
+    ]
+    defaults = config.Settings()
+    # What the settings UI shows as a default is what the server does when it is unset.
+    assert props["vibrant.gpuLayers"]["default"] == defaults.gpu_layers == "auto"
+    assert props["vibrant.contextSize"]["default"] == defaults.context_size
+    assert props["vibrant.keepAliveSeconds"]["default"] == defaults.keep_alive_s
+    assert props["vibrant.engine"]["default"] == defaults.engine == config.LOCAL_ENGINE
+    engine = props["vibrant.engines"]["additionalProperties"]
+    fields = msgspec.structs.fields(config.EngineSettings)
+    camel = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), f.name) for f in fields}
+    assert set(engine["properties"]) == camel
+    assert engine["required"] == ["url"] and engine["additionalProperties"] is False
+    kinds = engine["properties"]["kind"]["enum"]
+    assert set(kinds) == set(get_args(EngineKind))
 
 
 # -- the Neovim plugin --------------------------------------------------------------------

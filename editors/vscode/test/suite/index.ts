@@ -3,7 +3,6 @@
 // tests/editors/test_vscode.py sets it up; VIBRANT_TEST_MODEL names the model its registry holds.
 import * as assert from 'assert';
 import * as fs from 'fs';
-import * as path from 'path';
 import * as vscode from 'vscode';
 import type { VibrantApi } from '../../src/extension';
 import type { CompletionRecord } from '../../src/inline';
@@ -77,21 +76,18 @@ type Test = [string, (api: VibrantApi, hooks: TestHooks) => Promise<void>];
 const ENGINE_URL = process.env.VIBRANT_TEST_ENGINE_URL ?? '';
 const ENGINE_MODEL = process.env.VIBRANT_TEST_ENGINE_MODEL ?? '';
 
-/** Completions go to the engine `team` at `url` from the next server on: `[engines.team]`
- * in $VIBRANT_HOME/config.toml (the key in TEAM_KEY); undefined: back to this machine. */
-function configureEngine(url: string | undefined): void {
-    const home = process.env.VIBRANT_HOME;
-    assert.ok(home, 'VIBRANT_HOME is not set');
-    const config = path.join(home, 'config.toml');
-    if (url === undefined) {
-        fs.rmSync(config, { force: true });
-        return;
-    }
-    fs.mkdirSync(home, { recursive: true });
-    fs.writeFileSync(config, [
-        'engine = "team"', '[engines.team]', `url = "${url}"`, 'kind = "llama-server"',
-        'api_key_env = "TEAM_KEY"', 'fallback = "local"', '',
-    ].join('\n'));
+/** Completions go to the engine `team` at `url` from the next server on, set as a user sets
+ * it: `vibrant.engine` and `vibrant.engines` (the key in TEAM_KEY); undefined: both unset,
+ * back to this machine. */
+async function configureEngine(url: string | undefined): Promise<void> {
+    const cfg = vscode.workspace.getConfiguration('vibrant');
+    const team = url === undefined ? undefined : {
+        team: { url, kind: 'llama-server', apiKeyEnv: 'TEAM_KEY', fallback: 'local' },
+    };
+    await cfg.update('engines', team, vscode.ConfigurationTarget.Global);
+    await cfg.update('engine', url === undefined ? undefined : 'team', vscode.ConfigurationTarget.Global);
+    const now = (): vscode.WorkspaceConfiguration => vscode.workspace.getConfiguration('vibrant');
+    await waitFor('the engine settings', () => (now().inspect('engine')?.globalValue === (url === undefined ? undefined : 'team')), 10000);
 }
 
 /** One inline completion asked as the editor would (invoked), in a document of its own. */
@@ -511,7 +507,7 @@ const tests: Test[] = [
 
     ['the status bar shows the team engine, healthy, and the model it serves', async (api, hooks) => {
         assert.ok(ENGINE_URL && ENGINE_MODEL, 'VIBRANT_TEST_ENGINE_URL and VIBRANT_TEST_ENGINE_MODEL are not set');
-        configureEngine(ENGINE_URL);
+        await configureEngine(ENGINE_URL);
         await restartServer(api);
         // The server checks the engine as it starts; the status it reports then is shown.
         await waitFor('the engine in the status bar', () => api.statusBar.text.includes(`team · ${ENGINE_MODEL}`), 30000);
@@ -581,7 +577,7 @@ const tests: Test[] = [
     }],
 
     ['without an engine the status bar shows the local model', async (api, hooks) => {
-        configureEngine(undefined);
+        await configureEngine(undefined);
         await restartServer(api);
         logStatus(api, 'without an engine');
         assert.strictEqual(api.statusBar.text, '$(circle-outline) Vibrant: not loaded');
