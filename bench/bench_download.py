@@ -66,7 +66,9 @@ class Stub:
         self.control("/_stub/faults", {"throttle_bps": bps})
 
     def served(self) -> int:
-        return int(self.control("/_stub/stats")["bytes_served"])  # type: ignore[call-overload]
+        served = self.control("/_stub/stats")["bytes_served"]
+        assert isinstance(served, int)
+        return served
 
     def reset(self) -> None:
         self.control("/_stub/reset", {})

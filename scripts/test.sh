@@ -26,6 +26,6 @@ echo "== ruff"
 .venv/bin/ruff check vibrant_rpc tests bench
 .venv/bin/ruff format --check vibrant_rpc tests bench
 echo "== mypy"
-.venv/bin/mypy vibrant_rpc
+.venv/bin/mypy vibrant_rpc tests bench
 echo "== pytest"
 exec .venv/bin/python -m pytest -ra "$@"

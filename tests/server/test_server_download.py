@@ -169,12 +169,13 @@ async def test_cancel_from_the_progress_ui_and_by_method(
     )
     with pytest.raises(JsonRpcException) as info:
         await asyncio.wait_for(asyncio.wrap_future(fut), 15)
-    assert info.value.code == -32800 and info.value.data["kind"] == "Cancelled"
+    data = info.value.data
+    assert info.value.code == -32800 and data is not None and data["kind"] == "Cancelled"
     work = [e for e in rec.of(types.PROGRESS) if e["token"] == "d3"]
     assert work[-1]["kind"] == "end"
 
     fut = client.protocol.send_request("vibrant/downloadModel", {"modelId": "gemma-c"})
-    await wait_downloading(rec, "gemma-c", at_least=info.value.data["keptBytes"] + 4_000_000)
+    await wait_downloading(rec, "gemma-c", at_least=data["keptBytes"] + 4_000_000)
     assert await call(client, "vibrant/cancelDownload", {"modelId": "gemma-c"}) == {
         "modelId": "gemma-c",
         "cancelled": True,

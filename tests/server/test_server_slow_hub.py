@@ -45,7 +45,7 @@ async def client(
     tmp_path_factory: pytest.TempPathFactory, hub: HubStub
 ) -> AsyncIterator[LanguageClient]:
     home = tmp_path_factory.mktemp("slow-hub")
-    facts = {"architecture": GEMMA_ARCH, "file_size_mb": 250, "recommended": True}
+    facts: dict[str, Any] = {"architecture": GEMMA_ARCH, "file_size_mb": 250, "recommended": True}
     registry = write_registry(
         home / "registry.json", [model_entry("tiny", **facts), model_entry("other", **facts)]
     )

@@ -72,8 +72,17 @@ def check_window(
     assert nat <= start <= row, what
     assert len(prompt) <= pcap, what
 
+    # Lists built step by step: mypy reads [*lines[a:b], x] as a Sequence for either of T's
+    # constraints, not as a list of T.
     def before(first: int) -> T:
-        return sep.join([*lines[first:row], head])
+        parts = list(lines[first:row])
+        parts.append(head)
+        return sep.join(parts)
+
+    def after(end_row: int) -> T:
+        parts = [tail]
+        parts.extend(lines[row + 1 : end_row])
+        return sep.join(parts)
 
     if r["prompt_cut"]:
         # The line's head alone is over the cap: its longest tail that begins a character.
@@ -88,7 +97,8 @@ def check_window(
         if start > nat:  # lines were dropped: one step more would not have fit
             assert len(before(max(nat, start - step))) > pcap, what
             assert (start - nat) % step == 0 or row - start < step, what
-    end, limit = r["end_row"], min(len(lines), row + 1 + opts["suffix_lines"])
+    end: int = r["end_row"]
+    limit = min(len(lines), row + 1 + opts["suffix_lines"])
     assert row < end <= limit, what
     assert len(suffix) <= scap, what
     if r["suffix_cut"]:
@@ -98,6 +108,6 @@ def check_window(
         assert len(suffix) in at, what
         assert min(s for s in at if s > len(suffix)) > scap, what
     else:
-        assert suffix == sep.join([tail, *lines[row + 1 : end]]), what
+        assert suffix == after(end), what
         if end < limit:
-            assert len(sep.join([tail, *lines[row + 1 : end + 1]])) > scap, what
+            assert len(after(end + 1)) > scap, what

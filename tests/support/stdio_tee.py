@@ -7,6 +7,7 @@ what an editor sent to its language server, byte for byte.
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import sys
 
@@ -16,9 +17,11 @@ def main() -> int:
     assert sep == "--" and cmd, __doc__
     child = subprocess.Popen(cmd, stdin=subprocess.PIPE)  # its stdout is ours
     assert child.stdin is not None
+    stdin = sys.stdin.buffer
+    assert isinstance(stdin, io.BufferedReader)  # read1: what has come, without waiting for more
     with open(log, "wb", buffering=0) as out:
         try:
-            while chunk := sys.stdin.buffer.read1(65536):
+            while chunk := stdin.read1(65536):
                 out.write(chunk)
                 child.stdin.write(chunk)
                 child.stdin.flush()

@@ -54,7 +54,13 @@ def hf_download(hub: HubStub, cache: Path, repo: str, filename: str) -> Path:
 
 def only(roots: Roots, **kw: list[str]) -> Roots:
     """``roots`` with every tool but the named ones emptied."""
-    empty = {"hf_hub": [], "llama_cpp_hub": [], "llama_cpp_flat": [], "lmstudio": [], "ollama": []}
+    empty: dict[str, list[str]] = {
+        "hf_hub": [],
+        "llama_cpp_hub": [],
+        "llama_cpp_flat": [],
+        "lmstudio": [],
+        "ollama": [],
+    }
     return Roots(**{**empty, **kw})
 
 

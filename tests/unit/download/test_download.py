@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -319,7 +320,7 @@ def test_token_file_from_huggingface_login(
     ],
 )
 def test_404s_name_what_is_missing(
-    hub: HubStub, paths: Paths, entry: dict[str, object], words: str
+    hub: HubStub, paths: Paths, entry: dict[str, Any], words: str
 ) -> None:
     hub.add_repo("test/tiny", {"a.gguf": blob(1000)})
     app = make_app(paths, [tiny_model("a", **entry)])
@@ -410,7 +411,7 @@ def test_changed_upstream_file_restarts_instead_of_splicing(hub: HubStub, paths:
     assert Path(result.paths[0]).read_bytes() == new
     assert result.revision == new_commit
     # the whole new file was asked for again, nothing spliced from the old one
-    asked = [r.range for r in hub.requests if r.path.startswith(f"/blobs/{sha(new)}")]
+    asked = [r.range or "" for r in hub.requests if r.path.startswith(f"/blobs/{sha(new)}")]
     spans = sorted(tuple(int(x) for x in a.removeprefix("bytes=").split("-")) for a in asked)
     assert spans[0][0] == 0 and sum(e - s + 1 for s, e in spans) == len(new)
 
@@ -539,7 +540,7 @@ def test_ctrl_c_says_it_will_resume_and_keeps_the_partial(hub: HubStub, paths: P
 def test_batched_hands_over_what_arrived_before_an_error() -> None:
     from vibrant_rpc.download.blocks import batched
 
-    def reads():  # type: ignore[no-untyped-def]
+    def reads() -> Iterator[bytes]:
         yield b"a" * 10
         yield b"b" * 10
         raise ConnectionResetError("dropped")
@@ -634,6 +635,7 @@ class _Proxy:
             def _forward(self) -> None:
                 url = urlsplit(self.path)
                 seen.append(f"{self.command} {url.netloc}")
+                assert url.hostname is not None
                 conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
                 headers = {
                     k: v for k, v in self.headers.items() if not k.lower().startswith("proxy")

@@ -159,7 +159,12 @@ def test_a_gpu_the_installed_llama_cpp_cannot_use_keeps_every_layer_in_ram() -> 
         assert detect_gpus(memory, nvml=lambda: [h100], offloads=lambda: True) == [h100]
     # No GPU found: the build is not even asked (asking imports llama.cpp).
     asked: list[bool] = []
-    assert detect_gpus(memory, nvml=lambda: [], offloads=lambda: asked.append(True) or True) in (
+
+    def offloads() -> bool:
+        asked.append(True)
+        return True
+
+    assert detect_gpus(memory, nvml=lambda: [], offloads=offloads) in (
         [], apple_unified(memory, platform.system(), platform.machine()))  # fmt: skip
     plan = plan_gpu_layers([msgspec.structs.replace(h100, offload=False)], header(), OPTIONS)
     assert (plan.gpu_layers, plan.layers_by_device, plan.graph_bytes) == (0, [0], 0)

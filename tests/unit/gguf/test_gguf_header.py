@@ -12,8 +12,8 @@ import pytest
 from tests.support.gguf_fixtures import gemma_path, gemma_split_paths, tiny_fim_path
 from tests.support.qwen2_fixtures import QWEN2_7B_HEADS, QWEN_7B_LAYOUT, tiny_qwen2_path
 from vibrant_rpc.errors import GGUFFormatError
+from vibrant_rpc.gguf.ggml import GGML_TYPES
 from vibrant_rpc.gguf.header import (
-    GGML_TYPES,
     NeedMoreBytes,
     decode_header,
     encode_header,

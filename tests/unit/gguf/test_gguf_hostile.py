@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,10 @@ def test_a_header_whose_numbers_make_a_model_bigger_than_any_is_refused(tmp_path
 _INTERESTING = [0, 1, 2, 4, 5, 255, 2**16, 2**31, 2**32 - 1, 2**32, 2**50, 2**63, 2**64 - 1]
 
 
+def bytes_of(data: bytes, start: int, end: int) -> bytes:
+    return data[start:end]
+
+
 def _mutate(rng: random.Random, data: bytes) -> bytes:
     """One random kind of damage: flipped bytes, a 4- or 8-byte field set to a value that
     breaks parsers, a cut, or a piece repeated."""
@@ -138,7 +143,7 @@ def test_random_damage_to_a_real_header_parses_or_is_refused_at_once(tmp_path: P
             start = time.perf_counter()
             try:
                 if how == "ranges":
-                    header: ModelHeader = header_from_ranges(lambda s, e, d=data: d[s:e])
+                    header: ModelHeader = header_from_ranges(partial(bytes_of, data))
                 else:
                     path.write_bytes(data)
                     header = read_header(path)

@@ -22,10 +22,10 @@ from tests.support.gguf_fixtures import (
 from vibrant_rpc.errors import ModelClosedError, ModelLoadFailedError
 from vibrant_rpc.inference.model import (
     CompletionRequest,
-    FimTokens,
     LoadedModel,
     LoadOptions,
 )
+from vibrant_rpc.inference.prompt import FimTokens
 from vibrant_rpc.inference.text_stream import TextStream
 
 pytestmark = pytest.mark.llama
