@@ -214,10 +214,15 @@ def test_cancel_during_the_prompt_stops_inside_a_batch_and_leaves_a_sound_cache(
     # The cache kept the batches decoded before the cancel, and only the rest is new.
     assert again.prompt_cached % 512 == 1 and again.prompt_cached < again.prompt_tokens
     assert again.prompt_evaluated + again.prompt_cached == again.prompt_tokens
-    # The same words as a fresh evaluation. Flash attention (inference.model.FLASH_ATTENTION)
-    # sums over the cache's cells in their order, which the earlier tests' shifts have
-    # permuted, so the last bits differ and a near tie can go the other way: measured,
-    # "for option_string in option_" fresh and "for action_string in action_" here. A
-    # batch lost or misplaced by the cancel gives other text from the first word on.
+    # Every token is a fresh evaluation's choice, but at a near-tie. Flash attention
+    # (inference.model.FLASH_ATTENTION) sums over the cache's cells in their order, which
+    # the earlier tests' shifts have permuted, so the last bits differ and a near tie can go
+    # the other way: measured, "for option_string in option_" fresh and "for action_string
+    # in action_" here. (A lost batch is caught by the counts above: this 270M model's next
+    # tokens hardly move when far cells are wrong, as the window-slide test found.)
+    chosen = held_tokens(gemma)
     base = fresh(gemma_fresh, req)
-    assert again.text.split()[:1] == base.text.split()[:1], (again.text, base.text)
+    behind = behind_best(gemma_fresh, chosen, again.prompt_tokens)
+    print(f"{again.text!r} vs fresh {base.text!r}; behind the best by at most {max(behind):.3f}")
+    assert len(behind) == len(chosen) - again.prompt_tokens > 0
+    assert max(behind) < NEAR_TIE, behind
