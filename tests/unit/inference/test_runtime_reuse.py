@@ -230,6 +230,8 @@ def test_tiny_fim_suffix_moves_with_the_cursor_and_output_is_unchanged(
         # The suffix (over 100 byte tokens) came from the cache, moved one place on.
         assert r.prompt_cached > len(prefix) + 100
         assert r.prompt_evaluated <= 3
+        # The decode after the move works; which cells moved, the tiny model can't tell (its
+        # text is the same with cells moved from the wrong place): the Gemma tests above can.
         assert r.text == fresh(tiny, req).text
         tiny.complete(req)  # back to this prompt's cache for the next key
 
