@@ -282,7 +282,8 @@ def test_vscode_extension(tmp_path: Path) -> None:
     # changed and saved it, copied lines of it, and left it), not the multiline decision.
     starts = sorted(received.iterdir())
     assert len(starts) >= 4, starts  # the first server, and the suite's restarts
-    sent = [p for f in starts for p in completes(lsp_messages(f.read_bytes()))]
+    received_by = [lsp_messages(f.read_bytes()) for f in starts]  # each server started
+    sent = [p for messages in received_by for p in completes(messages)]
     assert sent and all(p["languageId"] and p["filename"] for p in sent), sent[:1]
     assert {p["languageId"] for p in sent} >= {"python", "plaintext"}
     check_models_request(sent)
@@ -292,8 +293,8 @@ def test_vscode_extension(tmp_path: Path) -> None:
     # a VS Code user sets them (vibrant.engine, vibrant.engines), its key by name only.
     options = [
         m["params"].get("initializationOptions")
-        for f in starts
-        for m in lsp_messages(f.read_bytes())
+        for messages in received_by
+        for m in messages
         if m.get("method") == "initialize"
     ]
     assert options[0] == {"contextSize": 1024, "threads": 2}, options[0]

@@ -221,8 +221,7 @@ def test_extension_defaults_are_the_servers_and_its_engine_fields_are_engine_set
     assert props["vibrant.engine"]["default"] == defaults.engine == config.LOCAL_ENGINE
     engine = props["vibrant.engines"]["additionalProperties"]
     fields = msgspec.structs.fields(config.EngineSettings)
-    camel = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), f.name) for f in fields}
-    assert set(engine["properties"]) == camel
+    assert set(engine["properties"]) == {config._camel(f.name) for f in fields}
     assert engine["required"] == ["url"] and engine["additionalProperties"] is False
     kinds = engine["properties"]["kind"]["enum"]
     assert set(kinds) == set(get_args(EngineKind))

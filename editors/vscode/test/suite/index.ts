@@ -80,14 +80,14 @@ const ENGINE_MODEL = process.env.VIBRANT_TEST_ENGINE_MODEL ?? '';
  * it: `vibrant.engine` and `vibrant.engines` (the key in TEAM_KEY); undefined: both unset,
  * back to this machine. */
 async function configureEngine(url: string | undefined): Promise<void> {
-    const cfg = vscode.workspace.getConfiguration('vibrant');
-    const team = url === undefined ? undefined : {
+    const cfg = (): vscode.WorkspaceConfiguration => vscode.workspace.getConfiguration('vibrant');
+    const engine = url === undefined ? undefined : 'team';
+    const engines = url === undefined ? undefined : {
         team: { url, kind: 'llama-server', apiKeyEnv: 'TEAM_KEY', fallback: 'local' },
     };
-    await cfg.update('engines', team, vscode.ConfigurationTarget.Global);
-    await cfg.update('engine', url === undefined ? undefined : 'team', vscode.ConfigurationTarget.Global);
-    const now = (): vscode.WorkspaceConfiguration => vscode.workspace.getConfiguration('vibrant');
-    await waitFor('the engine settings', () => (now().inspect('engine')?.globalValue === (url === undefined ? undefined : 'team')), 10000);
+    await cfg().update('engines', engines, vscode.ConfigurationTarget.Global);
+    await cfg().update('engine', engine, vscode.ConfigurationTarget.Global);
+    await waitFor('the engine settings', () => cfg().inspect('engine')?.globalValue === engine, 10000);
 }
 
 /** One inline completion asked as the editor would (invoked), in a document of its own. */
